@@ -1,0 +1,32 @@
+# Two commands do all set-up: `make demo` (the full culture analysis on the bundled organism)
+# and `make test`. Each creates or reuses .venv and installs exactly what is needed.
+# A user with CUDA overrides the torch wheel: make demo TORCH_SPEC="torch==2.13.0 --index-url ..."
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+REPORT ?= report
+export PYTHONHASHSEED := 0
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m circuits.cli analyze --out $(REPORT)
+
+demo-quick: $(VENV)/.installed
+	$(PY) -m circuits.cli analyze --quick --out $(REPORT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+bench: $(VENV)/.installed
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+.PHONY: install demo demo-quick test bench
