@@ -1,0 +1,22 @@
+"""The culture analyses: culture-layer scan (Delta-CA), culture units (WFS), mask-vs-random
+validation, zero-training amplifier, fine-tuned layer enhancer and the exhaustive causal sweep.
+
+Every function takes an `interp.Model` and prompt pairs of any concept (modifier + noun)."""
+
+from .wfs import wfs, elbow, noun_filter, select_units
+from .pairs import PromptPair, as_pairs, by_concept
+from .ca import DirectionMaskedError
+from .scan import culture_layer_scan, LayerScan, EncoderScan
+from .units import culture_units, CultureUnits, CultureUnitSet, UnitBasis, neuron_basis, sae_basis, sae_or_neurons
+from .amplify import amplify, lambda_sweep, LambdaSweep, scale_units, Rate
+from .validate import validate_units, Validation
+from .enhancer import LayerEnhancer, train_enhancer, EnhancerRun, random_other_layer
+from .sweep import causal_sweep, CausalSweep
+
+__all__ = [
+    "wfs", "elbow", "noun_filter", "select_units", "PromptPair", "as_pairs", "by_concept",
+    "DirectionMaskedError", "culture_layer_scan", "LayerScan", "EncoderScan",
+    "culture_units", "CultureUnits", "CultureUnitSet", "UnitBasis", "neuron_basis", "sae_basis",
+    "amplify", "lambda_sweep", "LambdaSweep", "scale_units", "Rate", "validate_units", "Validation",
+    "LayerEnhancer", "train_enhancer", "EnhancerRun", "random_other_layer", "causal_sweep", "CausalSweep",
+]

@@ -1,9 +1,235 @@
-"""Command-line sub-commands of `circuits` (the culture analyses)."""
+"""Command-line sub-commands of `circuits` (the culture analyses). Each writes a results
+folder with JSON, figures and a Markdown summary; heavy imports stay inside the functions."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser, judge: bool = False, units: bool = False) -> None:
+    p.add_argument("--model", required=True, help="pipeline folder, or tiny:<family>[:<layers>]")
+    p.add_argument("--pairs", default="bundled", help="bundled | bundled_ood | CultureBench folder or samples file")
+    p.add_argument("--split", default=None, help="use only this split (train/test/probe)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many records per culture")
+    p.add_argument("--english", action="store_true", help="use the English prompts")
+    p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n-boot", type=int, default=1000)
+    if judge:
+        p.add_argument("--judge", required=True, help="clip:PATH | vlm:PATH | py:FILE.py:FACTORY | module:FACTORY")
+        p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    if units:
+        p.add_argument("--units", required=True, help="folder written by find-units")
+        p.add_argument("--sae", default=None, help="SAELens folder, when the units are SAE latents")
+
+
+def _load(args):
+    from .io import load_model, load_records
+    from .pairs import as_pairs
+
+    model = load_model(args.model, args.device)
+    recs = load_records(args.pairs, args.split, args.limit, args.seed)
+    pairs = as_pairs(recs, english=args.english) if args.english else recs
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return model, recs, pairs, out
+
+
+def cmd_layer_scan(args) -> int:
+    from .runner import scan_markdown, write_summary
+    from .scan import culture_layer_scan
+
+    model, _, pairs, out = _load(args)
+    scan = culture_layer_scan(model, pairs, direction=args.direction, seeds=args.seeds, n_boot=args.n_boot,
+                              encoders=args.encoders, batch_size=max(16, args.batch_size))
+    scan.save(out / "layer_scan.json")
+    scan.plot(out / "layer_scan.png")
+    write_summary(out, "Culture-layer scan", [scan_markdown(scan)])
+    print(f"chosen layer: {scan.chosen} -> {out}")
+    return 0
+
+
+def cmd_find_units(args) -> int:
+    from .io import load_sae
+    from .runner import units_markdown, write_summary
+    from .units import culture_units, neuron_basis, sae_basis
+
+    model, _, pairs, out = _load(args)
+    sae = load_sae(args.sae)
+    basis = sae_basis(sae, args.site or f"text.blocks.{args.layer}.hook_resid_post") if sae is not None else \
+        (args.site or neuron_basis(args.layer).site)
+    units = culture_units(model, basis, pairs, eps=args.eps, beta=args.beta, rho=args.rho, k=args.k, k_max=args.k_max)
+    units.save(out)
+    units.plot(out)
+    write_summary(out, "Culture units", [units_markdown(units)])
+    print(f"units for {len(units.cultures)} cultures -> {out}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .io import load_judge, load_units
+    from .runner import validation_markdown, write_summary
+    from .validate import validate_units
+
+    judge = load_judge(args.judge, args.device)
+    units = load_units(args.units, args.sae)
+    model, _, pairs, out = _load(args)
+    v = validate_units(model, units, pairs, judge,
+                       n_random=args.n_random, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                       n_boot=args.n_boot)
+    v.save(out / "validation.json")
+    v.plot(out / "validation.png")
+    write_summary(out, "Causal validation", [validation_markdown(v)])
+    print(v.table())
+    return 0
+
+
+def cmd_amplify(args) -> int:
+    from .amplify import lambda_sweep
+    from .io import load_judge, load_units
+    from .runner import sweep_markdown, write_summary
+
+    judge = load_judge(args.judge, args.device)
+    units = load_units(args.units, args.sae)
+    model, _, pairs, out = _load(args)
+    sw = lambda_sweep(model, units, pairs, judge,
+                      lams=args.lams, n_random=args.n_random, keep_error=not args.replace, seed=args.seed,
+                      steps=args.steps, batch_size=args.batch_size, n_boot=args.n_boot)
+    sw.save(out / "lambda_sweep.json")
+    sw.plot(out / "lambda_sweep.png")
+    write_summary(out, "Zero-training amplifier", [sweep_markdown(sw)])
+    print(f"best λ = {sw.best_lam:g} -> {out}")
+    return 0
+
+
+def cmd_enhance(args) -> int:
+    from .enhancer import random_other_layer, train_enhancer
+    from .io import load_judge
+    from .results import write_json
+    from .runner import enhancer_markdown, evaluate_enhancer, write_summary
+
+    model, recs, _, out = _load(args)
+    layers = [("culture layer", args.layer)]
+    if args.control:
+        layers.append(("random other layer", random_other_layer(model.encoders["text"].n_layers, args.layer, args.seed)))
+    rows, runs = {}, {}
+    judge = load_judge(args.judge, args.device) if args.judge else None
+    eval_recs = [r for r in recs if getattr(r, "split", None) in (args.eval_split, None)]
+    if judge is not None:
+        rows["none (baseline)"] = (None, evaluate_enhancer(model, None, eval_recs, judge, args.seed, args.steps,
+                                                           args.batch_size, args.n_boot))
+    for name, l in layers:
+        run = train_enhancer(model, recs, layer=l, out=out / f"enhancer_layer{l}", steps=args.train_steps, lr=args.lr,
+                             batch_size=args.train_batch, objective=args.objective, seed=args.seed,
+                             checkpoint_every=args.checkpoint_every, split=args.train_split)
+        runs[name] = run.to_json()
+        run.plot(out / f"enhancer_layer{l}" / "loss.png")
+        if judge is not None:
+            rows[name] = (l, evaluate_enhancer(model, run.enhancer, eval_recs, judge, args.seed, args.steps,
+                                               args.batch_size, args.n_boot))
+    write_json(out / "enhancer.json", {"runs": runs, "culturevqa": {k: {"layer": l, "rate": r} for k, (l, r) in rows.items()}})
+    write_summary(out, "Layer enhancer", [enhancer_markdown(rows) if rows else "## Layer enhancer\n\nTrained (no judge given).\n"])
+    print(f"enhancer(s) -> {out}")
+    return 0
+
+
+def cmd_causal_sweep(args) -> int:
+    from .io import load_judge, load_records
+    from .pairs import as_pairs
+    from .runner import causal_markdown, write_summary
+    from .sweep import causal_sweep
+
+    model, _, pairs, out = _load(args)
+    probe = load_records(args.pairs, args.probe_split, args.limit, args.seed)
+    probe = as_pairs(probe, english=True) if args.english else probe
+    cs = causal_sweep(model, probe, pairs, load_judge(args.judge, args.device), n_units=args.n_units,
+                      chosen=args.chosen, rho=args.rho, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                      n_boot=args.n_boot)
+    cs.save(out / "causal_sweep.json")
+    cs.plot(out / "causal_sweep.png")
+    write_summary(out, "Exhaustive causal sweep", [causal_markdown(cs)])
+    print(f"causal ranking {cs.ranking} -> {out}")
+    return 0
+
+
+def cmd_circuits(args) -> int:
+    from .io import load_judge
+    from .runner import RunConfig, run_all
+
+    model, recs, pairs, out = _load(args)
+    kw = dict(sae_path=args.sae, steps=args.steps, seed=args.seed, batch_size=args.batch_size, skip=tuple(args.skip))
+    cfg = RunConfig.quick(**kw) if args.quick else RunConfig(**kw)
+    run_all(model, pairs, load_judge(args.judge, args.device), out, cfg)
+    print(f"circuits analysis -> {out / 'summary.md'}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the circuits sub-commands to the `culturelens` parser."""
+    p = sub.add_parser("layer-scan", help="ΔCA per text-encoder layer and the culture layer")
+    _common(p)
+    p.add_argument("--direction", default=None, choices=["modifier->noun", "noun->modifier", "both"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--encoders", nargs="+", default=None)
+    p.set_defaults(func=cmd_layer_scan)
+
+    p = sub.add_parser("find-units", help="culture units by WFS (SAE latents or MLP neurons)")
+    _common(p)
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--site", default=None, help="override the site (default: layer output for an SAE, MLP neurons otherwise)")
+    p.add_argument("--sae", default=None, help="SAELens folder: units are its latents")
+    p.add_argument("--eps", type=float, default=0.0)
+    p.add_argument("--beta", type=float, default=1e-6)
+    p.add_argument("--rho", type=float, default=0.5)
+    p.add_argument("--k", type=int, default=None, help="fixed K instead of the elbow")
+    p.add_argument("--k-max", type=int, default=64)
+    p.set_defaults(func=cmd_find_units)
+
+    p = sub.add_parser("validate-units", help="baseline vs Top-K masked vs random masked (CultureVQA)")
+    _common(p, judge=True, units=True)
+    p.add_argument("--n-random", type=int, default=10)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("amplify-sweep", help="zero-training amplifier: CultureVQA per λ vs random units")
+    _common(p, judge=True, units=True)
+    p.add_argument("--lams", type=float, nargs="+", default=[0, 2, 4, 6, 7, 8])
+    p.add_argument("--n-random", type=int, default=3)
+    p.add_argument("--replace", action="store_true", help="paper-literal F' = decode(Z_enh) (drop the SAE error)")
+    p.set_defaults(func=cmd_amplify)
+
+    p = sub.add_parser("train-enhancer", help="fine-tuned layer enhancer (+ random-layer control)")
+    _common(p)
+    p.add_argument("--judge", default=None, help="evaluate with this judge (see validate-units)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps for evaluation")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--control", action="store_true", help="also train at a random other layer")
+    p.add_argument("--train-steps", type=int, default=2000)
+    p.add_argument("--train-batch", type=int, default=1)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--objective", default="denoise", choices=["denoise", "pixel"])
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--eval-split", default="test")
+    p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("causal-sweep", help="mask top units at every layer: the causal ground truth for the scan")
+    _common(p, judge=True)
+    p.add_argument("--probe-split", default=None, help="split to find units on (default: all records)")
+    p.add_argument("--n-units", type=int, default=8)
+    p.add_argument("--chosen", type=int, default=None, help="the ΔCA-chosen layer to rank")
+    p.add_argument("--rho", type=float, default=0.5)
+    p.set_defaults(func=cmd_causal_sweep)
+
+    p = sub.add_parser("circuits", help="all circuits steps into one results folder")
+    _common(p, judge=True)
+    p.add_argument("--sae", default=None, help="SAELens folder at the culture layer (default: MLP neurons)")
+    p.add_argument("--quick", action="store_true", help="small bootstrap/draw counts and a 4-step enhancer")
+    p.add_argument("--skip", nargs="*", default=[], choices=["validate", "amplify", "enhancer", "causal"])
+    p.set_defaults(func=cmd_circuits)
+
+    from circuits.organism.cli import register_organism
+
+    register_organism(sub)

@@ -5,5 +5,28 @@ from __future__ import annotations
 import argparse
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    import interp
+    from interp.demo import run_demo
+
+    model = interp.load(args.model, device=args.device, dtype=getattr(torch, args.dtype)) if args.model else None
+    report = run_demo(args.out, model=model, family=args.family, seed=args.seed, steps=args.steps, k=args.k)
+    print(f"wrote {report}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's sub-commands to the `culturelens` parser."""
+    p = sub.add_parser("demo", help="trace, patch, mask and generate on a tiny (or given) pipeline; write a report")
+    p.add_argument("--out", required=True, help="output folder (report.md, images.png, plots)")
+    p.add_argument("--model", default=None, help="a local diffusers pipeline folder (default: a tiny random one)")
+    p.add_argument("--family", default="sd", choices=["sd", "sdxl", "altdiffusion", "sd3"],
+                   help="family of the tiny pipeline when --model is not given")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--k", type=int, default=8, help="number of units to mask")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.set_defaults(func=_demo)

@@ -1,0 +1,102 @@
+"""Reading the inputs of the circuits commands: a model, prompt pairs, a judge, saved units."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable
+
+from interp.errors import CultureLensError
+
+
+def load_model(spec: str, device: str = "cpu") -> Any:
+    """`tiny:<family>[:<layers>]` (a random offline pipeline) or a pipeline folder."""
+    import interp
+
+    if spec.startswith("tiny:"):
+        parts = spec.split(":")
+        layers = int(parts[2]) if len(parts) > 2 else 2
+        return interp.tiny(parts[1], text_layers=layers)
+    load = getattr(interp, "load", None)
+    if load is None:
+        from interp.loading import load
+    return load(spec, device=device)
+
+
+def load_records(spec: str, split: str | None = None, limit: int | None = None, seed: int = 0) -> list[Any]:
+    """`bundled`, `bundled_ood`, or a CultureBench folder / samples file; `split` filters;
+    `limit` keeps the first n records per culture (canonical id order) for quick runs."""
+    from interp import culturebench
+
+    if spec == "bundled":
+        recs = culturebench.bundled(seed)
+    elif spec == "bundled_ood":
+        recs = culturebench.bundled_ood(seed)
+    else:
+        recs = list(culturebench.load(spec, seed=seed).records)
+    if split is not None:
+        recs = [r for r in recs if r.split == split]
+    if limit is not None:
+        by: dict[str, list] = {}
+        for r in sorted(recs, key=lambda r: r.id):
+            if len(by.setdefault(r.culture, [])) < limit:
+                by[r.culture].append(r)
+        recs = [r for v in by.values() for r in v]
+    if not recs:
+        raise CultureLensError(f"no records in {spec!r}" + (f" split {split!r}" if split else ""))
+    return recs
+
+
+def load_judge(spec: str, device: str = "cpu") -> Callable:
+    """`clip:PATH`, `vlm:PATH`, `py:FILE.py:FACTORY[:ARG]` or `module.name:FACTORY[:ARG]`: a
+    factory (a dotted attribute, e.g. `CultureWorldJudge.load`) called with ARG if given, else
+    with no arguments, returning a callable images -> [N, 16] probabilities. The organism's judge:
+    `circuits.organism.judge:CultureWorldJudge.load:assets/cultureworld/judge`."""
+    from interp import judges
+
+    kind, _, rest = spec.partition(":")
+    if kind == "clip":
+        return judges.clip(rest, device=device)
+    if kind == "vlm":
+        return judges.vlm(rest, device=device)
+    if kind == "py":
+        file, _, fn = rest.partition(".py:")
+        file += ".py"
+        if not Path(file).is_file():
+            raise CultureLensError(f"judge {spec!r}: no file {file!r}")
+        mod_spec = importlib.util.spec_from_file_location(Path(file).stem, file)
+        mod = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(mod)
+        return _factory(mod, fn, spec)
+    if rest:
+        try:
+            mod = importlib.import_module(kind)
+        except ImportError as e:
+            raise CultureLensError(f"judge {spec!r}: cannot import {kind!r}: {e}") from e
+        return _factory(mod, rest, spec)
+    raise CultureLensError(f"judge {spec!r}: expected clip:PATH, vlm:PATH, py:FILE.py:FACTORY or module:FACTORY")
+
+
+def _factory(mod: Any, name: str, spec: str) -> Callable:
+    name, _, arg = name.partition(":")
+    fn: Any = mod
+    for part in name.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise CultureLensError(f"judge {spec!r}: {mod.__name__} has no {name!r}")
+    return fn(arg) if arg else fn()
+
+
+def load_sae(path: str | None) -> Any:
+    if path is None:
+        return None
+    import sae
+
+    return sae.load_saelens(path)
+
+
+def load_units(folder: str, sae_path: str | None = None) -> Any:
+    from .units import CultureUnits
+
+    return CultureUnits.load(folder, sae=load_sae(sae_path))

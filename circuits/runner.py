@@ -1,0 +1,180 @@
+"""The whole circuits analysis as one composable run: scan -> units -> validation ->
+amplifier sweep -> enhancer (+ random-layer control) -> causal sweep, each step writing
+JSON, figures and a Markdown section into a results folder. A report calls the steps
+it needs; `run_all` chains them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .results import atomic_write_bytes, write_json
+
+
+def _pct(r) -> str:
+    return f"{100 * r.mean:.1f}% [{100 * r.low:.1f}, {100 * r.high:.1f}]"
+
+
+def scan_markdown(scan) -> str:
+    lines = ["## Culture-layer scan (ΔCA)", ""]
+    for name, e in scan.encoders.items():
+        lines += [f"- `{name}` ({e.direction}, {e.n_pairs} pairs{', ' + str(e.n_masked) + ' masked' if e.n_masked else ''}): "
+                  f"chosen layer **{e.chosen}** (ΔCA {e.delta[e.layers.index(e.chosen)]:.4g}, "
+                  f"{'sensitive' if e.chosen_is_sensitive else 'no layer clears the neighbour-peak CI'}; "
+                  f"bootstrap stability {e.stability[e.layers.index(e.chosen)]:.2f}); sensitive layers: {e.sensitive}"]
+    return "\n".join(lines + ["", "![ΔCA by layer](layer_scan.png)", ""])
+
+
+def units_markdown(units) -> str:
+    lines = ["## Culture units (WFS)", "", f"Basis: {units.basis.kind} at `{units.basis.site}`.", "",
+             "| culture | elbow K | kept | dropped by noun filter | top units |", "|---|---|---|---|---|"]
+    for c, u in units.cultures.items():
+        lines.append(f"| {c} | {u.k} | {len(u.indices)} | {len(u.dropped)} | {u.indices[:8]} |")
+    return "\n".join(lines + ["", "![WFS curves](wfs_curves.png) ![overlap](unit_overlap.png)", ""])
+
+
+def validation_markdown(v) -> str:
+    return "## Masking culture units vs random units\n\n" + v.table() + "\n\n![validation](validation.png)\n"
+
+
+def sweep_markdown(sw) -> str:
+    lines = ["## Amplifier λ sweep", "", "| λ | CultureVQA (detected units) | random units (mean ± sd) |", "|---|---|---|"]
+    for lam, d, m, s in zip(sw.lams, sw.detected, sw.random_mean, sw.random_sd):
+        lines.append(f"| {lam:g} | {_pct(d)} | {100 * m:.1f} ± {100 * s:.1f} |")
+    return "\n".join(lines + ["", f"Best λ: {sw.best_lam:g}.", "", "![λ sweep](lambda_sweep.png)", ""])
+
+
+def enhancer_markdown(rows: dict[str, Any]) -> str:
+    lines = ["## Layer enhancer", "", "| enhancer | layer | CultureVQA (noun-only prompts) |", "|---|---|---|"]
+    for name, (layer, rate) in rows.items():
+        lines.append(f"| {name} | {layer} | {_pct(rate)} |")
+    return "\n".join(lines + [""])
+
+
+def causal_markdown(cs) -> str:
+    lines = ["## Exhaustive causal sweep", "",
+             f"Masking the top {cs.n_units} {cs.basis_kind} units per culture at each layer; baseline {_pct(cs.baseline)}.", "",
+             "| layer | masked CultureVQA | drop |", "|---|---|---|"]
+    for l, m, d in zip(cs.layers, cs.masked, cs.drops):
+        lines.append(f"| {l}{' (ΔCA)' if l == cs.chosen else ''} | {_pct(m)} | {100 * d:.1f} |")
+    if cs.chosen is not None:
+        lines.append(f"\nThe ΔCA-chosen layer {cs.chosen} is causal rank {cs.chosen_rank} "
+                     f"(top-1: {cs.chosen_is_top1}, top-2: {cs.chosen_is_top2}; tied with {cs.n_tied} other layers).")
+    return "\n".join(lines + ["", "![causal sweep](causal_sweep.png)", ""])
+
+
+def write_summary(out: Path, title: str, sections: Sequence[str]) -> None:
+    atomic_write_bytes(out / "summary.md", ("# " + title + "\n\n" + "\n".join(sections)).encode())
+
+
+def evaluate_enhancer(model, enhancer, pairs, judge, seed: int = 0, steps: int | None = None, batch_size: int = 8,
+                      n_boot: int = 1000):
+    """CultureVQA of noun-only prompts with the enhancer installed (None: baseline)."""
+    from .amplify import Rate
+    from .evaluate import score
+    from .pairs import as_pairs, by_concept
+
+    s = score(model, by_concept(as_pairs(pairs)), judge, (lambda c: [enhancer]) if enhancer is not None else None,
+              "noun", None, seed, steps, batch_size, desc="enhancer")
+    return Rate.of(s.correct, n_boot, seed)
+
+
+@dataclass
+class RunConfig:
+    """Knobs of `run_all`; defaults follow PAPER.md, `quick()` shrinks them for tests."""
+
+    direction: str | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_boot: int = 1000
+    sae_path: str | None = None          # SAE latents at the chosen layer; None: MLP neurons there
+    rho: float = 0.5
+    k_max: int = 64
+    n_random: int = 10
+    lams: tuple[float, ...] = (0, 2, 4, 6, 7, 8)
+    lam_random: int = 3
+    enhancer_steps: int = 2000
+    enhancer_lr: float = 5e-5
+    sweep_units: int = 8
+    steps: int | None = None             # denoising steps (None: the model's default)
+    batch_size: int = 8
+    seed: int = 0
+    skip: tuple[str, ...] = ()
+
+    @classmethod
+    def quick(cls, **kw: Any) -> "RunConfig":
+        base = dict(seeds=(0,), n_boot=200, n_random=2, lams=(0, 6), lam_random=1, enhancer_steps=4,
+                    enhancer_lr=1e-3, sweep_units=4)
+        base.update(kw)
+        return cls(**base)
+
+
+@dataclass
+class RunResults:
+    scan: Any = None
+    units: Any = None
+    validation: Any = None
+    lambda_sweep: Any = None
+    enhancer: dict[str, Any] = field(default_factory=dict)
+    causal: Any = None
+
+
+def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg: RunConfig | None = None) -> RunResults:
+    """Every step on `records` (probe split: scan + units; test: evaluation; train: enhancer;
+    records without a split are used everywhere). Writes `out/` and returns the results."""
+    from . import sae_or_neurons
+    from .amplify import lambda_sweep
+    from .enhancer import random_other_layer, train_enhancer
+    from .scan import culture_layer_scan
+    from .sweep import causal_sweep
+    from .units import culture_units
+    from .validate import validate_units
+
+    cfg = cfg or RunConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pick = lambda s: [r for r in records if getattr(r, "split", None) in (s, None)] or list(records)  # noqa: E731
+    probe, test, train = pick("probe"), pick("test"), pick("train")
+    res = RunResults()
+    sections = []
+    res.scan = culture_layer_scan(model, probe, direction=cfg.direction, seeds=cfg.seeds, n_boot=cfg.n_boot,
+                                  batch_size=max(cfg.batch_size, 16))
+    res.scan.save(out / "layer_scan.json")
+    res.scan.plot(out / "layer_scan.png")
+    sections.append(scan_markdown(res.scan))
+    layer = res.scan.chosen
+    basis = sae_or_neurons(layer, cfg.sae_path)
+    res.units = culture_units(model, basis, probe, rho=cfg.rho, k_max=cfg.k_max)
+    res.units.save(out / "units")
+    res.units.plot(out)
+    sections.append(units_markdown(res.units))
+    if "validate" not in cfg.skip:
+        res.validation = validate_units(model, res.units, test, judge, n_random=cfg.n_random, seed=cfg.seed,
+                                        steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
+        res.validation.save(out / "validation.json")
+        res.validation.plot(out / "validation.png")
+        sections.append(validation_markdown(res.validation))
+    if "amplify" not in cfg.skip:
+        res.lambda_sweep = lambda_sweep(model, res.units, test, judge, lams=cfg.lams, n_random=cfg.lam_random,
+                                        seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
+        res.lambda_sweep.save(out / "lambda_sweep.json")
+        res.lambda_sweep.plot(out / "lambda_sweep.png")
+        sections.append(sweep_markdown(res.lambda_sweep))
+    if "enhancer" not in cfg.skip and any(getattr(r, "image", None) for r in train):
+        rows = {"none (baseline)": (None, evaluate_enhancer(model, None, test, judge, cfg.seed, cfg.steps, cfg.batch_size, cfg.n_boot))}
+        ctrl = random_other_layer(model.encoders["text"].n_layers, layer, cfg.seed)
+        for name, l in (("culture layer", layer), ("random other layer", ctrl)):
+            run = train_enhancer(model, train, layer=l, out=out / f"enhancer_layer{l}", steps=cfg.enhancer_steps,
+                                 lr=cfg.enhancer_lr, seed=cfg.seed, split=None)
+            res.enhancer[name] = run
+            rows[name] = (l, evaluate_enhancer(model, run.enhancer, test, judge, cfg.seed, cfg.steps, cfg.batch_size, cfg.n_boot))
+        write_json(out / "enhancer.json", {k: {"layer": l, "culturevqa": r} for k, (l, r) in rows.items()})
+        sections.append(enhancer_markdown(rows))
+    if "causal" not in cfg.skip:
+        res.causal = causal_sweep(model, probe, test, judge, n_units=cfg.sweep_units, chosen=layer, rho=cfg.rho,
+                                  seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
+        res.causal.save(out / "causal_sweep.json")
+        res.causal.plot(out / "causal_sweep.png")
+        sections.append(causal_markdown(res.causal))
+    write_summary(out, "Culture circuits", sections)
+    return res

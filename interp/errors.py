@@ -1,0 +1,23 @@
+"""Errors raised by culturelens: each names what was wrong and where."""
+
+from __future__ import annotations
+
+
+class CultureLensError(ValueError):
+    """Base class of every culturelens error (a ValueError, so callers may catch either)."""
+
+
+class NotAPipelineError(CultureLensError):
+    """A path that is not a diffusers pipeline folder (no readable model_index.json)."""
+
+
+class UnsupportedModelError(CultureLensError):
+    """A pipeline or component class that culturelens cannot name sites for."""
+
+
+class SiteError(CultureLensError):
+    """An unknown site name, layer, or unit index; the message lists the valid ones."""
+
+
+class PromptTooLongError(CultureLensError):
+    """A prompt that the tokenizer would truncate; names the prompt index and lengths."""

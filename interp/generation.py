@@ -1,0 +1,99 @@
+"""Seeded generation with interventions, and activation capture during generation.
+
+Noise comes from one CPU `torch.Generator` per prompt seeded `seed + i`, so image i depends only
+on (prompt i, seed + i) — not on batch size or device — and the same seed is bit-identical on CPU.
+Interventions on UNet sites apply at every denoising step unless they name `steps`; interventions
+on text sites apply to every text-encoder call (the prompt and, under CFG, the negative prompt).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .errors import CultureLensError
+from .hooks import HookSession
+from .sites import Site
+
+
+@dataclass
+class Generation:
+    """Images, final latents [B, C, h, w] and (from capture_generation) activations.
+
+    `acts[site]`: UNet sites -> [T, C, B, ...] (T denoising steps; C = 2 rows "uncond", "cond"
+    under classifier-free guidance, else 1); text sites -> [N, B, ...] over the N encoder calls
+    in pipeline order (prompt first, then the negative prompt when the pipeline encodes one).
+    """
+
+    images: list[Any]
+    latents: Float[Tensor, "B C h w"]
+    acts: dict[str, Tensor] = field(default_factory=dict)
+
+
+def pipeline_kwargs(model: Any, prompts: list[str], seed: int, steps: int | None, guidance: float | None,
+                    height: int | None = None, width: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The exact keyword arguments `generate` passes to the pipeline (also for reference runs)."""
+    d = model.defaults
+    kw: dict[str, Any] = dict(
+        prompt=prompts,
+        num_inference_steps=int(steps if steps is not None else d["steps"]),
+        guidance_scale=float(guidance if guidance is not None else d["guidance"]),
+        height=int(height or d["height"]), width=int(width or d["width"]),
+        generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))],
+    )
+    if model.family == "sd3":
+        kw["max_sequence_length"] = model.encoders["text_3"].max_length
+    kw.update(extra)
+    return kw
+
+
+def generate(model: Any, prompts: str | Sequence[str], seed: int = 0, steps: int | None = None,
+             guidance: float | None = None, interventions: Sequence[Any] = (), *, height: int | None = None,
+             width: int | None = None, truncate: bool = False, record: Sequence[str] = (),
+             **pipe_kwargs: Any) -> Generation:
+    """Generate images for `prompts` with `interventions` active; defaults from `model.defaults`.
+    `record` names sites to capture on the way (see `Generation.acts`)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise CultureLensError("generate: no prompts given")
+    model.check_prompts(prompts, truncate=truncate)
+    final: list[Tensor] = []
+
+    def keep_latents(pipe: Any, i: int, t: Any, kw: dict) -> dict:
+        final[:] = [kw["latents"]]
+        return {}
+
+    raw: dict[str, list[tuple[int, Tensor]]] = defaultdict(list)
+
+    def recorder(site: Site, act: Tensor, step: int) -> None:
+        raw[site.name].append((step, act.detach().clone()))
+
+    kw = pipeline_kwargs(model, prompts, seed, steps, guidance, height, width, **pipe_kwargs)
+    kw.update(callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"])
+    with torch.no_grad(), HookSession(model, interventions, record=record, recorder=recorder):
+        out = model.pipe(**kw)
+    acts = {name: _stack(name, items, len(prompts)) for name, items in raw.items()}
+    return Generation(images=list(out.images), latents=final[0], acts=acts)
+
+
+def _stack(name: str, items: list[tuple[int, Tensor]], batch: int) -> Tensor:
+    acts = torch.stack([a for _, a in items])
+    if not name.startswith("unet."):
+        return acts
+    rows = acts.shape[1] // batch  # 2 under classifier-free guidance (uncond rows first), else 1
+    return acts.reshape(acts.shape[0], rows, batch, *acts.shape[2:])
+
+
+def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int = 0,
+                       steps: int | None = None, guidance: float | None = None,
+                       interventions: Sequence[Any] = (), **kwargs: Any) -> Generation:
+    """Generate and capture `sites` (UNet cross-attention and/or text sites) at every call."""
+    if not sites:
+        raise CultureLensError("capture_generation: no sites given")
+    return generate(model, prompts, seed, steps, guidance, interventions, record=sites, **kwargs)

@@ -1,0 +1,261 @@
+"""`Model`: a diffusers pipeline plus what interpretability needs to know about it.
+
+A Model knows its family, its text encoders (site prefixes "text", "text_2", "text_3"),
+how each encoder is tokenised exactly as the pipeline does it, and its generation defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import PromptTooLongError, UnsupportedModelError
+
+DEFAULTS_FILE = "culturelens.json"
+_T5_MAX_SEQUENCE = 256  # StableDiffusion3Pipeline's default max_sequence_length
+
+# Where each architecture keeps its layers and, per site kind, (module path in a layer, what to read).
+# "out": the module output (first element when it is a tuple); "outK": element K of a tuple output;
+# "in0": the first positional input (the MLP's post-activation is the input of its down-projection).
+ARCH_LAYOUT: dict[str, dict[str, Any]] = {
+    "clip": {
+        "layers": ("encoder.layers", "text_model.encoder.layers"),
+        "resid_post": ("", "out"),
+        "pattern": ("self_attn", "out1"),
+        "attn_out": ("self_attn", "out0"),
+        "mlp_post": ("mlp.fc2", "in0"),
+    },
+    "xlmr": {
+        "layers": ("roberta.encoder.layer", "encoder.layer"),
+        "resid_post": ("", "out"),
+        "pattern": ("attention.self", "out1"),
+        "attn_out": ("attention.output.dense", "out"),
+        "mlp_post": ("intermediate", "out"),
+    },
+    "t5": {
+        "layers": ("encoder.block",),
+        "resid_post": ("", "out0"),
+        "pattern": ("layer.0.SelfAttention", "out2"),
+        "attn_out": ("layer.0.SelfAttention", "out0"),
+        "mlp_post": ("layer.1.DenseReluDense.wo", "in0"),
+    },
+}
+
+_ARCH_OF_CLASS = {
+    "CLIPTextModel": "clip",
+    "CLIPTextModelWithProjection": "clip",
+    "RobertaSeriesModelWithTransformation": "xlmr",
+    "XLMRobertaModel": "xlmr",
+    "T5EncoderModel": "t5",
+}
+
+_PREFIX_OF_COMPONENT = {"text_encoder": "text", "text_encoder_2": "text_2", "text_encoder_3": "text_3"}
+
+
+def get_path(root: Any, path: str) -> Any:
+    """`root.a.b.0.c` by a dotted path ("" is root); integer parts index into ModuleLists."""
+    obj = root
+    for part in filter(None, path.split(".")):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+@dataclass
+class TextEncoder:
+    """One text encoder of a pipeline with its tokenizer and shape facts."""
+
+    prefix: str
+    component: str
+    module: torch.nn.Module
+    tokenizer: Any
+    arch: str
+    family: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_mlp: int
+    max_length: int
+    causal: bool
+    layers_path: str
+
+    @property
+    def uses_attention_mask(self) -> bool:
+        """Whether the pipeline passes the attention mask to this encoder."""
+        return bool(getattr(self.module.config, "use_attention_mask", False))
+
+    @property
+    def output_is_penultimate(self) -> bool:
+        """SDXL and SD3 feed the UNet the CLIP penultimate hidden state (no final LayerNorm)."""
+        return self.arch == "clip" and self.family in ("sdxl", "sd3")
+
+    @contextlib.contextmanager
+    def eager_attention(self, needed: bool = True):
+        """Switch to eager attention (the only one that forms probabilities) and back."""
+        old = getattr(self.module.config, "_attn_implementation", None)
+        if not needed or old == "eager":
+            yield
+            return
+        self.module.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.module.set_attn_implementation(old)
+
+    def layer(self, i: int) -> torch.nn.Module:
+        return get_path(self.module, self.layers_path)[i]
+
+
+def _text_encoder(prefix: str, component: str, module: Any, tokenizer: Any, family: str) -> TextEncoder:
+    cls = type(module).__name__
+    arch = _ARCH_OF_CLASS.get(cls)
+    if arch is None:
+        raise UnsupportedModelError(
+            f"pipeline component {component!r} is a {cls}; supported text encoders: {', '.join(_ARCH_OF_CLASS)}"
+        )
+    cfg = module.config
+    layout = ARCH_LAYOUT[arch]
+    layers_path = next((p for p in layout["layers"] if _has_path(module, p)), None)
+    if layers_path is None:
+        raise UnsupportedModelError(f"{component} ({cls}): no layer list at any of {layout['layers']}")
+    if arch == "t5":
+        d_model, n_heads, d_mlp = cfg.d_model, cfg.num_heads, cfg.d_ff
+        max_length = min(int(getattr(tokenizer, "model_max_length", _T5_MAX_SEQUENCE)), _T5_MAX_SEQUENCE)
+    else:
+        d_model, n_heads, d_mlp = cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size
+        max_length = int(tokenizer.model_max_length)
+    if tokenizer.pad_token is None:
+        raise UnsupportedModelError(f"tokenizer of {component} has no pad token; the pipeline pads to max_length")
+    return TextEncoder(
+        prefix=prefix, component=component, module=module, tokenizer=tokenizer, arch=arch, family=family,
+        n_layers=len(get_path(module, layers_path)), d_model=d_model, n_heads=n_heads, d_mlp=d_mlp,
+        max_length=max_length, causal=arch == "clip", layers_path=layers_path,
+    )
+
+
+def _has_path(root: Any, path: str) -> bool:
+    try:
+        get_path(root, path)
+        return True
+    except (AttributeError, IndexError):
+        return False
+
+
+def family_of(pipe: Any) -> str:
+    """The culturelens family of a pipeline instance, or UnsupportedModelError."""
+    name = type(pipe).__name__
+    if "XL" in name and hasattr(pipe, "text_encoder_2"):
+        return "sdxl"
+    if "StableDiffusion3" in name:
+        return "sd3"
+    if "AltDiffusion" in name:
+        return "altdiffusion"
+    if name.startswith("StableDiffusion") and hasattr(pipe, "unet"):
+        return "sd"
+    raise UnsupportedModelError(
+        f"pipeline class {name} is not supported; supported: StableDiffusionPipeline (SD 1.x/2.x), "
+        "StableDiffusionXLPipeline, AltDiffusionPipeline, StableDiffusion3Pipeline"
+    )
+
+
+@dataclass
+class Model:
+    """A loaded pipeline with named sites. Build with `interp.load` or `interp.tiny`."""
+
+    pipe: Any
+    family: str
+    encoders: dict[str, TextEncoder]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, defaults: dict[str, Any] | None = None, path: str | None = None) -> "Model":
+        """Wrap an existing diffusers pipeline instance."""
+        family = family_of(pipe)
+        encoders: dict[str, TextEncoder] = {}
+        for component, prefix in _PREFIX_OF_COMPONENT.items():
+            module = getattr(pipe, component, None)
+            if module is None:
+                continue
+            tok_name = component.replace("text_encoder", "tokenizer")
+            encoders[prefix] = _text_encoder(prefix, component, module, getattr(pipe, tok_name), family)
+        if not encoders:
+            raise UnsupportedModelError(f"{type(pipe).__name__} has no text encoder")
+        den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+        size = int(den.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+        merged = {"steps": 25, "guidance": 7.5, "height": size, "width": size}
+        merged.update(defaults or {})
+        return cls(pipe=pipe, family=family, encoders=encoders, defaults=merged, path=path)
+
+    # -- facts -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoders["text"].module.dtype
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet (SD, SDXL, AltDiffusion) or the MMDiT transformer (SD3)."""
+        return self.pipe.unet if hasattr(self.pipe, "unet") else self.pipe.transformer
+
+    def sites(self, kind: str | None = None) -> list[str]:
+        """Valid site names; `kind` filters by site kind ("resid_post", "mlp_post", "pattern",
+        "attn_out", "xattn_out", "xattn_pattern") or by prefix ("text", "text_2", "unet")."""
+        from .sites import all_sites
+
+        return [s.name for s in all_sites(self) if kind is None or kind in (s.kind, s.encoder)]
+
+    def encoder(self, prefix: str = "text") -> TextEncoder:
+        from .errors import SiteError
+
+        if prefix not in self.encoders:
+            raise SiteError(f"no text encoder {prefix!r} in this {self.family} model; valid: {list(self.encoders)}")
+        return self.encoders[prefix]
+
+    # -- tokenisation ----------------------------------------------------------------------
+    def tokenize(self, prompts: str | list[str], encoder: str = "text", truncate: bool = False) -> Any:
+        """Tokenise exactly as the pipeline does (pad to max_length). A prompt that would be
+        truncated raises PromptTooLongError naming its index, unless truncate=True (then a
+        warning names it)."""
+        import warnings
+
+        enc = self.encoder(encoder)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        lengths = [len(ids) for ids in enc.tokenizer(prompts, truncation=False)["input_ids"]]
+        long = [(i, n) for i, n in enumerate(lengths) if n > enc.max_length]
+        if long:
+            what = "; ".join(f"prompt {i} has {n} tokens ({prompts[i][:40]!r})" for i, n in long)
+            msg = f"{encoder} encoder ({enc.arch}) takes at most {enc.max_length} tokens: {what}"
+            if not truncate:
+                raise PromptTooLongError(msg + " (pass truncate=True to truncate)")
+            warnings.warn("truncated: " + msg, stacklevel=2)
+        return enc.tokenizer(
+            prompts, padding="max_length", max_length=enc.max_length, truncation=True, return_tensors="pt"
+        ).to(self.device)
+
+    def check_prompts(self, prompts: list[str], truncate: bool = False) -> None:
+        """Raise PromptTooLongError if any encoder would truncate any prompt."""
+        for prefix in self.encoders:
+            self.tokenize(prompts, prefix, truncate=truncate)
+
+    # -- persistence -----------------------------------------------------------------------
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Save the pipeline folder and this model's generation defaults (culturelens.json)."""
+        path = Path(path)
+        self.pipe.save_pretrained(path)
+        tmp = path / (DEFAULTS_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.defaults, indent=2, sort_keys=True))
+        os.replace(tmp, path / DEFAULTS_FILE)
+        return path
+
+    def __repr__(self) -> str:
+        encs = ", ".join(f"{p}={e.arch}[{e.n_layers}x{e.d_model}]" for p, e in self.encoders.items())
+        return f"Model(family={self.family!r}, {encs}, device={self.device}, dtype={self.dtype})"

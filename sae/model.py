@@ -1,0 +1,209 @@
+"""Top-K sparse autoencoder (Gao et al. 2024) whose training step never touches a dense
+[batch, d_sae] matrix: the encoder's weight gradient is a sparse product and decoding
+gathers only the k active decoder rows (`embedding_bag`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from sae.errors import SAEError
+
+
+@dataclass
+class SAEConfig:
+    """Shape and sparsity of a Top-K SAE; `k_aux` defaults to d_in // 2 (Gao et al. B.1)."""
+
+    d_in: int
+    d_sae: int = 4096
+    k: int = 32
+    k_aux: int | None = None
+    dead_tokens: int = 1_000_000
+    dead_threshold: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.k_aux is None:
+            self.k_aux = self.d_in // 2
+        if not 0 < self.k <= self.d_sae:
+            raise SAEError(f"SAEConfig: k={self.k} must be in 1..d_sae={self.d_sae}")
+        if self.d_in <= 0 or self.k_aux < 0:
+            raise SAEError(f"SAEConfig: bad d_in={self.d_in} or k_aux={self.k_aux}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Codes(NamedTuple):
+    """Sparse code: the k active latents of each row (values ≥ 0, indices into d_sae)."""
+
+    values: Float[Tensor, "n k"]
+    indices: Int[Tensor, "n k"]
+
+
+class _TopKEncode(torch.autograd.Function):
+    """pre = (x − b_dec)·W_enc + b_enc; top-k (ReLU'd) and, for AuxK, the top-k_aux
+    pre-activations among dead latents (no ReLU, so a latent pushed far negative still gets
+    a gradient).
+
+    The backward only forms a sparse [n, d_sae] matrix S with k + k_aux entries per row:
+    dL/dW_enc = (x − b_dec)ᵀ·S as one sparse product, dL/db_enc = column sums of S and
+    dL/db_dec = −W_enc·(column sums of S). Dense autograd would spend two full n×d_in×d_sae
+    matmuls on mostly-zero gradients."""
+
+    @staticmethod
+    def forward(ctx, x, b_dec, W_enc, b_enc, k: int, k_aux: int, dead: Tensor | None):
+        xc = x - b_dec
+        pre = torch.addmm(b_enc, xc, W_enc)
+        top = pre.topk(k, dim=-1, sorted=False)
+        values = top.values.clamp_min(0)
+        if dead is not None and k_aux > 0:
+            aux = torch.where(dead, pre, -torch.inf).topk(k_aux, dim=-1, sorted=False)
+            aux_values, aux_indices = aux.values, aux.indices
+        else:
+            aux_values = x.new_zeros(x.shape[0], 0)
+            aux_indices = top.indices.new_zeros(x.shape[0], 0)
+        ctx.save_for_backward(xc, W_enc, top.indices, values > 0, aux_indices)
+        ctx.mark_non_differentiable(top.indices, aux_indices)
+        return values, top.indices, aux_values, aux_indices
+
+    @staticmethod
+    def backward(ctx, g_values, _gi, g_aux, _gai):
+        xc, W_enc, indices, alive, aux_indices = ctx.saved_tensors
+        n, d_sae = xc.shape[0], W_enc.shape[1]
+        g_values = xc.new_zeros(indices.shape) if g_values is None else g_values * alive
+        if g_aux is None:
+            g_aux = xc.new_zeros(aux_indices.shape)
+        idx = torch.cat([indices, aux_indices], dim=1).flatten()
+        g = torch.cat([g_values, g_aux], 1).flatten()
+        rows = torch.arange(n, device=xc.device).repeat_interleave(idx.numel() // max(n, 1))
+        s_t = torch.sparse_coo_tensor(torch.stack([idx, rows]), g, (d_sae, n),
+                                      check_invariants=False)
+        col = torch.zeros(d_sae, dtype=xc.dtype, device=xc.device).index_add_(0, idx, g)
+        grad_x = grad_bdec = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.sparse.mm(s_t.t(), W_enc.t())
+        if ctx.needs_input_grad[1]:
+            grad_bdec = -(W_enc @ col)
+        if ctx.needs_input_grad[2]:
+            # [d_sae, d_in] result viewed as [d_in, d_sae]: the layout W_enc is stored in.
+            grad_w = torch.sparse.mm(s_t, xc).t()
+        grad_b = col if ctx.needs_input_grad[3] else None
+        return grad_x, grad_bdec, grad_w, grad_b, None, None, None
+
+
+class TopKSAE(nn.Module):
+    """encode(x) = ReLU(TopK(W_enc·(x − b_dec) + b_enc)), decode(z) = W_dec·z + b_dec.
+
+    Parameters follow SAELens: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in] with
+    unit-norm rows, b_dec [d_in]. W_enc starts as W_decᵀ; b_dec starts at zero until
+    `init_b_dec` sets it from data (geometric median)."""
+
+    def __init__(self, d_in: int, d_sae: int = 4096, k: int = 32, *, k_aux: int | None = None,
+                 dead_tokens: int = 1_000_000, dead_threshold: float = 1e-3, seed: int = 0):
+        super().__init__()
+        self.cfg = SAEConfig(d_in, d_sae, k, k_aux, dead_tokens, dead_threshold)
+        gen = torch.Generator().manual_seed(seed)
+        w_dec = torch.randn(d_sae, d_in, generator=gen)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        # W_enc is [d_in, d_sae] (SAELens) but laid out as [d_sae, d_in] in memory, the
+        # layout the sparse weight gradient comes out in.
+        self.W_enc = nn.Parameter(w_dec.clone().t())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        # Tokens seen since each latent last fired above dead_threshold (a buffer: it is
+        # checkpointed with the weights so resumed runs agree on which latents are dead).
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def k(self) -> int:
+        return self.cfg.k
+
+    def _check(self, x: Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            raise SAEError(f"TopKSAE: input last dim {x.shape[-1]} != d_in {self.d_in}")
+
+    def dead_mask(self) -> Bool[Tensor, " d_sae"]:
+        """Latents that have not fired for `dead_tokens` tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    def encode_sparse(self, x: Float[Tensor, "n d_in"], dead: Tensor | None = None
+                      ) -> tuple[Codes, Codes]:
+        """Top-k code of each row, and the AuxK code over `dead` latents (empty if None)."""
+        self._check(x)
+        v, i, av, ai = _TopKEncode.apply(
+            x.to(self.W_enc.dtype), self.b_dec, self.W_enc, self.b_enc, self.k,
+            min(self.cfg.k_aux, int(dead.sum())) if dead is not None else 0, dead,
+        )
+        return Codes(v, i), Codes(av, ai)
+
+    def decode_sparse(self, codes: Codes, bias: bool = True) -> Float[Tensor, "n d_in"]:
+        """Σ_j values[:, j] · W_dec[indices[:, j]] (+ b_dec): reads only the active rows."""
+        out = F.embedding_bag(codes.indices, self.W_dec, per_sample_weights=codes.values,
+                              mode="sum")
+        return out + self.b_dec if bias else out
+
+    def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        """Dense latent activations (zeros except the k active ones), any leading shape."""
+        lead = x.shape[:-1]
+        codes, _ = self.encode_sparse(x.reshape(-1, x.shape[-1]))
+        z = codes.values.new_zeros(codes.values.shape[0], self.d_sae)
+        return z.scatter_(1, codes.indices, codes.values).reshape(*lead, self.d_sae)
+
+    def decode(self, z: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
+        """Dense decode z·W_dec + b_dec (for codes edited in latent space)."""
+        return z @ self.W_dec + self.b_dec
+
+    def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
+        """Reconstruction decode(encode(x)) via the sparse path; keeps x's dtype and shape."""
+        flat = x.reshape(-1, x.shape[-1])
+        codes, _ = self.encode_sparse(flat)
+        return self.decode_sparse(codes).reshape(x.shape).to(x.dtype)
+
+    @torch.no_grad()
+    def init_b_dec(self, sample: Float[Tensor, "n d_in"], iters: int = 100) -> None:
+        """b_dec ← geometric median of `sample` (Weiszfeld iterations from the mean)."""
+        self._check(sample)
+        pts = sample.to(self.b_dec.dtype)
+        guess = pts.mean(0)
+        for _ in range(iters):
+            w = 1.0 / (pts - guess).norm(dim=1).clamp_min(1e-8)
+            new = (w[:, None] * pts).sum(0) / w.sum()
+            if (new - guess).norm() < 1e-6 * (1 + guess.norm()):
+                guess = new
+                break
+            guess = new
+        self.b_dec.copy_(guess)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale each decoder row to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the gradient component along each decoder row (it would only change its norm)."""
+        if self.W_dec.grad is not None:
+            g, w = self.W_dec.grad, self.W_dec
+            g -= (g * w).sum(dim=1, keepdim=True) * w
+
+    @torch.no_grad()
+    def update_dead(self, codes: Codes) -> None:
+        """Count tokens since each latent fired; called once per training batch."""
+        fired = codes.indices[codes.values > self.cfg.dead_threshold]
+        self.tokens_since_fired += codes.indices.shape[0]
+        self.tokens_since_fired[fired] = 0
+

@@ -1,0 +1,93 @@
+"""SAELens 6.x on-disk format: `cfg.json` + `sae_weights.safetensors`.
+
+Written without importing sae-lens (it pins transformer-lens 3.x). The cfg mirrors what
+`TopKSAEConfig.to_dict()` writes: the SAEConfig fields, `k`, `rescale_acts_by_decoder_norm`,
+`architecture` and a `metadata` dict (free-form in SAELens 6; `hook_name` is what
+HookedSAETransformer attaches to)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sae.errors import SAEError
+from sae.model import TopKSAE
+
+CFG = "cfg.json"
+WEIGHTS = "sae_weights.safetensors"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float64": torch.float64}
+
+
+def saelens_cfg(sae: TopKSAE, hook_name: str, model_name: str | None = None,
+                dtype: str = "float32", device: str = "cpu", **metadata) -> dict:
+    """The cfg dict SAELens 6 writes for an inference TopK SAE."""
+    return {
+        "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": dtype, "device": device,
+        "apply_b_dec_to_input": True, "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {"model_name": model_name, "hook_name": hook_name, **metadata},
+        "k": sae.k, "rescale_acts_by_decoder_norm": False, "architecture": "topk",
+    }
+
+
+def save_saelens(sae: TopKSAE, directory: str | Path, hook_name: str,
+                 model_name: str | None = None, dtype: str = "float32", **metadata) -> Path:
+    """Write `cfg.json` + `sae_weights.safetensors` (W_enc [d_in,d_sae], b_enc, W_dec
+    [d_sae,d_in], b_dec) atomically; extra keyword arguments go into `metadata`."""
+    if dtype not in _DTYPES:
+        raise SAEError(f"save_saelens: dtype {dtype!r} not in {sorted(_DTYPES)}")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {n: getattr(sae, n).detach().to("cpu", _DTYPES[dtype]).contiguous()
+               for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, out / WEIGHTS)
+    cfg = saelens_cfg(sae, hook_name, model_name, dtype, **metadata)
+    tmp = out / (CFG + ".tmp")
+    tmp.write_text(json.dumps(cfg, indent=2))
+    os.replace(tmp, out / CFG)
+    return out
+
+
+def load_saelens(directory: str | Path, device: str = "cpu") -> TopKSAE:
+    """Read a SAELens TopK folder (the cfg dict is kept as `sae.saelens_cfg`). Refuses a cfg without `architecture`
+    or `k` (SAELens would fall back to defaults and load it wrongly)."""
+    d = Path(directory)
+    cfg_path, w_path = d / CFG, d / WEIGHTS
+    for p in (cfg_path, w_path):
+        if not p.exists():
+            raise SAEError(f"{p}: missing; a SAELens folder holds {CFG} and {WEIGHTS}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise SAEError(f"{cfg_path}: line {e.lineno}: invalid JSON ({e.msg})") from e
+    for key in ("architecture", "k", "d_in", "d_sae"):
+        if key not in cfg:
+            raise SAEError(f"{cfg_path}: no '{key}' field; refusing to guess (SAELens would "
+                           f"silently use a default)")
+    if cfg["architecture"] != "topk":
+        raise SAEError(f"{cfg_path}: architecture {cfg['architecture']!r}, only 'topk' is supported")
+    for key, want in (("apply_b_dec_to_input", True), ("normalize_activations", "none"),
+                      ("reshape_activations", "none"), ("rescale_acts_by_decoder_norm", False)):
+        if cfg.get(key, want) != want:
+            raise SAEError(f"{cfg_path}: {key}={cfg[key]!r} is not supported (need {want!r})")
+    w = load_file(str(w_path))
+    shapes = {"W_enc": (cfg["d_in"], cfg["d_sae"]), "b_enc": (cfg["d_sae"],),
+              "W_dec": (cfg["d_sae"], cfg["d_in"]), "b_dec": (cfg["d_in"],)}
+    for name, shape in shapes.items():
+        if name not in w or tuple(w[name].shape) != shape:
+            got = tuple(w[name].shape) if name in w else "missing"
+            raise SAEError(f"{w_path}: tensor {name} is {got}, cfg implies {shape}")
+    dtype = _DTYPES.get(cfg.get("dtype", "float32"), torch.float32)
+    sae = TopKSAE(cfg["d_in"], cfg["d_sae"], int(cfg["k"]))
+    with torch.no_grad():
+        for name in shapes:
+            getattr(sae, name).copy_(w[name].float())
+    sae.saelens_cfg = cfg
+    return sae.to(device=device, dtype=dtype)

@@ -1,0 +1,254 @@
+"""Activation store: token activations of one site, in safetensors shards on disk.
+
+Writing keeps at most one shard plus one captured batch in memory. Reading streams a seeded
+shuffle: each epoch permutes the shard order, loads `window` shards at a time and permutes
+their rows, so memory stays at `window` shards whatever the store size. A batch is addressed
+by its token position in that endless stream, which makes a training run resumable from a
+single integer. A manifest records site, model and prompt-set fingerprints so stores of
+different origins are never mixed silently."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae.errors import SAEError
+
+MANIFEST = "manifest.json"
+Drop = Literal["special", "padding", "none"]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _sha(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:16]
+
+
+def prompts_fingerprint(prompts: Sequence[str]) -> str:
+    """Order-sensitive hash of a prompt list."""
+    return _sha(json.dumps(list(prompts), ensure_ascii=False))
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """Hash of a module's config (if any), parameter names/shapes and a slice of a few weights.
+
+    Cheap on big models (reads ≤ 256 values of ≤ 8 tensors) yet changes with any retrained or
+    swapped checkpoint in practice."""
+    h = hashlib.sha256()
+    cfg = getattr(module, "config", None)
+    if cfg is not None and hasattr(cfg, "to_json_string"):
+        h.update(cfg.to_json_string(use_diff=False).encode())
+    params = list(module.state_dict().items())
+    for name, p in params:
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+    step = max(1, len(params) // 8)
+    for _, p in params[::step]:
+        h.update(p.detach().flatten()[:256].to(torch.float64).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def token_keep_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Iterable[int],
+                    drop: Drop) -> Bool[Tensor, "b s"]:
+    """Which token positions to keep: all, non-padding, or non-padding non-special."""
+    if drop == "none":
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    keep = attention_mask.bool()
+    if drop == "special":
+        keep &= ~torch.isin(input_ids, torch.tensor(sorted(set(special_ids)), dtype=input_ids.dtype))
+    elif drop != "padding":
+        raise SAEError(f"drop={drop!r}: expected 'special', 'padding' or 'none'")
+    return keep
+
+
+@dataclass
+class _Shard:
+    file: str
+    n: int
+
+
+class ActivationStore:
+    """A finished store on disk; open with `ActivationStore(path)`, build with `build` /
+    `from_batches`. `fingerprints` is the dict checked against any `expect=` given."""
+
+    def __init__(self, path: str | Path, expect: dict[str, str] | None = None):
+        self.path = Path(path)
+        mf = self.path / MANIFEST
+        if not mf.exists():
+            raise SAEError(f"{mf}: no manifest; not a finished activation store")
+        m = json.loads(mf.read_text())
+        self.manifest: dict[str, Any] = m
+        self.d: int = m["d"]
+        self.fingerprints: dict[str, str] = m["fingerprints"]
+        self.shards = [_Shard(**s) for s in m["shards"]]
+        self.n_tokens = sum(s.n for s in self.shards)
+        if self.n_tokens == 0:
+            raise SAEError(f"{mf}: store holds no tokens")
+        check_fingerprints(self.fingerprints, expect or {}, where=str(mf))
+
+    # ---- building -------------------------------------------------------------------
+    @classmethod
+    def from_batches(cls, path: str | Path, batches: Iterable[Float[Tensor, "n d"]],
+                     fingerprints: dict[str, str], shard_tokens: int = 65_536,
+                     dtype: torch.dtype = torch.float32, meta: dict | None = None,
+                     progress: bool = True) -> ActivationStore:
+        """Write token rows [n, d] from any iterable into shards; reuse a finished store
+        with equal fingerprints, refuse one with different fingerprints."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            return cls(path, expect=fingerprints)
+        path.mkdir(parents=True, exist_ok=True)
+        buf: list[Tensor] = []
+        n_buf, shards, d, peak = 0, [], None, 0
+
+        def flush(rows: Tensor) -> None:
+            name = f"shard_{len(shards):05d}.safetensors"
+            tmp = path / (name + ".tmp")
+            save_file({"acts": rows.contiguous()}, str(tmp))
+            os.replace(tmp, path / name)
+            shards.append({"file": name, "n": rows.shape[0]})
+
+        bar = tqdm(desc=f"store {path.name}", unit="tok", disable=not progress)
+        for i, rows in enumerate(batches):
+            if rows.ndim != 2 or (d is not None and rows.shape[1] != d):
+                raise SAEError(f"{path}: batch {i} has shape {tuple(rows.shape)}, expected [n, {d or 'd'}]")
+            d = rows.shape[1]
+            buf.append(rows.detach().to("cpu", dtype))
+            n_buf += rows.shape[0]
+            peak = max(peak, n_buf)
+            bar.update(rows.shape[0])
+            while n_buf >= shard_tokens:
+                allrows = torch.cat(buf)
+                flush(allrows[:shard_tokens])
+                # clone: a view of the remainder would keep the whole block alive
+                buf, n_buf = [allrows[shard_tokens:].clone()], n_buf - shard_tokens
+                del allrows
+        bar.close()
+        if n_buf:
+            flush(torch.cat(buf))
+        if d is None:
+            raise SAEError(f"{path}: no activations were produced")
+        manifest = {"d": d, "dtype": str(dtype).removeprefix("torch."), "shards": shards,
+                    "fingerprints": fingerprints, "meta": meta or {},
+                    "max_buffered_tokens": peak}
+        _atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1))
+        return cls(path)
+
+    @classmethod
+    def build(cls, path: str | Path, model: Any, prompts: Sequence[str], site: str,
+              batch_size: int = 16, drop: Drop = "special", special_ids: Iterable[int] | None = None,
+              shard_tokens: int = 65_536, dtype: torch.dtype = torch.float32,
+              progress: bool = True) -> ActivationStore:
+        """Capture `site` over `prompts` with `interp.capture`, `batch_size` prompts at a time.
+
+        Text sites [B, S, d]: positions are filtered by `drop` using the pipeline's own
+        tokenization (`model.tokenize`) and the tokenizer's special ids (override with
+        `special_ids`). Note SD's UNet does read the padding positions; use drop="none" to
+        keep what the UNet sees."""
+        import interp
+
+        if not prompts:
+            raise SAEError(f"ActivationStore.build({site}): empty prompt list")
+        encoder = site.split(".", 1)[0]
+        enc = model.encoders.get(encoder) if hasattr(model, "encoders") else None
+        if enc is None:
+            raise SAEError(f"site {site}: the store captures text-encoder sites; no encoder {encoder!r}")
+        specials = list(special_ids) if special_ids is not None else list(enc.tokenizer.all_special_ids)
+        fps = {"site": site, "model": module_fingerprint(enc.module),
+               "prompts": prompts_fingerprint(prompts), "drop": f"{drop}:{sorted(specials)}"}
+
+        def rows() -> Iterator[Tensor]:
+            for start in range(0, len(prompts), batch_size):
+                chunk = list(prompts[start:start + batch_size])
+                act = interp.capture(model, chunk, sites=[site])[site]
+                if act.ndim != 3:
+                    raise SAEError(f"site {site}: activation shape {tuple(act.shape)}, expected [B, S, d]")
+                tok = model.tokenize(chunk, encoder=encoder)
+                keep = token_keep_mask(tok["input_ids"], tok["attention_mask"], specials, drop)
+                if keep.shape != act.shape[:2]:
+                    raise SAEError(f"site {site}: tokens {tuple(keep.shape)} vs activations "
+                                   f"{tuple(act.shape[:2])} at prompts {start}..{start + len(chunk) - 1}")
+                yield act[keep.to(act.device)]
+
+        meta = {"n_prompts": len(prompts), "encoder": encoder}
+        return cls.from_batches(path, rows(), fps, shard_tokens, dtype, meta, progress)
+
+    # ---- reading --------------------------------------------------------------------
+    def _load(self, shard: _Shard) -> Tensor:
+        with safe_open(str(self.path / shard.file), framework="pt") as f:
+            t = f.get_tensor("acts")
+        if t.shape[0] != shard.n:
+            raise SAEError(f"{self.path / shard.file}: {t.shape[0]} rows, manifest says {shard.n}")
+        return t
+
+    def all(self) -> Float[Tensor, "n d"]:
+        """Every row in write order (for small stores and evaluation)."""
+        return torch.cat([self._load(s) for s in self.shards])
+
+    def sample(self, n: int, seed: int = 0) -> Float[Tensor, "m d"]:
+        """First n rows of the seeded shuffle (e.g. to initialise b_dec)."""
+        return next(self.batches(min(n, self.n_tokens), seed=seed))
+
+    def _epoch_groups(self, epoch: int, seed: int, window: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.shards), generator=g).tolist()
+        return [order[i:i + window] for i in range(0, len(order), window)]
+
+    def _group_rows(self, epoch: int, gi: int, group: list[int], seed: int) -> Tensor:
+        rows = torch.cat([self._load(self.shards[i]) for i in group])
+        g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_007 + gi)
+        return rows[torch.randperm(rows.shape[0], generator=g)]
+
+    def batches(self, batch_size: int, seed: int = 0, start: int = 0, window: int = 2
+                ) -> Iterator[Float[Tensor, "b d"]]:
+        """Endless seeded shuffled batches, starting at token position `start` of the stream.
+
+        Batch j of a run that began at 0 equals batch 0 of a run begun at j·batch_size."""
+        if batch_size <= 0:
+            raise SAEError(f"batch_size={batch_size} must be positive")
+        epoch, offset = divmod(start, self.n_tokens)
+        carry: Tensor | None = None
+        while True:
+            for gi, group in enumerate(self._epoch_groups(epoch, seed, window)):
+                size = sum(self.shards[i].n for i in group)
+                if offset >= size:
+                    offset -= size
+                    continue
+                rows = self._group_rows(epoch, gi, group, seed)[offset:]
+                offset, pos = 0, 0
+                if carry is not None:
+                    need = batch_size - carry.shape[0]
+                    if rows.shape[0] < need:
+                        carry = torch.cat([carry, rows])
+                        continue
+                    yield torch.cat([carry, rows[:need]])
+                    carry, pos = None, need
+                while pos + batch_size <= rows.shape[0]:
+                    yield rows[pos:pos + batch_size]
+                    pos += batch_size
+                # clone so the leftover does not pin the whole window in memory
+                carry = rows[pos:].clone() if pos < rows.shape[0] else None
+            epoch += 1
+
+
+def check_fingerprints(have: dict[str, str], expect: dict[str, str], where: str) -> None:
+    """Raise naming every fingerprint that differs (missing keys count as different)."""
+    bad = [f"{k}: store has {have.get(k)!r}, expected {v!r}" for k, v in expect.items()
+           if have.get(k) != v]
+    if bad:
+        raise SAEError(f"{where}: activation store of a different origin — " + "; ".join(bad))

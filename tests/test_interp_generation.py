@@ -1,0 +1,100 @@
+"""Seeded generation equals the pipeline's own output; capture during generation; save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import interp
+from interp.generation import pipeline_kwargs
+
+PROMPTS = ["a box", "和風の箱"]
+
+
+def _same_images(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
+
+
+def test_generate_equals_pipeline_and_is_reproducible(tiny_model):
+    g = interp.generate(tiny_model, PROMPTS, seed=3)
+    with torch.no_grad():
+        ref = tiny_model.pipe(**pipeline_kwargs(tiny_model, PROMPTS, 3, None, None)).images
+    assert _same_images(g.images, ref)
+    assert g.latents.shape[0] == 2 and g.images[0].size == (tiny_model.defaults["width"],) * 2
+    again = interp.generate(tiny_model, PROMPTS, seed=3)
+    assert torch.equal(again.latents, g.latents)
+    assert not torch.equal(interp.generate(tiny_model, PROMPTS, seed=4).latents, g.latents)
+
+
+def test_image_i_does_not_depend_on_batch(tiny_sd):
+    both = interp.generate(tiny_sd, PROMPTS, seed=0)
+    one = interp.generate(tiny_sd, PROMPTS[:1], seed=0)
+    torch.testing.assert_close(both.latents[:1], one.latents, atol=1e-5, rtol=1e-5)
+
+
+def test_text_mask_changes_generation_and_lambda_zero_does_not(tiny_model):
+    prefix = list(tiny_model.encoders)[-1]
+    units = interp.Units(f"{prefix}.blocks.0.mlp.hook_post", list(range(8)))
+    base = interp.generate(tiny_model, PROMPTS, seed=1)
+    masked = interp.generate(tiny_model, PROMPTS, seed=1, interventions=[interp.Mask(units)])
+    assert not torch.equal(masked.latents, base.latents)
+    same = interp.generate(tiny_model, PROMPTS, seed=1, interventions=[interp.Amplify(units, 0.0)])
+    assert torch.equal(same.latents, base.latents)
+
+
+def test_capture_generation_rows_and_steps(tiny_sd):
+    out_site, pat_site = "unet.down.0.attn.0.attn2.hook_out", "unet.down.0.attn.0.attn2.hook_pattern"
+    g = interp.capture_generation(tiny_sd, PROMPTS, [out_site, pat_site, "text.blocks.1.hook_resid_post"],
+                                  seed=2, steps=3, guidance=5.0)
+    unet = tiny_sd.pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+    hw = (tiny_sd.pipe.unet.config.sample_size) ** 2
+    S = tiny_sd.encoders["text"].max_length
+    assert g.acts[out_site].shape == (3, 2, 2, hw, unet.to_out[0].out_features)  # [T, uncond|cond, B, ...]
+    assert g.acts[pat_site].shape == (3, 2, 2, unet.heads, hw, S)
+    torch.testing.assert_close(g.acts[pat_site].sum(-1), torch.ones(3, 2, 2, unet.heads, hw))
+    # the text encoder ran for the prompts and then for the (empty) negative prompts
+    text = g.acts["text.blocks.1.hook_resid_post"]
+    assert text.shape == (2, 2, S, tiny_sd.encoders["text"].d_model)
+    ref = interp.capture(tiny_sd, PROMPTS, ["text.blocks.1.hook_resid_post"])["text.blocks.1.hook_resid_post"]
+    assert torch.equal(text[0], ref)
+    # the conditional rows' cross-attention output differs from the unconditional ones
+    assert not torch.allclose(g.acts[out_site][:, 0], g.acts[out_site][:, 1])
+    nocfg = interp.capture_generation(tiny_sd, PROMPTS, [out_site], seed=2, steps=2, guidance=1.0)
+    assert nocfg.acts[out_site].shape[:3] == (2, 1, 2)
+
+
+def test_unet_intervention_on_chosen_steps(tiny_sd):
+    site = "unet.up.1.attn.0.attn2.hook_out"
+    units = interp.Units(site, [0, 1, 2, 3])
+    g = interp.capture_generation(tiny_sd, PROMPTS, [site], seed=0, steps=3,
+                                  interventions=[interp.Mask(units, steps=[1])])
+    acts = g.acts[site]
+    assert torch.all(acts[1][..., :4] == 0)
+    assert acts[0][..., :4].abs().sum() > 0 and acts[2][..., :4].abs().sum() > 0
+    base = interp.generate(tiny_sd, PROMPTS, seed=0, steps=3)
+    assert not torch.equal(g.latents, base.latents)
+
+
+def test_save_load_round_trip_with_defaults(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "culturelens.json").read_text())["steps"] == tiny_model.defaults["steps"]
+    loaded = interp.load(tmp_path)
+    assert loaded.family == tiny_model.family and loaded.sites() == tiny_model.sites()
+    assert torch.equal(interp.encoder_output(loaded, PROMPTS), interp.encoder_output(tiny_model, PROMPTS))
+    assert torch.equal(interp.generate(loaded, PROMPTS, seed=1).latents,
+                       interp.generate(tiny_model, PROMPTS, seed=1).latents)
+
+
+def test_defaults_file_sets_guidance(tiny_sd, tmp_path):
+    tiny_sd.save_pretrained(tmp_path)
+    (tmp_path / "culturelens.json").write_text(json.dumps({"guidance": 1.0, "steps": 1}))
+    m = interp.load(tmp_path)
+    assert m.defaults["guidance"] == 1.0 and m.defaults["steps"] == 1
+    g = interp.capture_generation(m, PROMPTS, ["unet.down.0.attn.0.attn2.hook_out"])
+    assert g.acts["unet.down.0.attn.0.attn2.hook_out"].shape[:2] == (1, 1)  # 1 step, no CFG rows
+    (tmp_path / "culturelens.json").write_text('{"guidance": "high"}')
+    with pytest.raises(interp.CultureLensError, match="culturelens.json.*guidance"):
+        interp.load(tmp_path)

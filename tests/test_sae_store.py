@@ -1,0 +1,79 @@
+"""Activation store: shards, shuffle, re-reading, fingerprints, bounded memory."""
+
+import pytest
+import torch
+
+from sae import ActivationStore, SAEError
+from sae.store import token_keep_mask
+
+
+def _rows(n=1000, d=3):
+    return torch.arange(n * d, dtype=torch.float32).reshape(n, d)
+
+
+def test_shards_shuffle_and_positions(tmp_path):
+    data = _rows()
+    st = ActivationStore.from_batches(tmp_path, (data[i:i + 70] for i in range(0, 1000, 70)),
+                                      {"site": "s"}, shard_tokens=128, progress=False)
+    assert len(st.shards) == 8 and st.n_tokens == 1000
+    assert all(s.n <= 128 for s in st.shards)
+    torch.testing.assert_close(st.all(), data)
+    it = st.batches(64, seed=1)
+    got = [next(it) for _ in range(32)]
+    first_epoch = torch.cat(got)[:960, 0]
+    assert len(set(first_epoch.tolist())) == 960  # no repeats inside an epoch
+    assert not torch.equal(first_epoch[:64], data[:64, 0])  # shuffled
+    # a read started at any token position continues the same stream
+    it2 = st.batches(64, seed=1, start=64 * 20)
+    assert torch.equal(next(it2), got[20]) and torch.equal(next(it2), got[21])
+    # another seed, another order; the same seed, the same order
+    assert not torch.equal(next(st.batches(64, seed=2)), got[0])
+    assert torch.equal(next(ActivationStore(tmp_path).batches(64, seed=1)), got[0])
+
+
+def test_fingerprints_never_mixed(tmp_path):
+    fp = {"site": "text.blocks.1.hook_resid_post", "model": "abc", "prompts": "p1"}
+    ActivationStore.from_batches(tmp_path, [_rows(10)], fp, progress=False)
+    # same origin: re-used without recomputation (the generator is never consumed)
+    def boom():
+        raise AssertionError("recomputed")
+        yield
+    assert ActivationStore.from_batches(tmp_path, boom(), fp, progress=False).n_tokens == 10
+    with pytest.raises(SAEError, match="prompts: store has 'p1', expected 'p2'"):
+        ActivationStore.from_batches(tmp_path, boom(), {**fp, "prompts": "p2"}, progress=False)
+    with pytest.raises(SAEError, match="model"):
+        ActivationStore(tmp_path, expect={"model": "zzz"})
+
+
+def test_bad_input_named(tmp_path):
+    with pytest.raises(SAEError, match="batch 1 has shape"):
+        ActivationStore.from_batches(tmp_path / "a", [_rows(4, 3), _rows(4, 5)], {}, progress=False)
+    with pytest.raises(SAEError, match="no manifest"):
+        ActivationStore(tmp_path / "nothing")
+
+
+def test_keep_mask():
+    ids = torch.tensor([[49406, 320, 1929, 49407, 49407, 49407]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    special = [49406, 49407]
+    assert token_keep_mask(ids, mask, special, "special").tolist() == [[False, True, True, False, False, False]]
+    assert token_keep_mask(ids, mask, special, "padding").tolist() == [[True, True, True, True, False, False]]
+    assert token_keep_mask(ids, mask, special, "none").all()
+    with pytest.raises(SAEError, match="drop="):
+        token_keep_mask(ids, mask, special, "bogus")
+
+
+def test_writer_memory_bounded(tmp_path):
+    """The writer buffers at most one shard + one incoming batch, whatever the total."""
+    d, shard, batch = 16, 2048, 500
+
+    def gen(n_batches):
+        g = torch.Generator().manual_seed(0)
+        for _ in range(n_batches):
+            yield torch.randn(batch, d, generator=g)
+
+    for n in (9, 90):
+        st = ActivationStore.from_batches(tmp_path / str(n), gen(n), {}, shard_tokens=shard,
+                                          progress=False)
+        assert st.n_tokens == n * batch and max(s.n for s in st.shards) == shard
+        assert st.manifest["max_buffered_tokens"] < shard + batch
