@@ -77,6 +77,10 @@ def main() -> None:
           f"(built in {time.perf_counter() - t0:.1f} s); threads {torch.get_num_threads()}, device {args.device}")
     pairs = make_pairs(args.pairs)
     prompts = [p[0] for p in pairs] + [p[1] for p in pairs]
+    lens = model.tokenize(prompts)["attention_mask"].sum(1).float()
+    # The random model's tokenizer is the tiny 300-piece one, so prompts are longer than with
+    # XLM-R's real vocabulary: the trimmed scan's gain here is a lower bound.
+    print(f"real tokens per prompt: mean {lens.mean():.1f}, max {int(lens.max())} (padded to {te.max_length})")
 
     # Warm-up (first-call allocations, nnsight wrapper), then the reference: plain forward
     # passes forming attention probabilities, same batches.

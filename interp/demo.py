@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 
 PAIRS = [("a Japanese-style box", "a box"), ("a Thai-style hat", "a hat"), ("a French vase", "a vase")]
 

@@ -92,8 +92,57 @@ def _stack(name: str, items: list[tuple[int, Tensor]], batch: int) -> Tensor:
 
 def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int = 0,
                        steps: int | None = None, guidance: float | None = None,
-                       interventions: Sequence[Any] = (), **kwargs: Any) -> Generation:
-    """Generate and capture `sites` (UNet cross-attention and/or text sites) at every call."""
+                       interventions: Sequence[Any] = (), engine: str = "hooks", **kwargs: Any) -> Generation:
+    """Generate and capture `sites` (UNet cross-attention and/or text sites) at every call.
+
+    engine="hooks" (default) records any site with the hook engine; engine="nnsight" traces the
+    whole pipeline with nnsight (`tracer.iter` over denoising steps) — UNet `attn2.hook_out` sites
+    only, no interventions — the form a remote nnsight engine can run for models too large here.
+    """
     if not sites:
         raise CultureLensError("capture_generation: no sites given")
+    if engine == "nnsight":
+        if interventions:
+            raise CultureLensError("capture_generation(engine='nnsight') takes no interventions; use engine='hooks'")
+        return _capture_nnsight(model, prompts, sites, seed, steps, guidance, **kwargs)
+    if engine != "hooks":
+        raise CultureLensError(f"capture_generation: engine {engine!r}; use 'hooks' or 'nnsight'")
     return generate(model, prompts, seed, steps, guidance, interventions, record=sites, **kwargs)
+
+
+def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int,
+                     steps: int | None, guidance: float | None, **kwargs: Any) -> Generation:
+    import nnsight
+    from nnsight.modeling.diffusion import _PipelineModule
+
+    from .capture import _envoy
+    from .errors import SiteError
+    from .sites import parse
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    model.check_prompts(prompts)
+    parsed = sorted((parse(model, s) for s in sites), key=lambda s: s.order)
+    bad = [s.name for s in parsed if s.kind != "xattn_out"]
+    if bad:
+        raise SiteError(f"capture_generation(engine='nnsight') reads UNet attn2.hook_out sites only, not {bad}")
+    cache = model.__dict__.setdefault("_nnsight", {})
+    if "pipeline" not in cache:
+        cache["pipeline"] = nnsight.NNsight(_PipelineModule(model.pipe))
+    nm = cache["pipeline"]
+    kw = pipeline_kwargs(model, prompts, seed, steps, guidance, **kwargs)
+    final: list[Tensor] = []
+
+    def keep_latents(pipe: Any, i: int, t: Any, cb: dict) -> dict:
+        final[:] = [cb["latents"]]
+        return {}
+
+    kw.update(callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"])
+    saved: dict[str, list[Any]] = {s.name: [] for s in parsed}
+    result: list[Any] = []
+    with torch.no_grad(), nm.trace(**kw) as tracer:
+        for _ in tracer.iter[: kw["num_inference_steps"]]:
+            for s in parsed:
+                saved[s.name].append(_envoy(nm.unet, s.module_path).output.save())
+        result.append(nm.output.save())
+    acts = {n: _stack(n, [(t, a) for t, a in enumerate(v)], len(prompts)) for n, v in saved.items()}
+    return Generation(images=list(result[0].images), latents=final[0], acts=acts)

@@ -5,7 +5,9 @@ Why plain torch hooks here and nnsight elsewhere: the context-manager form must 
 text encoder once per prompt batch and the UNet once per denoising step with CFG-doubled rows.
 A forward hook handles every such call with no tracing cost (the masked-generation benchmark
 needs ≤ 1.1× of plain generation) and is removed with certainty in `finally`. nnsight is used
-where a single traced forward is the job: encoder capture (`interp.capture`) and patching.
+where a single traced forward is the job: encoder capture (`interp.capture`) and patching, and
+for `capture_generation(..., engine="nnsight")`, a whole-pipeline trace (the remote-ready form),
+tested to give the same per-step activations as this engine.
 
 UNet cross-attention probabilities are never formed by SDPA, so for `attn2.hook_pattern` sites the
 session swaps that module's processor for diffusers' eager `AttnProcessor` and wraps its

@@ -46,8 +46,11 @@ class Site:
 
     @property
     def order(self) -> tuple:
-        layer = self.layer if isinstance(self.layer, int) else 0
-        return (self.encoder, layer, STAGE[self.kind])
+        """Sort key in execution order (text: layer then stage; UNet: down, mid, up blocks)."""
+        if isinstance(self.layer, int):
+            return (self.encoder, self.layer, 0, 0, 0, STAGE[self.kind])
+        where, i, j, k = self.layer
+        return (self.encoder, {"down": 0, "mid": 1, "up": 2}[where], i, j, k, STAGE[self.kind])
 
     @property
     def writable(self) -> bool:

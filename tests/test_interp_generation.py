@@ -98,3 +98,15 @@ def test_defaults_file_sets_guidance(tiny_sd, tmp_path):
     (tmp_path / "culturelens.json").write_text('{"guidance": "high"}')
     with pytest.raises(interp.CultureLensError, match="culturelens.json.*guidance"):
         interp.load(tmp_path)
+
+
+def test_nnsight_engine_matches_hook_engine(tiny_sd):
+    sites = ["unet.up.1.attn.0.attn2.hook_out", "unet.down.0.attn.0.attn2.hook_out"]
+    hooks = interp.capture_generation(tiny_sd, PROMPTS, sites, seed=2, steps=3, guidance=5.0)
+    traced = interp.capture_generation(tiny_sd, PROMPTS, sites, seed=2, steps=3, guidance=5.0, engine="nnsight")
+    for s in sites:
+        assert traced.acts[s].shape == (3, 2, 2) + hooks.acts[s].shape[3:]
+        assert torch.equal(traced.acts[s], hooks.acts[s])
+    assert torch.equal(traced.latents, hooks.latents) and _same_images(traced.images, hooks.images)
+    with pytest.raises(interp.SiteError, match="hook_out sites only"):
+        interp.capture_generation(tiny_sd, PROMPTS, ["unet.down.0.attn.0.attn2.hook_pattern"], engine="nnsight")

@@ -134,7 +134,7 @@ def train(run_dir: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = 
         _log(run_dir, f"resumed at step {step} of {total}")
         if cfg.retotal is not None and cfg.retotal != total:
             sizing = dict(sizing or {}, retotal={"at_step": step, "old": total, "new": cfg.retotal})
-            _log(run_dir, f"total changed from {total} to {cfg.retotal} at step {step} (machine slower than sized)")
+            _log(run_dir, f"total changed from {total} to {cfg.retotal} at step {step} (re-sized to the measured speed)")
             total = cfg.retotal
     else:
         (run_dir / "train.log").unlink(missing_ok=True)
