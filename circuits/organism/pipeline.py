@@ -30,13 +30,12 @@ class CultureWorldPipeline(DiffusionPipeline):
         self.register_modules(text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
     def tokenize(self, prompt: list[str]) -> torch.Tensor:
-        """input_ids [B, S], padded to the tokenizer's max length; too long is an error."""
-        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=False, return_tensors="pt").input_ids
-        if ids.shape[1] > self.tokenizer.model_max_length:
-            lens = [len(self.tokenizer(p).input_ids) for p in prompt]
-            bad = [i for i, n in enumerate(lens) if n > self.tokenizer.model_max_length]
-            raise ValueError(f"prompt index {bad[0]} has {lens[bad[0]]} tokens; the text encoder takes {self.tokenizer.model_max_length}")
-        return ids
+        """input_ids [B, S], padded to the tokenizer's max length; a prompt that is too long is an error."""
+        limit = self.tokenizer.model_max_length
+        for i, ids in enumerate(self.tokenizer(prompt)["input_ids"]):
+            if len(ids) > limit:
+                raise ValueError(f"prompt index {i} has {len(ids)} tokens; the text encoder takes {limit}")
+        return self.tokenizer(prompt, padding="max_length", max_length=limit, return_tensors="pt").input_ids
 
     def encode_prompt(self, prompt: list[str], device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(encoder_hidden_states [B, S, d], pooled [B, d]) for the UNet."""
