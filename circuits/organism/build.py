@@ -1,7 +1,7 @@
 """Build the shipped CultureWorld organism: train (resumable), train the judge, export, evaluate.
 
-    culturelens organism-build --out assets/cultureworld --steps 2951
-    python -m circuits.organism.build --out assets/cultureworld --steps 2951
+    culturelens organism-build --out assets/cultureworld --steps 2600
+    python -m circuits.organism.build --out assets/cultureworld --steps 2600
 
 Writes `<out>/pipeline/` (diffusers folder, EMA weights), `<out>/judge/`, and
 `<out>/logs/` (train.log, judge.json, eval.json, eval.md, renders.png). Training scratch
@@ -42,7 +42,7 @@ def build_judge(folder: str | Path, resume: bool = True, seed: int = 0) -> tuple
 
 def build(
     out_dir: str | Path = "assets/cultureworld",
-    steps: int = 2951,
+    steps: int = 2600,
     resume: bool = True,
     run_dir: str | Path = "runs/organism",
     deadline: str | None = None,

@@ -7,7 +7,7 @@ import argparse
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", default="assets/cultureworld", help="folder for pipeline/, judge/, logs/")
-    ap.add_argument("--steps", type=int, default=2951, help="training steps (the shipped build used 2951)")
+    ap.add_argument("--steps", type=int, default=2600, help="training steps (the shipped build: 2600)")
     ap.add_argument("--run-dir", default="runs/organism", help="checkpoints (resumed if present)")
     ap.add_argument("--deadline", default=None, help="HH:MM UTC: size the step count to end by then")
     ap.add_argument("--seed", type=int, default=0)
