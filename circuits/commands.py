@@ -16,6 +16,8 @@ def _common(p: argparse.ArgumentParser, judge: bool = False, units: bool = False
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a pipeline folder that ships its own pipeline.py (e.g. the CultureWorld organism)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--n-boot", type=int, default=1000)
     if judge:
@@ -30,7 +32,7 @@ def _load(args):
     from .io import load_model, load_records
     from .pairs import as_pairs
 
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.trust_remote_code)
     recs = load_records(args.pairs, args.split, args.limit, args.seed)
     pairs = as_pairs(recs, english=args.english) if args.english else recs
     out = Path(args.out)
@@ -231,5 +233,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_circuits)
 
     from circuits.organism.cli import register_organism
+    from circuits.analysis.cli import register_analysis
 
     register_organism(sub)
+    register_analysis(sub)

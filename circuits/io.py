@@ -10,18 +10,16 @@ from typing import Any, Callable
 from interp.errors import CultureLensError
 
 
-def load_model(spec: str, device: str = "cpu") -> Any:
-    """`tiny:<family>[:<layers>]` (a random offline pipeline) or a pipeline folder."""
+def load_model(spec: str, device: str = "cpu", trust_remote_code: bool = False) -> Any:
+    """`tiny:<family>[:<layers>]` (a random offline pipeline) or a pipeline folder (one that ships
+    its own pipeline.py, like the CultureWorld organism, needs `trust_remote_code`)."""
     import interp
 
     if spec.startswith("tiny:"):
         parts = spec.split(":")
         layers = int(parts[2]) if len(parts) > 2 else 2
         return interp.tiny(parts[1], text_layers=layers)
-    load = getattr(interp, "load", None)
-    if load is None:
-        from interp.loading import load
-    return load(spec, device=device)
+    return interp.load(spec, device=device, trust_remote_code=trust_remote_code)
 
 
 def load_records(spec: str, split: str | None = None, limit: int | None = None, seed: int = 0) -> list[Any]:

@@ -80,12 +80,15 @@ def _load_altdiffusion(path: Path, index: dict[str, Any], dtype: torch.dtype) ->
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         text_attention: str | None = "eager") -> Model:
+         text_attention: str | None = "eager", trust_remote_code: bool = False) -> Model:
     """Load a local pipeline folder (SD 1.x/2.x, SDXL, AltDiffusion, SD3) as a `Model`.
 
     `text_attention="eager"` makes text attention probabilities readable; pass None to keep the
     checkpoint's implementation (SDPA is faster on large models; `capture` switches to eager on
     its own while it reads a pattern and switches back).
+    A folder whose pipeline class ships as its own `pipeline.py` (model_index.json `_class_name`
+    `["pipeline", Name]`, as the CultureWorld organism does) runs that file: pass
+    `trust_remote_code=True` only for folders you trust.
     """
     import diffusers
 
@@ -95,6 +98,13 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
     cls = index.get("_class_name", "")
     if cls == "AltDiffusionPipeline":
         pipe = _load_altdiffusion(path, index, dtype)
+    elif isinstance(cls, list):
+        if not trust_remote_code:
+            raise UnsupportedModelError(
+                f"{path / 'model_index.json'}: the pipeline class {cls[-1]!r} is defined in the folder's own "
+                f"{cls[0]}.py; pass trust_remote_code=True to run it (only for folders you trust)"
+            )
+        pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, trust_remote_code=True)
     else:
         if not hasattr(diffusers, cls):
             raise UnsupportedModelError(f"{path / 'model_index.json'}: unknown pipeline class {cls!r}")

@@ -157,6 +157,10 @@ def family_of(pipe: Any) -> str:
         return "altdiffusion"
     if name.startswith("StableDiffusion") and hasattr(pipe, "unet"):
         return "sd"
+    # Any other single-encoder UNet pipeline that conditions on the last hidden state, as SD does
+    # (e.g. the pixel-space CultureWorld organism, whose class ships in its folder).
+    if hasattr(pipe, "unet") and hasattr(pipe, "text_encoder") and not hasattr(pipe, "text_encoder_2"):
+        return "sd"
     raise UnsupportedModelError(
         f"pipeline class {name} is not supported; supported: StableDiffusionPipeline (SD 1.x/2.x), "
         "StableDiffusionXLPipeline, AltDiffusionPipeline, StableDiffusion3Pipeline"
@@ -187,7 +191,9 @@ class Model:
         if not encoders:
             raise UnsupportedModelError(f"{type(pipe).__name__} has no text encoder")
         den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-        size = int(den.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+        # Pixel-space pipelines (no VAE) generate at the denoiser's own sample size.
+        scale = getattr(pipe, "vae_scale_factor", 8) if getattr(pipe, "vae", None) is not None else 1
+        size = int(den.config.sample_size) * int(scale)
         merged = {"steps": 25, "guidance": 7.5, "height": size, "width": size}
         merged.update(defaults or {})
         return cls(pipe=pipe, family=family, encoders=encoders, defaults=merged, path=path)

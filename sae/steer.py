@@ -22,7 +22,7 @@ class Steer:
     latents that is the plain splice decode(encode(x))."""
 
     def __init__(self, sae: TopKSAE, site: str, latents: Sequence[int] = (), lam: float = 0.0,
-                 keep_error: bool = True, value: float | None = None,
+                 keep_error: bool = True, value: float | Sequence[float] | Tensor | None = None,
                  positions: Sequence[int] | None = None, steps: Sequence[int] | None = None):
         self.sae, self.site, self.lam, self.keep_error, self.value = sae, site, lam, keep_error, value
         # interp restricts the edit to these token positions / denoising steps
@@ -42,7 +42,10 @@ class Steer:
         # z restricted to the chosen latents: 0 where a latent is not among the row's top-k.
         hit = codes.indices[:, :, None] == lat[None, None, :]
         z = (codes.values[:, :, None] * hit).sum(1)
-        new = z * (1 + self.lam) if self.value is None else torch.full_like(z, self.value)
+        if self.value is None:
+            new = z * (1 + self.lam)
+        else:  # one value for all chosen latents, or one per latent (e.g. each latent's typical activation)
+            new = torch.as_tensor(self.value, dtype=z.dtype, device=z.device).expand_as(z)
         return recon, (new - z) @ self.sae.W_dec[lat]
 
     @torch.no_grad()

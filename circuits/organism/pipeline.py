@@ -56,9 +56,13 @@ class CultureWorldPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ):
         """Generate images. output_type: "pil" (list of PIL), "np" ([B,H,W,3] in [0,1]),
-        "pt" ([B,3,H,W] in [0,1]) or "latent" (the raw [-1,1] pixels)."""
+        "pt" ([B,3,H,W] in [0,1]) or "latent" (the raw [-1,1] pixels).
+        `callback_on_step_end(pipe, i, t, {"latents": x})` runs after each step, as in diffusers'
+        pipelines; a returned "latents" replaces the current sample."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts)
         device = self.unet.device
@@ -81,7 +85,7 @@ class CultureWorldPipeline(DiffusionPipeline):
             x = latents.to(device=device, dtype=dtype)
         x = x * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             inp = torch.cat([x, x]) if use_cfg else x
             inp = self.scheduler.scale_model_input(inp, t)
             out = self.unet(inp, t, encoder_hidden_states=hidden.to(dtype), class_labels=pooled.to(dtype)).sample
@@ -89,6 +93,8 @@ class CultureWorldPipeline(DiffusionPipeline):
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
             x = self.scheduler.step(out, t, x).prev_sample
+            if callback_on_step_end is not None:
+                x = (callback_on_step_end(self, i, t, {"latents": x}) or {}).get("latents", x)
         if output_type == "latent":
             images = x
         else:
