@@ -19,8 +19,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .errors import SiteError
+from .hooks import resolve_intervention
 from .interventions import apply_all
-from .sites import Site, check_indices, parse
+from .sites import Site, parse
 
 
 def _nn(model: Any, prefix: str) -> Any:
@@ -49,16 +50,9 @@ def _envoy(root: Any, path: str) -> Any:
 def _group_interventions(model: Any, interventions: Sequence[Any]) -> dict[str, list[Any]]:
     by_site: dict[str, list[Any]] = defaultdict(list)
     for iv in interventions:
-        site = parse(model, iv.site)
+        site = resolve_intervention(model, iv)
         if site.encoder == "unet":
             raise SiteError(f"{site.name!r} is a UNet site; use interp.generate / capture_generation for it")
-        if not site.writable:
-            raise SiteError(f"site {site.name!r} is read-only (text attention patterns cannot be edited)")
-        units = getattr(iv, "units", None)
-        if units is not None:
-            check_indices(site, units.indices)
-            if getattr(units, "dim", None) is None:
-                units.dim = site.dim
         by_site[site.name].append(iv)
     return by_site
 

@@ -29,6 +29,22 @@ from .sites import Site, check_indices, parse, resolve_module
 Recorder = Callable[[Site, torch.Tensor, int], None]
 
 
+def resolve_intervention(model: Any, iv: Any) -> Site:
+    """Check that `iv` is an intervention on a writable site of `model` with in-range units;
+    return its site (and fill in the units' pool size, which `random_units` needs)."""
+    if not (hasattr(iv, "site") and callable(getattr(iv, "apply", None))):
+        raise CultureLensError(f"{iv!r} is not an intervention: it needs .site and .apply(act)")
+    site = parse(model, iv.site)
+    if not site.writable:
+        raise SiteError(f"site {site.name!r} is read-only (text attention patterns cannot be edited)")
+    units = getattr(iv, "units", None)
+    if units is not None:
+        check_indices(site, units.indices)
+        if getattr(units, "dim", None) is None:
+            units.dim = site.dim
+    return site
+
+
 class HookSession:
     """Install interventions (and optional recorders) on a model for the duration of a `with`."""
 
@@ -38,16 +54,7 @@ class HookSession:
         self.by_site: dict[str, list[Any]] = defaultdict(list)
         self.sites: dict[str, Site] = {}
         for iv in interventions:
-            if not (hasattr(iv, "site") and callable(getattr(iv, "apply", None))):
-                raise CultureLensError(f"{iv!r} is not an intervention: it needs .site and .apply(act)")
-            site = parse(model, iv.site)
-            if not site.writable:
-                raise SiteError(f"site {site.name!r} is read-only (text attention patterns cannot be edited)")
-            units = getattr(iv, "units", None)
-            if units is not None:
-                check_indices(site, units.indices)
-                if getattr(units, "dim", None) is None:
-                    units.dim = site.dim
+            site = resolve_intervention(model, iv)
             self.by_site[site.name].append(iv)
             self.sites[site.name] = site
         for name in record:

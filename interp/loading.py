@@ -70,10 +70,10 @@ def _load_altdiffusion(path: Path, index: dict[str, Any], dtype: torch.dtype) ->
 
     scheduler_cls = getattr(diffusers, index["scheduler"][1])
     return diffusers.AltDiffusionPipeline(
-        vae=diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype),
-        text_encoder=RobertaSeriesModelWithTransformation.from_pretrained(path / "text_encoder", torch_dtype=dtype),
+        vae=diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype),
+        text_encoder=RobertaSeriesModelWithTransformation.from_pretrained(path / "text_encoder", dtype=dtype),
         tokenizer=AutoTokenizer.from_pretrained(path / "tokenizer"),
-        unet=diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype),
+        unet=diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=dtype),
         scheduler=scheduler_cls.from_pretrained(path, subfolder="scheduler"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
@@ -104,11 +104,11 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
                 f"{path / 'model_index.json'}: the pipeline class {cls[-1]!r} is defined in the folder's own "
                 f"{cls[0]}.py; pass trust_remote_code=True to run it (only for folders you trust)"
             )
-        pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, trust_remote_code=True)
+        pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=dtype, trust_remote_code=True)
     else:
         if not hasattr(diffusers, cls):
             raise UnsupportedModelError(f"{path / 'model_index.json'}: unknown pipeline class {cls!r}")
-        pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
+        pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=dtype)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     model = Model.from_pipeline(pipe, defaults=read_defaults(path), path=str(path))

@@ -40,7 +40,8 @@ PAPER = {  # PAPER.md, for the side-by-side tables
 class AnalysisConfig:
     """Sizes of each step; `quick()` is the CI setting (a few minutes on 2 cores)."""
 
-    quality_seeds: tuple[int, ...] = (0, 1, 2, 3)
+    quality_seeds: tuple[int, ...] = (0, 1)
+    quality_kinds: tuple[str, ...] | None = None  # None: every prompt kind of the organism
     scan_seeds: tuple[int, ...] = (0, 1, 2)
     n_boot: int = 1000
     sae_latents: int = 4096
@@ -50,21 +51,23 @@ class AnalysisConfig:
     rho: float = 0.5
     k_max: int = 64
     n_random: int = 10
-    lams: tuple[float, ...] = (0, 2, 4, 6, 7, 8)
-    lam_random: int = 3
+    lams: tuple[float, ...] = (0, 2, 4, 6, 8)
+    lam_random: int = 2
     sweep_units: int = 8
     enhancer_steps: int = 2000
     enhancer_lr: float = 5e-5
     enhancer_renders: int = 4
     appendix_seeds: tuple[int, ...] = (0, 1, 2, 3)
-    neuron_validation: bool = True
+    neuron_validation: int = 3     # random draws for the native-neuron comparison (0: skip it)
+    english_test: bool = True      # add held-out English template pairs to the masking test
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "AnalysisConfig":
-        return cls(quality_seeds=(0,), scan_seeds=(0,), n_boot=200, sae_latents=1024, sae_k=16,
-                   sae_tokens=60_000, n_random=2, lams=(0, 6), lam_random=1, sweep_units=4,
-                   enhancer_steps=20, enhancer_renders=1, appendix_seeds=(0,), neuron_validation=False)
+        return cls(quality_seeds=(0,), quality_kinds=("en_modifier", "local_modifier", "local_noun"),
+                   scan_seeds=(0,), n_boot=200, sae_latents=1024, sae_k=16, sae_tokens=60_000, n_random=2,
+                   lams=(0, 6), lam_random=1, sweep_units=4, enhancer_steps=20, enhancer_renders=1,
+                   appendix_seeds=(0,), neuron_validation=0, english_test=False)
 
 
 # ---- prompts ---------------------------------------------------------------------------------
@@ -133,7 +136,8 @@ def organism_quality(model, judge, cfg: AnalysisConfig, report: Report) -> dict:
     from interp import stats
 
     clean, junk = clean_accuracy(judge), junk_rejection(judge)
-    prompts = [p for k in op.EVAL_KINDS for p in op.eval_prompts(k, None) if p.noun in TEST_NOUNS]
+    kinds = cfg.quality_kinds or op.EVAL_KINDS
+    prompts = [p for k in kinds for p in op.eval_prompts(k, None) if p.noun in TEST_NOUNS]
     texts = [p.text for p in prompts for _ in cfg.quality_seeds]
     seeds = [s for _ in prompts for s in cfg.quality_seeds]
     x = oe.generate(model.pipe, texts, seeds, model.defaults["steps"], model.defaults["guidance"], progress=False)
@@ -295,11 +299,11 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     judge = CultureWorldJudge.load(judge_dir or ASSETS / "judge")
     noun_judge = noun_judge_from(lambda imgs: judge.predict_full(imgs)["noun"], noun_of_pair)
     probe = organism_pairs(PROBE_NOUNS, op.EN_MOD_TRAIN)
-    test = organism_pairs(TEST_NOUNS, op.EN_MOD_HELDOUT)
+    test = organism_pairs(TEST_NOUNS, op.EN_MOD_HELDOUT[:1] if cfg.english_test else ())
     test_local = organism_pairs(TEST_NOUNS)
     report.add(f"Model: `{pipeline}` ({model}). Mode: {'quick' if quick else 'full'}. Splits by noun — probe "
                f"{PROBE_NOUNS} ({len(probe)} pairs, local + English training templates), enhancer training "
-               f"{TRAIN_NOUNS}, test {TEST_NOUNS} ({len(test)} pairs: local + held-out English templates). "
+               f"{TRAIN_NOUNS}, test {TEST_NOUNS} ({len(test)} pairs: local{' + a held-out English template' if cfg.english_test else ''}). "
                f"CultureVQA = the organism's CNN judge picks the intended culture among 15 + unrecognisable. "
                f"Brackets are 95 % bootstrap CIs over prompts.")
     steps = tqdm(total=8, desc="culture analysis", unit="step")
@@ -339,7 +343,7 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     report.record("validation_sae", val)
     if cfg.neuron_validation:
         n_units = culture_units(model, neuron_basis(layer), probe, rho=cfg.rho, k_max=cfg.k_max)
-        n_val = validate_units(model, n_units, test, judge, n_random=cfg.n_random, seed=cfg.seed,
+        n_val = validate_units(model, n_units, test, judge, n_random=cfg.neuron_validation, seed=cfg.seed,
                                n_boot=cfg.n_boot, batch_size=16)
         text += ("\n**The same with native MLP neurons** of layer "
                  f"{layer} as the unit basis (decision 3):\n\n" + n_val.table() + "\n")
