@@ -3,8 +3,6 @@
 import pytest
 import torch
 
-# Tiny models on a shared 2-core machine: one thread avoids oversubscription (10-20x faster).
-torch.set_num_threads(1)
 
 import circuits  # noqa: E402
 import interp  # noqa: E402

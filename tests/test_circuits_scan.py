@@ -4,8 +4,6 @@ computation from transformers' attention probabilities, order invariance, errors
 import pytest
 import torch
 
-# Tiny models on a shared 2-core machine: one thread avoids oversubscription (10-20x faster).
-torch.set_num_threads(1)
 
 import circuits
 import interp

@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-# Tiny models on a shared 2-core machine: one thread avoids oversubscription (10-20x faster).
-torch.set_num_threads(1)
 
 import circuits
 import interp

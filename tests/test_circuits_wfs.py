@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-# Tiny models on a shared 2-core machine: one thread avoids oversubscription (10-20x faster).
-torch.set_num_threads(1)
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 

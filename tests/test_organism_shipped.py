@@ -35,3 +35,13 @@ def test_shipped_organism_has_culture_and_the_gap():
     rows = res.rows
     assert rows["en_modifier"].culture_acc >= 0.7 and rows["en_modifier"].noun_acc >= 0.7
     assert res.gap() >= 0.3
+
+
+def test_shipped_pipeline_code_is_the_package_source() -> None:
+    # diffusers loads a custom pipeline class from the folder's own pipeline.py, so the folder
+    # carries a copy of circuits/organism/pipeline.py; the two must never drift apart.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = root / "assets" / "cultureworld" / "pipeline" / "pipeline.py"
+    assert shipped.read_text() == (root / "circuits" / "organism" / "pipeline.py").read_text()
