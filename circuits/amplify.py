@@ -167,7 +167,15 @@ def lambda_sweep(
         det.append(Rate.of(s.correct, n_boot, seed))
         ndet.append(Rate.of(s.noun_correct, n_boot, seed) if s.noun_correct is not None else None)
         draws, ndraws = [], []
+        # λ = 0 leaves any unit set unchanged (the SAE error kept), so every random draw would
+        # regenerate exactly the detected row's images: reuse them.
+        identity = lam == 0 and keep_error
         for r in range(n_random):
+            if identity:
+                draws.append(s.correct.float().mean().item())
+                if s.noun_correct is not None:
+                    ndraws.append(s.noun_correct.float().mean().item())
+                continue
             sr = score(model, groups, judge,
                        lambda c: [amplify(units, lam, culture=c, keep_error=keep_error, random_seed=seed + 1 + r, model=model)],
                        prompt, noun_judge, seed, steps, batch_size, desc=f"λ={lam} random {r}")

@@ -54,29 +54,36 @@ def score(
     desc: str = "generate",
     **generate_kw: Any,
 ) -> Scored:
-    """Generate each culture's prompts (`prompt`: "concept" or "noun") in fixed batches with
-    that culture's interventions, judge them. Same seed and batches in every condition.
-    `noun_judge(images, pairs) -> Bool[N]` scores whether the noun is still drawn."""
+    """Generate every culture's prompts (`prompt`: "concept" or "noun") with that culture's
+    interventions and judge them. `noun_judge(images, pairs) -> Bool[N]` scores whether the noun
+    is still drawn.
+
+    Prompts of different cultures share batches (each culture's interventions restricted to its
+    rows by `interp.OnRows`); the i-th prompt of a culture gets noise seed `seed + i`, so every
+    condition, and every `batch_size`, sees the same noise per prompt."""
     import interp
 
     if prompt not in ("concept", "noun"):
         raise CultureLensError(f"prompt must be 'concept' or 'noun'; got {prompt!r}")
-    ids, correct, nouns, preds = [], [], [], []
-    for c, ps in groups.items():
-        ivs = list(interventions_for(c)) if interventions_for is not None else []
-        for s in tqdm(range(0, len(ps), batch_size), desc=f"{desc} {c}", leave=False):
-            batch = list(ps[s : s + batch_size])
-            texts = [p.concept_prompt if prompt == "concept" else p.noun_prompt for p in batch]
-            # The batch start enters the seed so that batches differ but every condition sees the same noise.
-            gen = interp.generate(model, texts, seed=seed + s, steps=steps, interventions=ivs, **generate_kw)
-            ok, pred = judge_correct(judge, gen.images, [c] * len(batch))
-            correct.append(ok)
-            preds += pred
-            ids += [p.id or f"{c}:{s + i}" for i, p in enumerate(batch)]
-            if noun_judge is not None:
-                nouns.append(torch.as_tensor(noun_judge(gen.images, batch)).bool())
-    if not ids:
+    items = [(c, i, p) for c, ps in groups.items() for i, p in enumerate(ps)]
+    if not items:
         raise CultureLensError("score: no prompts to generate")
+    ivs_of = {c: list(interventions_for(c)) if interventions_for is not None else [] for c in groups}
+    correct, nouns, preds = [], [], []
+    for s in tqdm(range(0, len(items), batch_size), desc=desc, leave=False):
+        batch = items[s : s + batch_size]
+        cultures = [c for c, _, _ in batch]
+        texts = [p.concept_prompt if prompt == "concept" else p.noun_prompt for _, _, p in batch]
+        ivs = [interp.OnRows(iv, [b == c for b in cultures])
+               for c in dict.fromkeys(cultures) for iv in ivs_of[c]]
+        gen = interp.generate(model, texts, seed=[seed + i for _, i, _ in batch], steps=steps, interventions=ivs,
+                              **generate_kw)
+        ok, pred = judge_correct(judge, gen.images, cultures)
+        correct.append(ok)
+        preds += pred
+        if noun_judge is not None:
+            nouns.append(torch.as_tensor(noun_judge(gen.images, [p for _, _, p in batch])).bool())
+    ids = [p.id or f"{c}:{i}" for c, i, p in items]
     return Scored(ids, torch.cat(correct), torch.cat(nouns) if noun_judge is not None else None, preds)
 
 

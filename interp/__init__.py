@@ -5,7 +5,7 @@ from __future__ import annotations
 from .capture import capture, encoder_output, mean_activation
 from .errors import (CultureLensError, NotAPipelineError, PromptTooLongError, SiteError,
                      UnsupportedModelError)
-from .interventions import Amplify, Intervention, Mask, Replace, Units, intervene, random_units
+from .interventions import Amplify, Intervention, Mask, OnRows, Replace, Units, intervene, random_units
 from .generation import Generation, capture_generation, generate
 from .loading import load
 from .model import Model, TextEncoder
@@ -15,6 +15,6 @@ from .tiny import tiny
 __all__ = [
     "Model", "TextEncoder", "tiny", "load", "generate", "capture_generation", "Generation", "patch",
     "PatchResult", "capture", "encoder_output", "mean_activation",
-    "Intervention", "Units", "Mask", "Amplify", "Replace", "random_units", "intervene",
+    "Intervention", "Units", "Mask", "Amplify", "Replace", "OnRows", "random_units", "intervene",
     "CultureLensError", "NotAPipelineError", "PromptTooLongError", "SiteError", "UnsupportedModelError",
 ]

@@ -1,7 +1,8 @@
 """Seeded generation with interventions, and activation capture during generation.
 
-Noise comes from one CPU `torch.Generator` per prompt seeded `seed + i`, so image i depends only
-on (prompt i, seed + i) — not on batch size or device — and the same seed is bit-identical on CPU.
+Noise comes from one CPU `torch.Generator` per prompt seeded `seed + i` (or the i-th of a list of
+seeds), so image i depends only on (prompt i, its seed) — not on the batch it shares or the device —
+and the same seed is bit-identical on CPU.
 Interventions on UNet sites apply at every denoising step unless they name `steps`; interventions
 on text sites apply to every text-encoder call (the prompt and, under CFG, the negative prompt).
 """
@@ -36,8 +37,19 @@ class Generation:
     acts: dict[str, Tensor] = field(default_factory=dict)
 
 
-def pipeline_kwargs(model: Any, prompts: list[str], seed: int, steps: int | None, guidance: float | None,
-                    height: int | None = None, width: int | None = None, **extra: Any) -> dict[str, Any]:
+def prompt_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """One noise seed per prompt: `seed + i`, or the given list (one per prompt)."""
+    if not isinstance(seed, (Sequence, Tensor)):  # any integer, numpy's included
+        return [int(seed) + i for i in range(n)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise CultureLensError(f"generate: {len(seeds)} seeds for {n} prompts; give one seed per prompt or an int")
+    return seeds
+
+
+def pipeline_kwargs(model: Any, prompts: list[str], seed: int | Sequence[int], steps: int | None,
+                    guidance: float | None, height: int | None = None, width: int | None = None,
+                    **extra: Any) -> dict[str, Any]:
     """The exact keyword arguments `generate` passes to the pipeline (also for reference runs)."""
     d = model.defaults
     kw: dict[str, Any] = dict(
@@ -45,7 +57,7 @@ def pipeline_kwargs(model: Any, prompts: list[str], seed: int, steps: int | None
         num_inference_steps=int(steps if steps is not None else d["steps"]),
         guidance_scale=float(guidance if guidance is not None else d["guidance"]),
         height=int(height or d["height"]), width=int(width or d["width"]),
-        generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))],
+        generator=[torch.Generator("cpu").manual_seed(s) for s in prompt_seeds(seed, len(prompts))],
     )
     if model.family == "sd3":
         kw["max_sequence_length"] = model.encoders["text_3"].max_length
@@ -53,12 +65,13 @@ def pipeline_kwargs(model: Any, prompts: list[str], seed: int, steps: int | None
     return kw
 
 
-def generate(model: Any, prompts: str | Sequence[str], seed: int = 0, steps: int | None = None,
+def generate(model: Any, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, steps: int | None = None,
              guidance: float | None = None, interventions: Sequence[Any] = (), *, height: int | None = None,
              width: int | None = None, truncate: bool = False, record: Sequence[str] = (),
              **pipe_kwargs: Any) -> Generation:
     """Generate images for `prompts` with `interventions` active; defaults from `model.defaults`.
-    `record` names sites to capture on the way (see `Generation.acts`)."""
+    `seed`: prompt i gets `seed + i`, or pass one seed per prompt. `record` names sites to capture
+    on the way (see `Generation.acts`)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise CultureLensError("generate: no prompts given")
@@ -90,7 +103,7 @@ def _stack(name: str, items: list[tuple[int, Tensor]], batch: int) -> Tensor:
     return acts.reshape(acts.shape[0], rows, batch, *acts.shape[2:])
 
 
-def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int = 0,
+def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int | Sequence[int] = 0,
                        steps: int | None = None, guidance: float | None = None,
                        interventions: Sequence[Any] = (), engine: str = "hooks", **kwargs: Any) -> Generation:
     """Generate and capture `sites` (UNet cross-attention and/or text sites) at every call.
@@ -110,7 +123,7 @@ def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence
     return generate(model, prompts, seed, steps, guidance, interventions, record=sites, **kwargs)
 
 
-def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int,
+def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int | Sequence[int],
                      steps: int | None, guidance: float | None, **kwargs: Any) -> Generation:
     import nnsight
     from nnsight.modeling.diffusion import _PipelineModule

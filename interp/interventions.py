@@ -136,6 +136,41 @@ class Replace(Intervention):
         return self.value.to(act.device, act.dtype).expand_as(act).clone()
 
 
+class OnRows(Intervention):
+    """`intervention` applied to some prompts of a batch only (`rows`: one bool per prompt; the
+    others keep their activation), so prompts that need different interventions (each culture
+    its own units) share one batched generation.
+
+    An activation with k times as many rows as prompts (the UNet under classifier-free guidance:
+    [uncond; cond]) repeats the pattern k times. That layout does not hold for UNet sites with
+    `num_images_per_prompt` > 1, so use one image per prompt there.
+    """
+
+    def __init__(self, intervention: Any, rows: Sequence[bool]) -> None:
+        self.intervention = intervention
+        self.rows = torch.as_tensor(rows, dtype=torch.bool).reshape(-1)
+        if not self.rows.numel():
+            raise CultureLensError(f"OnRows({intervention!r}): no rows given")
+
+    # The wrapped intervention's site, positions, steps and units are this one's (checked and
+    # honoured by the hook engine as usual).
+    site = property(lambda self: self.intervention.site)
+    positions = property(lambda self: getattr(self.intervention, "positions", None))
+    steps = property(lambda self: getattr(self.intervention, "steps", None))
+    units = property(lambda self: getattr(self.intervention, "units", None))
+
+    def apply(self, act: Tensor) -> Tensor:
+        n = self.rows.numel()
+        if act.shape[0] % n:
+            raise CultureLensError(f"OnRows at {self.site!r}: activation has {act.shape[0]} rows, not a multiple "
+                                   f"of the {n} prompts the row mask names")
+        keep = self.rows.to(act.device).repeat(act.shape[0] // n).view(-1, *([1] * (act.ndim - 1)))
+        return torch.where(keep, self.intervention.apply(act), act)
+
+    def __repr__(self) -> str:
+        return f"OnRows({self.intervention!r}, rows={self.rows.nonzero().flatten().tolist()})"
+
+
 def random_units(units: Units, seed: int = 0, disjoint: bool = True, dim: int | None = None,
                  model: Any = None) -> Units:
     """Same count, same site, drawn with `seed` (disjoint from `units` unless disjoint=False).

@@ -148,3 +148,17 @@ def test_pixel_space_pipeline_conditioning():
     loss.backward()
     g = pipe.text_encoder.get_input_embeddings().weight.grad
     assert torch.isfinite(loss) and g is not None and g.abs().sum() > 0
+
+
+def test_score_does_not_depend_on_batching(model, units):
+    """Cultures share batches (each its own units via OnRows): per-prompt results equal one
+    culture per batch, one prompt per batch."""
+    from circuits.evaluate import score
+    from circuits.validate import masked_interventions
+
+    groups = circuits.by_concept(circuits.as_pairs(PAIRS))
+    mask = lambda c: masked_interventions(units, c)  # noqa: E731
+    one = score(model, groups, colour_judge, mask, batch_size=1)
+    shared = score(model, groups, colour_judge, mask, batch_size=64)
+    assert one.ids == shared.ids and one.predicted == shared.predicted
+    assert torch.equal(one.correct, shared.correct)

@@ -110,3 +110,37 @@ def test_nnsight_engine_matches_hook_engine(tiny_sd):
     assert torch.equal(traced.latents, hooks.latents) and _same_images(traced.images, hooks.images)
     with pytest.raises(interp.SiteError, match="hook_out sites only"):
         interp.capture_generation(tiny_sd, PROMPTS, ["unet.down.0.attn.0.attn2.hook_pattern"], engine="nnsight")
+
+
+def test_per_prompt_seeds(tiny_sd):
+    pair = interp.generate(tiny_sd, PROMPTS, seed=[5, 9])
+    alone = interp.generate(tiny_sd, PROMPTS[1:], seed=9)
+    torch.testing.assert_close(pair.latents[1:], alone.latents, atol=1e-5, rtol=1e-5)
+    assert torch.equal(interp.generate(tiny_sd, PROMPTS, seed=[5, 6]).latents, interp.generate(tiny_sd, PROMPTS, seed=5).latents)
+    with pytest.raises(interp.CultureLensError, match="1 seeds for 2 prompts"):
+        interp.generate(tiny_sd, PROMPTS, seed=[5])
+
+
+@pytest.mark.parametrize("site,guidance", [("text.blocks.0.mlp.hook_post", 1.0),
+                                           ("unet.down.0.attn.0.attn2.hook_out", 5.0)])
+def test_on_rows_equals_separate_generations(tiny_sd, site, guidance):
+    """Rows of one batch with different interventions = each prompt generated on its own, for text
+    sites and for UNet sites under classifier-free guidance ([uncond; cond] rows)."""
+    mask = interp.Mask(interp.Units(site, list(range(6))))
+    kw = dict(steps=3, guidance=guidance)
+    batched = interp.generate(tiny_sd, PROMPTS, seed=[1, 2], interventions=[interp.OnRows(mask, [True, False])], **kw)
+    first = interp.generate(tiny_sd, PROMPTS[:1], seed=1, interventions=[mask], **kw)
+    second = interp.generate(tiny_sd, PROMPTS[1:], seed=2, **kw)
+    torch.testing.assert_close(batched.latents[:1], first.latents, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched.latents[1:], second.latents, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(first.latents, interp.generate(tiny_sd, PROMPTS[:1], seed=1, **kw).latents)
+
+
+def test_on_rows_checks_row_count(tiny_sd):
+    mask = interp.Mask(interp.Units("text.blocks.0.mlp.hook_post", [0]))
+    with pytest.raises(interp.CultureLensError, match="3 prompts the row mask names"):
+        interp.generate(tiny_sd, PROMPTS, interventions=[interp.OnRows(mask, [True, False, True])], steps=2)
+    # The wrapped intervention's units are still checked against the site.
+    bad = interp.OnRows(interp.Mask(interp.Units("text.blocks.0.mlp.hook_post", [10_000])), [True, False])
+    with pytest.raises(interp.SiteError, match="10000"):
+        interp.generate(tiny_sd, PROMPTS, steps=2, interventions=[bad])

@@ -60,6 +60,7 @@ class AnalysisConfig:
     appendix_seeds: tuple[int, ...] = (0, 1, 2, 3)
     neuron_validation: int = 3     # random draws for the native-neuron comparison (0: skip it)
     english_test: bool = True      # add held-out English template pairs to the masking test
+    batch_size: int = 64           # prompts per generation call (cultures share batches)
     seed: int = 0
 
     @classmethod
@@ -180,17 +181,18 @@ def gap_figure(model, judge, units, sae_site, sae, best_lam, enhancer, report: R
     from circuits.organism import prompts as op
 
     recs = [r for r in op.records() if op.noun_of(r) == TEST_NOUNS[0]]
-    rows, labels = [], []
-    for label, texts, ivs_for in (
-        ("modifier", [r.modifier_noun for r in recs], lambda c: []),
-        ("noun-only", [r.noun_only for r in recs], lambda c: []),
-        (f"noun-only, λ={best_lam:g}", [r.noun_only for r in recs], lambda c: [amplify(units, best_lam, culture=c)]),
-        ("noun-only, enhancer", [r.noun_only for r in recs], lambda c: [enhancer] if enhancer is not None else []),
-    ):
-        imgs = [interp.generate(model, [t], seed=7, interventions=ivs_for(r.culture)).images[0]
-                for t, r in zip(texts, recs)]
-        rows.append(imgs)
-        labels.append(label)
+    conditions = (
+        ("modifier", "modifier_noun", lambda c: []),
+        ("noun-only", "noun_only", lambda c: []),
+        (f"noun-only, λ={best_lam:g}", "noun_only", lambda c: [amplify(units, best_lam, culture=c)]),
+        ("noun-only, enhancer", "noun_only", lambda c: [enhancer] if enhancer is not None else []),
+    )
+    # One batch: each (condition, culture) is a row, its interventions restricted to that row.
+    cells = [(getattr(r, field), ivs_for(r.culture)) for _, field, ivs_for in conditions for r in recs]
+    ivs = [interp.OnRows(iv, [j == i for j in range(len(cells))]) for i, (_, mine) in enumerate(cells) for iv in mine]
+    images = interp.generate(model, [t for t, _ in cells], seed=[7] * len(cells), interventions=ivs).images
+    rows = [images[k * len(recs):(k + 1) * len(recs)] for k in range(len(conditions))]
+    labels = [label for label, _, _ in conditions]
     path = image_grid(rows, labels, [r.culture for r in recs], report.out_dir / "gap_grid.png",
                       f"'{TEST_NOUNS[0]}' in every culture's language (test noun, seed 7)")
     report.add(f"![the gap and its two fixes]({path.name})")
@@ -234,34 +236,30 @@ def appendix_b(model, judge, sae, site, units, cfg: AnalysisConfig, report: Repo
     import interp
     import sae as saelib
     from circuits.units import UnitBasis, unit_rows
+    from interp.culturebench import LABELS
 
     prompt = f"a {TEST_NOUNS[1]}"
     probe = organism_pairs(PROBE_NOUNS)
     basis = UnitBasis(site, sae)
-    rows, hits, per = [], 0, {}
-    base = [interp.generate(model, [prompt], seed=s).images[0] for s in cfg.appendix_seeds]
-    cultures = list(units.cultures)
-    for c in tqdm(cultures, desc="appendix B", leave=False):
+    seeds = list(cfg.appendix_seeds)
+    steers = {}
+    for c in tqdm([c for c, u in units.cultures.items() if u.indices], desc="appendix B", leave=False):
         idx = units.cultures[c].indices
-        if not idx:
-            per[c] = None
-            rows.append([None] * len(cfg.appendix_seeds))
-            continue
         z = unit_rows(model, basis, [p.concept_prompt for p in probe if p.concept == c], pool="max")
-        value = z[:, idx].mean(0).float()
-        steer = saelib.Steer(sae, site, idx, value=value)
-        imgs = [interp.generate(model, [prompt], seed=s, interventions=[steer]).images[0] for s in cfg.appendix_seeds]
-        probs = judge(imgs)
-        from interp.culturebench import LABELS
-
-        got = [LABELS[i] for i in probs.argmax(1).tolist()]
-        per[c] = sum(g == c for g in got) / len(got)
-        hits += sum(g == c for g in got)
-        rows.append(imgs)
-    cols = [f"seed {s}" for s in cfg.appendix_seeds]
-    grid = [base] + rows
-    grid = [[im if im is not None else np.ones((32, 32, 3)) for im in r] for r in grid]
-    image_grid([list(x) for x in zip(*grid)], cols, ["none"] + cultures, report.out_dir / "appendix_b.png",
+        steers[c] = saelib.Steer(sae, site, idx, value=z[:, idx].mean(0).float())
+    # One batch: the unsteered prompt (owner None), then each culture's rows with its Steer on them only.
+    owner = [None] * len(seeds) + [c for c in steers for _ in seeds]
+    ivs = [interp.OnRows(st, [o == c for o in owner]) for c, st in steers.items()]
+    images = interp.generate(model, [prompt] * len(owner), seed=seeds * (len(steers) + 1), interventions=ivs).images
+    got = [LABELS[i] for i in judge(images).argmax(1).tolist()]
+    images_of = {c: [im for im, o in zip(images, owner) if o == c] for c in [None, *steers]}
+    hits_of = {c: sum(g == c for g, o in zip(got, owner) if o == c) for c in steers}
+    per = {c: hits_of[c] / len(seeds) if c in steers else None for c in units.cultures}
+    hits = sum(hits_of.values())
+    blank = [np.ones((32, 32, 3))] * len(seeds)
+    grid = [images_of[None]] + [images_of.get(c, blank) for c in units.cultures]
+    cols = [f"seed {s}" for s in seeds]
+    image_grid([list(x) for x in zip(*grid)], cols, ["none"] + list(units.cultures), report.out_dir / "appendix_b.png",
                f"'{prompt}' with each culture's SAE latents switched on")
     n = len(cfg.appendix_seeds) * sum(v is not None for v in per.values())
     rate = hits / max(n, 1)
@@ -335,7 +333,7 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     steps.update()
 
     val = validate_units(model, units, test, judge, n_random=cfg.n_random, noun_judge=noun_judge, seed=cfg.seed,
-                         n_boot=cfg.n_boot, batch_size=16)
+                         n_boot=cfg.n_boot, batch_size=cfg.batch_size)
     val.save(out / "validation.json")
     val.plot(out / "validation.png")
     text = runner.validation_markdown(val).replace("## Masking", "## 5. Masking")
@@ -344,7 +342,7 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     if cfg.neuron_validation:
         n_units = culture_units(model, neuron_basis(layer), probe, rho=cfg.rho, k_max=cfg.k_max)
         n_val = validate_units(model, n_units, test, judge, n_random=cfg.neuron_validation, seed=cfg.seed,
-                               n_boot=cfg.n_boot, batch_size=16)
+                               n_boot=cfg.n_boot, batch_size=cfg.batch_size)
         text += ("\n**The same with native MLP neurons** of layer "
                  f"{layer} as the unit basis (decision 3):\n\n" + n_val.table() + "\n")
         report.record("validation_neurons", n_val)
@@ -352,7 +350,7 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     steps.update()
 
     sweep = causal_sweep(model, probe, test, judge, n_units=cfg.sweep_units, chosen=layer, rho=cfg.rho,
-                         seed=cfg.seed, n_boot=cfg.n_boot, batch_size=16)
+                         seed=cfg.seed, n_boot=cfg.n_boot, batch_size=cfg.batch_size)
     sweep.save(out / "causal_sweep.json")
     sweep.plot(out / "causal_sweep.png")
     report.add(runner.causal_markdown(sweep).replace("## Exhaustive", "## 6. Exhaustive"))
@@ -360,7 +358,7 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     steps.update()
 
     lam = lambda_sweep(model, units, test_local, judge, lams=cfg.lams, n_random=cfg.lam_random,
-                       noun_judge=noun_judge, seed=cfg.seed, n_boot=cfg.n_boot, batch_size=16)
+                       noun_judge=noun_judge, seed=cfg.seed, n_boot=cfg.n_boot, batch_size=cfg.batch_size)
     lam.save(out / "lambda_sweep.json")
     lam.plot(out / "lambda_sweep.png")
     report.add(runner.sweep_markdown(lam).replace("## Amplifier", "## 7a. Amplifier") +
@@ -374,7 +372,7 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     train = [(r.noun_only, Image.fromarray(render(op.noun_of(r), r.culture, rng)))
              for r in op.records() if op.noun_of(r) in TRAIN_NOUNS for _ in range(cfg.enhancer_renders)]
     rows = {"none (baseline)": (None, runner.evaluate_enhancer(model, None, test_local, judge, cfg.seed,
-                                                               n_boot=cfg.n_boot, batch_size=16))}
+                                                               n_boot=cfg.n_boot, batch_size=cfg.batch_size))}
     enh = {}
     control = random_other_layer(model.encoders["text"].n_layers, layer, cfg.seed)
     for name, l in (("culture layer", layer), ("random other layer", control)):
@@ -382,7 +380,7 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
                              lr=cfg.enhancer_lr, seed=cfg.seed, split=None, progress=False)
         enh[name] = run
         rows[name] = (l, runner.evaluate_enhancer(model, run.enhancer, test_local, judge, cfg.seed,
-                                                  n_boot=cfg.n_boot, batch_size=16))
+                                                  n_boot=cfg.n_boot, batch_size=cfg.batch_size))
     report.add(runner.enhancer_markdown(rows).replace("## Layer enhancer", "## 7b. Layer enhancer") +
                f"\nTrained on {len(train)} (local noun-only prompt, rendered reference image) pairs of the train "
                f"nouns {TRAIN_NOUNS}, {cfg.enhancer_steps} steps, AdamW {cfg.enhancer_lr:g}, denoising MSE; "
