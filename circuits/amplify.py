@@ -171,14 +171,10 @@ def lambda_sweep(
         # regenerate exactly the detected row's images: reuse them.
         identity = lam == 0 and keep_error
         for r in range(n_random):
-            if identity:
-                draws.append(s.correct.float().mean().item())
-                if s.noun_correct is not None:
-                    ndraws.append(s.noun_correct.float().mean().item())
-                continue
-            sr = score(model, groups, judge,
-                       lambda c: [amplify(units, lam, culture=c, keep_error=keep_error, random_seed=seed + 1 + r, model=model)],
-                       prompt, noun_judge, seed, steps, batch_size, desc=f"λ={lam} random {r}")
+            sr = s if identity else score(
+                model, groups, judge,
+                lambda c: [amplify(units, lam, culture=c, keep_error=keep_error, random_seed=seed + 1 + r, model=model)],
+                prompt, noun_judge, seed, steps, batch_size, desc=f"λ={lam} random {r}")
             draws.append(sr.correct.float().mean().item())
             if sr.noun_correct is not None:
                 ndraws.append(sr.noun_correct.float().mean().item())

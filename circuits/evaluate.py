@@ -74,10 +74,8 @@ def score(
         batch = items[s : s + batch_size]
         cultures = [c for c, _, _ in batch]
         texts = [p.concept_prompt if prompt == "concept" else p.noun_prompt for _, _, p in batch]
-        ivs = [interp.OnRows(iv, [b == c for b in cultures])
-               for c in dict.fromkeys(cultures) for iv in ivs_of[c]]
-        gen = interp.generate(model, texts, seed=[seed + i for _, i, _ in batch], steps=steps, interventions=ivs,
-                              **generate_kw)
+        gen = interp.generate(model, texts, seed=[seed + i for _, i, _ in batch], steps=steps,
+                              interventions=interp.OnRows.grouped(cultures, ivs_of), **generate_kw)
         ok, pred = judge_correct(judge, gen.images, cultures)
         correct.append(ok)
         preds += pred

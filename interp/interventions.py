@@ -7,7 +7,7 @@ indices for UNet sites; None = every step). `sae.Steer` and the circuits enhance
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +158,12 @@ class OnRows(Intervention):
     positions = property(lambda self: getattr(self.intervention, "positions", None))
     steps = property(lambda self: getattr(self.intervention, "steps", None))
     units = property(lambda self: getattr(self.intervention, "units", None))
+
+    @classmethod
+    def grouped(cls, owners: Sequence[Any], interventions: Mapping[Any, Sequence[Any]]) -> list["OnRows"]:
+        """One batch whose rows belong to owners (row i to `owners[i]`, e.g. its culture): each
+        owner's `interventions[owner]` on its own rows only; owners without an entry get none."""
+        return [cls(iv, [o == key for o in owners]) for key in dict.fromkeys(owners) for iv in interventions.get(key, ())]
 
     def apply(self, act: Tensor) -> Tensor:
         n = self.rows.numel()

@@ -144,3 +144,11 @@ def test_on_rows_checks_row_count(tiny_sd):
     bad = interp.OnRows(interp.Mask(interp.Units("text.blocks.0.mlp.hook_post", [10_000])), [True, False])
     with pytest.raises(interp.SiteError, match="10000"):
         interp.generate(tiny_sd, PROMPTS, steps=2, interventions=[bad])
+
+
+def test_on_rows_grouped_by_owner():
+    a = interp.Mask(interp.Units("text.blocks.0.mlp.hook_post", [0]))
+    b = interp.Amplify(interp.Units("text.blocks.0.mlp.hook_post", [1]), 2.0)
+    ivs = interp.OnRows.grouped(["ja", None, "de", "ja"], {"ja": [a], "de": [b], "ko": [a]})
+    assert [(iv.intervention, iv.rows.tolist()) for iv in ivs] == [
+        (a, [True, False, False, True]), (b, [False, False, True, False])]

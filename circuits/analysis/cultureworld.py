@@ -189,7 +189,7 @@ def gap_figure(model, judge, units, sae_site, sae, best_lam, enhancer, report: R
     )
     # One batch: each (condition, culture) is a row, its interventions restricted to that row.
     cells = [(getattr(r, field), ivs_for(r.culture)) for _, field, ivs_for in conditions for r in recs]
-    ivs = [interp.OnRows(iv, [j == i for j in range(len(cells))]) for i, (_, mine) in enumerate(cells) for iv in mine]
+    ivs = interp.OnRows.grouped(range(len(cells)), {i: mine for i, (_, mine) in enumerate(cells)})
     images = interp.generate(model, [t for t, _ in cells], seed=[7] * len(cells), interventions=ivs).images
     rows = [images[k * len(recs):(k + 1) * len(recs)] for k in range(len(conditions))]
     labels = [label for label, _, _ in conditions]
@@ -246,11 +246,11 @@ def appendix_b(model, judge, sae, site, units, cfg: AnalysisConfig, report: Repo
     for c in tqdm([c for c, u in units.cultures.items() if u.indices], desc="appendix B", leave=False):
         idx = units.cultures[c].indices
         z = unit_rows(model, basis, [p.concept_prompt for p in probe if p.concept == c], pool="max")
-        steers[c] = saelib.Steer(sae, site, idx, value=z[:, idx].mean(0).float())
+        steers[c] = [saelib.Steer(sae, site, idx, value=z[:, idx].mean(0).float())]
     # One batch: the unsteered prompt (owner None), then each culture's rows with its Steer on them only.
     owner = [None] * len(seeds) + [c for c in steers for _ in seeds]
-    ivs = [interp.OnRows(st, [o == c for o in owner]) for c, st in steers.items()]
-    images = interp.generate(model, [prompt] * len(owner), seed=seeds * (len(steers) + 1), interventions=ivs).images
+    images = interp.generate(model, [prompt] * len(owner), seed=seeds * (len(steers) + 1),
+                             interventions=interp.OnRows.grouped(owner, steers)).images
     got = [LABELS[i] for i in judge(images).argmax(1).tolist()]
     images_of = {c: [im for im, o in zip(images, owner) if o == c] for c in [None, *steers]}
     hits_of = {c: sum(g == c for g, o in zip(got, owner) if o == c) for c in steers}
@@ -261,7 +261,7 @@ def appendix_b(model, judge, sae, site, units, cfg: AnalysisConfig, report: Repo
     cols = [f"seed {s}" for s in seeds]
     image_grid([list(x) for x in zip(*grid)], cols, ["none"] + list(units.cultures), report.out_dir / "appendix_b.png",
                f"'{prompt}' with each culture's SAE latents switched on")
-    n = len(cfg.appendix_seeds) * sum(v is not None for v in per.values())
+    n = len(seeds) * len(steers)
     rate = hits / max(n, 1)
     report.add(f"## 8. Appendix B: one neutral prompt, each culture's units switched on\n\n"
                f"Prompt `{prompt}` (English, no culture word); each culture's detected latents set to their mean "
