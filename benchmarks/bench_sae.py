@@ -66,7 +66,7 @@ def throughput(d_in: int, steps: int, batch: int, seed: int = 0) -> dict:
     x, _ = planted(batch * steps, d_in, 8192, 24, noise=0.05, seed=seed)
     x = x * 3 + torch.randn(d_in, generator=torch.Generator().manual_seed(1))  # offset mean
     ours = TopKSAE(d_in, 4096, 32, dead_tokens=batch * 20, seed=seed + 100)
-    ours.init_b_dec(x[:4 * batch])
+    ours.init_from_data(x[:4 * batch])
     dense = DenseTopKSAE(ours)
     models = {"dense": dense, "ours": ours}
     opts = {n: torch.optim.AdamW(m.parameters(), lr=4e-4, weight_decay=0.0, fused=True)
@@ -99,7 +99,7 @@ def recovery_bench(steps: int, batch: int) -> dict:
     d_in, atoms, k = 64, 1024, 4
     x, D = planted(batch * 200, d_in, atoms, k, noise=0.01, seed=0)
     sae = TopKSAE(d_in, 4096, k, dead_tokens=batch * 25, seed=123)
-    sae.init_b_dec(x[:4096])
+    sae.init_from_data(x[:4096])
     opt = torch.optim.AdamW(sae.parameters(), lr=2e-3, weight_decay=0.0, fused=True)
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
+from .controls import KINDS, LABELS, Control
 from .pairs import as_pairs, by_concept
 from .results import jsonable, write_json
 from .units import CultureUnits, as_culture_units, UnitBasis
@@ -35,12 +36,17 @@ def scale_units(basis: UnitBasis, indices: Sequence[int], lam: float, keep_error
     return interp.Amplify(units, lam)
 
 
-def random_indices(basis: UnitBasis, model, indices: Sequence[int], seed: int) -> list[int]:
-    """Same count, same site, disjoint from `indices`, seeded (`interp.random_units`); the pool
-    is the site's units for native neurons and the SAE's d_sae latents for SAE units."""
+def random_indices(basis: UnitBasis, model, indices: Sequence[int], seed: int, match: str | None = None,
+                   reference: Any = None) -> list[int]:
+    """Same count, same site, disjoint from `indices`, seeded (`interp.random_units`). `match`
+    None: uniform over the site's units (native neurons) or the SAE's d_sae latents (the
+    paper's control); "activity": matched in firing frequency and magnitude on `reference`
+    ([n, M] unit activations, e.g. `circuits.validate.reference_activity`)."""
     import interp
 
     u = interp.Units(basis.site, list(indices))
+    if match is not None:
+        return interp.random_units(u, seed=seed, match=match, reference=reference).indices.tolist()
     if basis.kind == "sae":
         r = interp.random_units(u, seed=seed, disjoint=True, dim=basis.sae.d_sae)
     else:
@@ -70,9 +76,12 @@ def amplify(
     keep_error: bool = True,
     random_seed: int | None = None,
     model: Any = None,
+    match: str | None = None,
+    reference: Any = None,
 ) -> Any:
     """The zero-training amplifier for one target culture: that culture's units x (1 + lam).
-    `random_seed` swaps in random units (same count and site) for the control."""
+    `random_seed` swaps in random units (same count and site; `match`/`reference` as in
+    `random_indices`) for the control."""
     units = as_culture_units(units)
     c = target_culture(culture, language)
     if c not in units.cultures:
@@ -81,7 +90,7 @@ def amplify(
     if not idx:
         raise CultureLensError(f"amplify: culture {c!r} has no units (all dropped by the noun filter?)")
     if random_seed is not None:
-        idx = random_indices(units.basis, model, idx, random_seed)
+        idx = random_indices(units.basis, model, idx, random_seed, match, reference)
     return scale_units(units.basis, idx, lam, keep_error, label=f"{c}:amplify")
 
 
@@ -94,19 +103,34 @@ class Rate:
     high: float
 
     @classmethod
-    def of(cls, correct, n_boot: int = 1000, seed: int = 0) -> "Rate":
+    def of(cls, correct, n_boot: int = 1000, seed: int = 0, groups: Any = None) -> "Rate":
+        """Share of True with a bootstrap CI over prompts (`groups`: a prompt id per sample when
+        several images share a prompt; None: each sample its own prompt)."""
         from .stats_bridge import accuracy_ci
 
-        return cls(*accuracy_ci([bool(x) for x in correct], n_boot=n_boot, seed=seed))
+        return cls(*accuracy_ci([bool(x) for x in correct], n_boot=n_boot, seed=seed, groups=groups))
+
+    @classmethod
+    def of_values(cls, values, n_boot: int = 1000, seed: int = 0, groups: Any = None) -> "Rate":
+        """Mean of real values (e.g. SSIM per image) with the same bootstrap CI."""
+        from .stats_bridge import mean_ci
+
+        return cls(*mean_ci(values, n_boot=n_boot, seed=seed, groups=groups))
+
+    def pct(self) -> str:
+        return f"{100 * self.mean:.1f} [{100 * self.low:.1f}, {100 * self.high:.1f}]"
 
 
 @dataclass
 class LambdaSweep:
-    """CultureVQA (and noun score) per lambda for the detected units and for random units."""
+    """Per lambda: CultureVQA, noun accuracy and SSIM against the unsteered image (same prompt and
+    seed) for the detected units, and each random control (`controls[kind][i]`: the draws at
+    `lams[i]`). `best_lam` is chosen by `choose_lambda` on `selection` (the probe nouns when
+    given) and only reported on these (test) prompts."""
 
     lams: list[float]
     detected: list[Rate]
-    random_mean: list[float]
+    random_mean: list[float]           # the paper's uniform control, kept for older readers
     random_sd: list[float]
     random_draws: list[list[float]]
     noun_detected: list[Rate | None]
@@ -114,6 +138,10 @@ class LambdaSweep:
     best_lam: float
     n_prompts: int
     prompt: str
+    ssim_detected: list[Rate] = field(default_factory=list)
+    controls: dict[str, list[Control]] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
+    paired_p: dict[str, float | None] = field(default_factory=dict)   # at best_lam: detected vs pooled draws
 
     def to_json(self) -> dict[str, Any]:
         return jsonable(self.__dict__)
@@ -121,19 +149,72 @@ class LambdaSweep:
     def save(self, path) -> None:
         write_json(path, self)
 
+    def table(self) -> str:
+        """Markdown: one row per λ; fidelity beside the gain; controls with their site change."""
+        kinds = list(self.controls)
+        head = "| λ | CultureVQA % (detected) | noun acc % | SSIM vs unsteered | " + " | ".join(
+            f"{LABELS.get(k, k)} CultureVQA % (mean ± sd)" for k in kinds) + " |"
+        rows = [head, "|" + "---|" * (4 + len(kinds))]
+        for i, lam in enumerate(self.lams):
+            noun = self.noun_detected[i].pct() if self.noun_detected[i] is not None else "–"
+            sim = f"{self.ssim_detected[i].mean:.3f} [{self.ssim_detected[i].low:.3f}, {self.ssim_detected[i].high:.3f}]" \
+                if self.ssim_detected else "–"
+            ctl = [f"{100 * c[i].mean:.1f} ± {100 * c[i].sd:.1f}" for c in (self.controls[k] for k in kinds)]
+            rows.append(f"| {lam:g}{' (chosen)' if lam == self.best_lam else ''} | {self.detected[i].pct()} | {noun} | "
+                        f"{sim} | " + " | ".join(ctl) + " |")
+        j = self.lams.index(self.best_lam)
+        ratio = "; ".join(f"{LABELS.get(k, k)}: {self.controls[k][j].ratio_text()}" for k in kinds)
+        sel = self.selection
+        lines = rows + ["",
+                        f"Chosen λ = **{self.best_lam:g}**, {sel.get('rule', '')} Chosen on {sel.get('on', '?')}; "
+                        f"the table is measured on other prompts ({self.n_prompts} {self.prompt}-only prompts)."]
+        if kinds:
+            lines.append(f"Site change of the control draws relative to the detected units (at λ = {self.best_lam:g}, "
+                         f"median [min, max] over draws): {ratio}.")
+            ps = ", ".join(f"{LABELS.get(k, k)} p = {p:.3g}" for k, p in self.paired_p.items() if p is not None)
+            if ps:
+                lines.append(f"Paired per-prompt test at λ = {self.best_lam:g}, detected vs the pooled draws "
+                             f"(Wilcoxon signed-rank over prompts): {ps}.")
+        return "\n".join(lines)
+
     def plot(self, path) -> None:
         from .plots import plot_lines
 
-        sd = torch.tensor(self.random_sd)
-        rm = torch.tensor(self.random_mean)
-        series = {
-            "detected units": ([r.mean for r in self.detected], [r.low for r in self.detected], [r.high for r in self.detected]),
-            "random units (mean ± sd)": (rm.tolist(), (rm - sd).tolist(), (rm + sd).tolist()),
-        }
+        series = {"detected units": tuple([getattr(r, k) for r in self.detected] for k in ("mean", "low", "high"))}
+        for kind, cs in self.controls.items():
+            m = torch.tensor([c.mean for c in cs])
+            sd = torch.tensor([c.sd for c in cs])
+            series[f"{LABELS.get(kind, kind)} (mean ± sd)"] = (m.tolist(), (m - sd).tolist(), (m + sd).tolist())
         if self.noun_detected and self.noun_detected[0] is not None:
-            series["noun score (detected)"] = tuple(
+            series["noun accuracy (detected)"] = tuple(
                 [getattr(r, k) for r in self.noun_detected] for k in ("mean", "low", "high"))
-        plot_lines(self.lams, series, path, "λ", "CultureVQA", "amplifier λ sweep", mark=self.best_lam)
+        if self.ssim_detected:
+            series["SSIM vs unsteered (detected)"] = tuple(
+                [getattr(r, k) for r in self.ssim_detected] for k in ("mean", "low", "high"))
+        plot_lines(self.lams, series, path, "λ", "share / SSIM", "amplifier λ sweep", mark=self.best_lam)
+
+
+def choose_lambda(lams: Sequence[float], culture: Sequence[float], noun: Sequence[float | None] | None,
+                  max_noun_drop: float = 0.05) -> tuple[float, str]:
+    """The λ with the highest CultureVQA among those whose noun accuracy is at least the
+    unsteered one (λ = 0, which must be in `lams` when noun accuracy is given) minus
+    `max_noun_drop`; ties go to the smaller λ. Without noun accuracy: the highest CultureVQA,
+    and the rule says so. Returns (λ, the rule in words)."""
+    lams = [float(l) for l in lams]
+    if len(culture) != len(lams):
+        raise CultureLensError(f"choose_lambda: {len(lams)} λ values but {len(culture)} CultureVQA values")
+    ok = list(range(len(lams)))
+    if noun is not None and all(n is not None for n in noun):
+        if 0.0 not in lams:
+            raise CultureLensError(f"choose_lambda: the noun constraint is relative to λ = 0, absent from {lams}")
+        floor = noun[lams.index(0.0)] - max_noun_drop
+        ok = [i for i in ok if noun[i] >= floor - 1e-12]
+        rule = (f"the highest CultureVQA with noun accuracy ≥ unsteered − {100 * max_noun_drop:g} points "
+                f"(≥ {100 * floor:.1f} %).")
+    else:
+        rule = "the highest CultureVQA (no noun judge: no fidelity constraint)."
+    best = max(ok, key=lambda i: (culture[i], -lams[i]))
+    return lams[best], rule
 
 
 def lambda_sweep(
@@ -150,39 +231,79 @@ def lambda_sweep(
     steps: int | None = None,
     batch_size: int = 8,
     n_boot: int = 1000,
+    n_matched: int = 0,
+    reference: Any = None,
+    select_on: Sequence[Any] | None = None,
+    max_noun_drop: float = 0.05,
 ) -> LambdaSweep:
     """Amplify each prompt's culture units (culture from the pair's label) at every lambda and
-    judge CultureVQA; the same with `n_random` random unit sets at the same lambda."""
-    from .evaluate import score
+    judge CultureVQA, noun accuracy and SSIM against the unsteered image; the same with
+    `n_random` uniform and `n_matched` activity-matched random unit sets (`reference`: unit
+    activations on the probe prompts, see `circuits.validate.reference_activity`).
+
+    λ is chosen by `choose_lambda` on `select_on` (e.g. the probe nouns' pairs: a detected-units
+    sweep there) under the noun constraint `max_noun_drop`; without `select_on` it is chosen on
+    `pairs` themselves and the result says so."""
+    from .controls import run_control
+    from .evaluate import score, site_change, summarise
 
     units = as_culture_units(units)
     groups = by_concept(as_pairs(pairs))
     missing = [c for c in groups if c not in units.cultures]
     if missing:
         raise CultureLensError(f"lambda_sweep: no units for cultures {missing}")
-    det, rmean, rsd, rdraws, ndet, nrand = [], [], [], [], [], []
+    if n_matched and reference is None:
+        raise CultureLensError("lambda_sweep: n_matched > 0 needs reference= unit activations (reference_activity)")
+    kinds = {k: n for k, n in (("uniform", n_random), ("activity", n_matched)) if n > 0}
+    gen = dict(prompt=prompt, noun_judge=noun_judge, seed=seed, steps=steps, batch_size=batch_size, keep_images=True)
+    amp = lambda lam, **kw: (lambda c: [amplify(units, lam, culture=c, keep_error=keep_error, model=model, **kw)])  # noqa: E731
+    draw_kw = lambda kind, r: dict(random_seed=seed + 1 + r, match=KINDS[kind], reference=reference)  # noqa: E731
+
+    # The unsteered images: λ = 0 with the error kept is exactly the identity, so reuse it.
+    base = None
+    if not (0 in list(lams) and keep_error):
+        base = score(model, groups, judge, None, desc="unsteered", **gen)
+    det, ssim, ndet, controls = [], [], [], {k: [] for k in kinds}
     for lam in tqdm(list(lams), desc="λ sweep"):
-        s = score(model, groups, judge, lambda c: [amplify(units, lam, culture=c, keep_error=keep_error)], prompt,
-                  noun_judge, seed, steps, batch_size, desc=f"λ={lam}")
-        det.append(Rate.of(s.correct, n_boot, seed))
-        ndet.append(Rate.of(s.noun_correct, n_boot, seed) if s.noun_correct is not None else None)
-        draws, ndraws = [], []
-        # λ = 0 leaves any unit set unchanged (the SAE error kept), so every random draw would
-        # regenerate exactly the detected row's images: reuse them.
-        identity = lam == 0 and keep_error
-        for r in range(n_random):
-            sr = s if identity else score(
-                model, groups, judge,
-                lambda c: [amplify(units, lam, culture=c, keep_error=keep_error, random_seed=seed + 1 + r, model=model)],
-                prompt, noun_judge, seed, steps, batch_size, desc=f"λ={lam} random {r}")
-            draws.append(sr.correct.float().mean().item())
-            if sr.noun_correct is not None:
-                ndraws.append(sr.noun_correct.float().mean().item())
-        t = torch.tensor(draws or [float("nan")], dtype=torch.float64)
-        rdraws.append(draws)
-        rmean.append(t.mean().item())
-        rsd.append(t.std(unbiased=True).item() if len(draws) > 1 else 0.0)
-        nrand.append(sum(ndraws) / len(ndraws) if ndraws else None)
-    best = list(lams)[max(range(len(det)), key=lambda i: det[i].mean)]
+        s = score(model, groups, judge, amp(lam), desc=f"λ={lam}", **gen)
+        if base is None:
+            base = s
+        m = summarise(s, base, n_boot, seed)
+        det.append(m["culture"])
+        ndet.append(m["noun"])
+        ssim.append(m["ssim"])
+        change = site_change(model, groups, amp(lam), prompt, batch_size) if lam != 0 else None
+        for kind, n in kinds.items():
+            if lam == 0 and keep_error:
+                # λ = 0 leaves any unit set unchanged: every draw is the unsteered image.
+                controls[kind].append(Control(kind, [s.correct.double().mean().item()] * n, [], [1.0] * n,
+                                              [s.noun_correct.double().mean().item()] * n if s.noun_correct is not None else []))
+                continue
+            controls[kind].append(run_control(
+                kind, n,
+                lambda r: score(model, groups, judge, amp(lam, **draw_kw(kind, r)), desc=f"λ={lam} {kind} {r}", **gen),
+                lambda r: site_change(model, groups, amp(lam, **draw_kw(kind, r)), prompt, batch_size),
+                s, change, lower_is_extreme=False))
+    if select_on is not None:
+        sel_groups = by_concept(as_pairs(select_on))
+        sel = [score(model, sel_groups, judge, amp(lam), desc=f"select λ={lam}", **{**gen, "keep_images": False})
+               for lam in tqdm(list(lams), desc="λ selection")]
+        sc = [x.correct.double().mean().item() for x in sel]
+        sn = [x.noun_correct.double().mean().item() for x in sel] if noun_judge is not None else None
+        best, rule = choose_lambda(lams, sc, sn, max_noun_drop)
+        selection = {"on": f"the selection prompts ({sum(len(v) for v in sel_groups.values())}, not the table's)",
+                     "rule": rule, "lams": [float(l) for l in lams], "culture": sc, "noun": sn, "chosen": best}
+    else:
+        best, rule = choose_lambda(lams, [r.mean for r in det],
+                                   [r.mean for r in ndet] if noun_judge is not None else None, max_noun_drop)
+        selection = {"on": "the evaluation prompts themselves (no selection set given)", "rule": rule, "chosen": best}
+    j = list(lams).index(best)
+    paired = {k: cs[j].p_paired for k, cs in controls.items()}
+    uni = controls.get("uniform", [])
+    rm = [c.mean for c in uni] or [float("nan")] * len(lams)
+    rsd = [c.sd for c in uni] or [0.0] * len(lams)
+    rdraws = [c.draws for c in uni] or [[] for _ in lams]
+    nrand = [(sum(c.noun) / len(c.noun)) if c.noun else None for c in uni] or [None] * len(lams)
     n = sum(len(v) for v in groups.values())
-    return LambdaSweep([float(l) for l in lams], det, rmean, rsd, rdraws, ndet, nrand, float(best), n, prompt)
+    return LambdaSweep([float(l) for l in lams], det, rm, rsd, rdraws, ndet, nrand, float(best), n, prompt,
+                       ssim, controls, selection, paired)

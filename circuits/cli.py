@@ -20,8 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from interp import distributed
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    # Under torchrun / accelerate launch: join the process group now, so a missing peer fails here.
+    distributed.init()
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

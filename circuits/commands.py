@@ -35,7 +35,9 @@ def _load(args):
     model = load_model(args.model, args.device, args.trust_remote_code)
     recs = load_records(args.pairs, args.split, args.limit, args.seed)
     pairs = as_pairs(recs, english=args.english) if args.english else recs
-    out = Path(args.out)
+    from interp import distributed
+
+    out = distributed.output_dir(args.out)  # under torchrun only rank 0 writes into --out
     out.mkdir(parents=True, exist_ok=True)
     return model, recs, pairs, out
 
@@ -63,7 +65,8 @@ def cmd_find_units(args) -> int:
     sae = load_sae(args.sae)
     basis = sae_basis(sae, args.site or f"text.blocks.{args.layer}.hook_resid_post") if sae is not None else \
         (args.site or neuron_basis(args.layer).site)
-    units = culture_units(model, basis, pairs, eps=args.eps, beta=args.beta, rho=args.rho, k=args.k, k_max=args.k_max)
+    units = culture_units(model, basis, pairs, eps=args.eps, beta=args.beta, rho=args.rho, k=args.k, k_max=args.k_max,
+                          select=args.select)
     units.save(out)
     units.plot(out)
     write_summary(out, "Culture units", [units_markdown(units)])
@@ -119,8 +122,10 @@ def cmd_enhance(args) -> int:
         layers.append(("random other layer", random_other_layer(model.encoders["text"].n_layers, args.layer, args.seed)))
     rows, runs = {}, {}
     judge = load_judge(args.judge, args.device) if args.judge else None
-    eval_recs = [r for r in recs if getattr(r, "split", None) in (args.eval_split, None)]
     if judge is not None:
+        from .pairs import take_split
+
+        eval_recs = take_split(recs, args.eval_split, "enhancer evaluation")
         rows["none (baseline)"] = (None, evaluate_enhancer(model, None, eval_recs, judge, args.seed, args.steps,
                                                            args.batch_size, args.n_boot))
     for name, l in layers:
@@ -139,7 +144,7 @@ def cmd_enhance(args) -> int:
 
 
 def cmd_causal_sweep(args) -> int:
-    from .io import load_judge, load_records
+    from .io import load_judge, load_layer_saes, load_records
     from .pairs import as_pairs
     from .runner import causal_markdown, write_summary
     from .sweep import causal_sweep
@@ -147,9 +152,11 @@ def cmd_causal_sweep(args) -> int:
     model, _, pairs, out = _load(args)
     probe = load_records(args.pairs, args.probe_split, args.limit, args.seed)
     probe = as_pairs(probe, english=True) if args.english else probe
+    saes = load_layer_saes(args.sae)
     cs = causal_sweep(model, probe, pairs, load_judge(args.judge, args.device), n_units=args.n_units,
-                      chosen=args.chosen, rho=args.rho, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-                      n_boot=args.n_boot)
+                      layers=sorted(saes) if saes else None, basis_for=saes, chosen=args.chosen, rho=args.rho,
+                      seed=args.seed, steps=args.steps, batch_size=args.batch_size, n_boot=args.n_boot,
+                      allow_overlap=args.allow_overlap)
     cs.save(out / "causal_sweep.json")
     cs.plot(out / "causal_sweep.png")
     write_summary(out, "Exhaustive causal sweep", [causal_markdown(cs)])
@@ -162,7 +169,9 @@ def cmd_circuits(args) -> int:
     from .runner import RunConfig, run_all
 
     model, recs, pairs, out = _load(args)
-    kw = dict(sae_path=args.sae, steps=args.steps, seed=args.seed, batch_size=args.batch_size, skip=tuple(args.skip))
+    kw = dict(sae_path=args.sae, steps=args.steps, seed=args.seed, batch_size=args.batch_size, skip=tuple(args.skip),
+              probe_split=args.probe_split, eval_split=args.eval_split, train_split=args.train_split,
+              allow_overlap=args.allow_overlap, sweep_saes=tuple(args.sweep_sae or ()))
     cfg = RunConfig.quick(**kw) if args.quick else RunConfig(**kw)
     run_all(model, pairs, load_judge(args.judge, args.device), out, cfg)
     print(f"circuits analysis -> {out / 'summary.md'}")
@@ -188,6 +197,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rho", type=float, default=0.5)
     p.add_argument("--k", type=int, default=None, help="fixed K instead of the elbow")
     p.add_argument("--k-max", type=int, default=64)
+    p.add_argument("--select", default="wfs", choices=["wfs", "specific"],
+                   help="rank by WFS_cult, or by WFS_cult minus the max over the other cultures (culture-specific)")
     p.set_defaults(func=cmd_find_units)
 
     p = sub.add_parser("validate-units", help="baseline vs Top-K masked vs random masked (CultureVQA)")
@@ -219,17 +230,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("causal-sweep", help="mask top units at every layer: the causal ground truth for the scan")
     _common(p, judge=True)
-    p.add_argument("--probe-split", default=None, help="split to find units on (default: all records)")
+    p.add_argument("--probe-split", default="probe", help="split to find units on (default: probe)")
     p.add_argument("--n-units", type=int, default=8)
     p.add_argument("--chosen", type=int, default=None, help="the ΔCA-chosen layer to rank")
     p.add_argument("--rho", type=float, default=0.5)
-    p.set_defaults(func=cmd_causal_sweep)
+    p.add_argument("--sae", action="append", default=None, metavar="LAYER=PATH",
+                   help="an SAELens folder per layer (repeat): sweep those layers' SAE latents, the basis detection "
+                        "uses; default: every layer's MLP neurons")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="allow probe and evaluation records that share prompts (the summary says so)")
+    p.set_defaults(func=cmd_causal_sweep, split="test")
 
     p = sub.add_parser("circuits", help="all circuits steps into one results folder")
     _common(p, judge=True)
     p.add_argument("--sae", default=None, help="SAELens folder at the culture layer (default: MLP neurons)")
     p.add_argument("--quick", action="store_true", help="small bootstrap/draw counts and a 4-step enhancer")
     p.add_argument("--skip", nargs="*", default=[], choices=["validate", "amplify", "enhancer", "causal"])
+    p.add_argument("--probe-split", default="probe", help="split for the scan and the units")
+    p.add_argument("--eval-split", default="test", help="split every CultureVQA table is measured on")
+    p.add_argument("--train-split", default="train", help="split the enhancer trains on")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="allow probe and evaluation records that share prompts (the summary says so)")
+    p.add_argument("--sweep-sae", action="append", default=None, metavar="LAYER=PATH",
+                   help="an SAELens folder per layer (repeat) for the causal sweep (default: MLP neurons)")
     p.set_defaults(func=cmd_circuits)
 
     from circuits.organism.cli import register_organism

@@ -28,6 +28,7 @@ class Scored:
     correct: Bool[Tensor, " N"]
     noun_correct: Bool[Tensor, " N"] | None
     predicted: list[str]
+    images: list | None = None      # the generated images, canonical order (keep_images=True)
 
 
 def judge_correct(judge: Callable, images: list, cultures: Sequence[str]) -> tuple[Tensor, list[str]]:
@@ -52,6 +53,7 @@ def score(
     steps: int | None = None,
     batch_size: int = 8,
     desc: str = "generate",
+    keep_images: bool = False,
     **generate_kw: Any,
 ) -> Scored:
     """Generate every culture's prompts (`prompt`: "concept" or "noun") with that culture's
@@ -60,7 +62,8 @@ def score(
 
     Prompts of different cultures share batches (each culture's interventions restricted to its
     rows by `interp.OnRows`); the i-th prompt of a culture gets noise seed `seed + i`, so every
-    condition, and every `batch_size`, sees the same noise per prompt."""
+    condition, and every `batch_size`, sees the same noise per prompt. `keep_images` keeps the
+    images (e.g. to measure structure change against the unsteered images, `fidelity`)."""
     import interp
 
     if prompt not in ("concept", "noun"):
@@ -69,20 +72,85 @@ def score(
     if not items:
         raise CultureLensError("score: no prompts to generate")
     ivs_of = {c: list(interventions_for(c)) if interventions_for is not None else [] for c in groups}
-    correct, nouns, preds = [], [], []
-    for s in tqdm(range(0, len(items), batch_size), desc=desc, leave=False):
-        batch = items[s : s + batch_size]
+    # Under torchrun each rank generates and judges a contiguous share (seeds travel with the
+    # prompts, so the numbers are those of one process); all ranks get every result back in order.
+    from interp import distributed
+
+    mine = distributed.shard(items, "prompts")
+    correct, nouns, preds, images = [], [], [], []
+    for s in tqdm(range(0, len(mine), batch_size), desc=desc, leave=False):
+        batch = mine[s : s + batch_size]
         cultures = [c for c, _, _ in batch]
         texts = [p.concept_prompt if prompt == "concept" else p.noun_prompt for _, _, p in batch]
         gen = interp.generate(model, texts, seed=[seed + i for _, i, _ in batch], steps=steps,
                               interventions=interp.OnRows.grouped(cultures, ivs_of), **generate_kw)
         ok, pred = judge_correct(judge, gen.images, cultures)
+        images += list(gen.images) if keep_images else [None] * len(batch)
         correct.append(ok)
         preds += pred
         if noun_judge is not None:
             nouns.append(torch.as_tensor(noun_judge(gen.images, [p for _, _, p in batch])).bool())
+    rows = distributed.gather_shards(list(zip(torch.cat(correct).tolist(), torch.cat(nouns).tolist() if nouns
+                                              else [None] * len(mine), preds, images)), len(items))
     ids = [p.id or f"{c}:{i}" for c, i, p in items]
-    return Scored(ids, torch.cat(correct), torch.cat(nouns) if noun_judge is not None else None, preds)
+    return Scored(ids, torch.tensor([r[0] for r in rows], dtype=torch.bool),
+                  torch.tensor([r[1] for r in rows], dtype=torch.bool) if noun_judge is not None else None,
+                  [r[2] for r in rows], [r[3] for r in rows] if keep_images else None)
+
+
+def summarise(s: Scored, reference: Scored | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Fidelity beside the gain, each with a 95 % bootstrap CI over prompts (one image per
+    prompt here, so prompts are the resampled unit): CultureVQA ("culture"), noun accuracy
+    ("noun", when judged) and SSIM against `reference` ("ssim": the same prompts and seeds
+    without the intervention; both need `keep_images=True`). Values are `Rate`s or None."""
+    from interp.fidelity import ssim
+
+    from .amplify import Rate
+
+    out = {"culture": Rate.of(s.correct, n_boot, seed),
+           "noun": Rate.of(s.noun_correct, n_boot, seed) if s.noun_correct is not None else None, "ssim": None}
+    if reference is not None:
+        if s.images is None or reference.images is None:
+            raise CultureLensError("summarise: structure change needs the images of both conditions (score(..., keep_images=True))")
+        if s.ids != reference.ids:
+            raise CultureLensError(f"summarise: the reference holds other prompts ({len(reference.ids)} vs {len(s.ids)}; "
+                                   f"first ids {reference.ids[:2]} vs {s.ids[:2]})")
+        out["ssim"] = Rate.of_values(ssim(s.images, reference.images), n_boot, seed)
+    return out
+
+
+def site_change(
+    model,
+    groups: dict[str, Sequence[PromptPair]],
+    interventions_for: InterventionsFor,
+    prompt: str = "concept",
+    batch_size: int = 64,
+) -> Tensor:
+    """Per prompt (canonical order), the L2 norm of the change the culture's interventions make to
+    the text-encoder activations at the sites they edit (all token positions), measured with the
+    same hooks as generation. A control whose change is 0 on a prompt cannot change its image:
+    `site_change(random) / site_change(detected)` shows how silent a control is."""
+    import interp
+
+    items = [(c, p) for c, ps in groups.items() for p in ps]
+    ivs_of = {c: list(interventions_for(c)) for c in groups}
+    sites = sorted({iv.site for ivs in ivs_of.values() for iv in ivs})
+    if not sites:
+        return torch.zeros(len(items), dtype=torch.float64)
+    bad = [s for s in sites if not s.startswith("text")]
+    if bad:
+        raise CultureLensError(f"site_change: measures text-encoder sites only; got {bad}")
+    out = []
+    for s in range(0, len(items), batch_size):
+        batch = items[s : s + batch_size]
+        texts = [p.concept_prompt if prompt == "concept" else p.noun_prompt for _, p in batch]
+        cultures = [c for c, _ in batch]
+        base = interp.capture(model, texts, sites=sites, batch_size=len(texts))
+        edit = interp.capture(model, texts, sites=sites, batch_size=len(texts),
+                              interventions=interp.OnRows.grouped(cultures, ivs_of))
+        sq = sum((edit[k].double() - base[k].double()).pow(2).flatten(1).sum(1) for k in sites)
+        out.append(sq.sqrt())
+    return torch.cat(out)
 
 
 def noun_judge_from(predict_nouns: Callable[[list], Sequence[str]], noun_of: Callable[[PromptPair], str]) -> Callable:

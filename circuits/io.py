@@ -34,7 +34,9 @@ def load_records(spec: str, split: str | None = None, limit: int | None = None, 
     else:
         recs = list(culturebench.load(spec, seed=seed).records)
     if split is not None:
-        recs = [r for r in recs if r.split == split]
+        from .pairs import take_split
+
+        recs = take_split(recs, split, f"from {spec!r}")
     if limit is not None:
         by: dict[str, list] = {}
         for r in sorted(recs, key=lambda r: r.id):
@@ -50,7 +52,7 @@ def load_judge(spec: str, device: str = "cpu") -> Callable:
     """`clip:PATH`, `vlm:PATH`, `py:FILE.py:FACTORY[:ARG]` or `module.name:FACTORY[:ARG]`: a
     factory (a dotted attribute, e.g. `CultureWorldJudge.load`) called with ARG if given, else
     with no arguments, returning a callable images -> [N, 16] probabilities. The organism's judge:
-    `circuits.organism.judge:CultureWorldJudge.load:assets/cultureworld/judge`."""
+    `circuits.organism.judge:CultureWorldJudge.load:circuits/organism/assets/cultureworld/judge`."""
     from interp import judges
 
     kind, _, rest = spec.partition(":")
@@ -98,3 +100,18 @@ def load_units(folder: str, sae_path: str | None = None) -> Any:
     from .units import CultureUnits
 
     return CultureUnits.load(folder, sae=load_sae(sae_path))
+
+
+def load_layer_saes(specs: list[str] | None) -> dict[int, Any] | None:
+    """`LAYER=PATH` (one per layer) -> {layer: SAE}; None when no SAE is given (MLP neurons)."""
+    if not specs:
+        return None
+    out = {}
+    for s in specs:
+        layer, sep, path = s.partition("=")
+        if not sep or not layer.strip().isdigit():
+            raise CultureLensError(f"--sae {s!r}: expected LAYER=PATH (e.g. 0=out/sae_layer0)")
+        if int(layer) in out:
+            raise CultureLensError(f"--sae: layer {layer} given twice")
+        out[int(layer)] = load_sae(path)
+    return out

@@ -97,3 +97,53 @@ def by_concept(pairs: Sequence[PromptPair]) -> dict[str, list[PromptPair]]:
             raise CultureLensError(f"pair {i} (id {p.id}) has no concept/culture label")
         out.setdefault(p.concept, []).append(p)
     return {c: sorted(v, key=PromptPair.key) for c, v in sorted(out.items())}
+
+
+# ---- splits: selection never sees the evaluation data --------------------------------------------
+class SplitError(CultureLensError):
+    """A split that is missing or empty, or probe and evaluation sets that share prompts."""
+
+
+def split_counts(records: Iterable[Any]) -> dict[str, int]:
+    """Records per split; records without one count under "(none)"."""
+    out: dict[str, int] = {}
+    for r in records:
+        s = getattr(r, "split", None)
+        key = "(none)" if s is None else str(s)
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def take_split(records: Sequence[Any], split: str, role: str = "") -> list[Any]:
+    """The records of one split, in the given order. An empty or missing split is an error that
+    names the split, what it was for and the counts of every split present: nothing falls back
+    to "all records" (that would let selection see the evaluation data)."""
+    recs = list(records)
+    out = [r for r in recs if getattr(r, "split", None) == split]
+    if not out:
+        counts = ", ".join(f"{k} {v}" for k, v in split_counts(recs).items()) or "no records at all"
+        raise SplitError(f"split {split!r}{' (' + role + ')' if role else ''} is empty or missing: "
+                         f"0 of {len(recs)} records; splits present: {counts}")
+    return out
+
+
+def shared_prompts(a: Sequence[Any], b: Sequence[Any]) -> list[str]:
+    """Prompt texts (either side of a pair) that occur in both sets, sorted."""
+    def texts(items: Sequence[Any]) -> set[str]:
+        return {t for p in as_pairs(items) for t in (p.concept_prompt, p.noun_prompt)}
+
+    return sorted(texts(a) & texts(b))
+
+
+def check_disjoint(probe: Sequence[Any], evaluation: Sequence[Any], names: tuple[str, str] = ("probe", "evaluation"),
+                   allow_overlap: bool = False) -> int:
+    """Refuse probe (selection) and evaluation sets that share a prompt text, unless
+    `allow_overlap` (then the overlap is returned, for the report to state). Returns the number
+    of shared prompt texts."""
+    shared = shared_prompts(probe, evaluation)
+    if shared and not allow_overlap:
+        raise SplitError(f"the {names[0]} set ({len(probe)} pairs) and the {names[1]} set ({len(evaluation)} pairs) "
+                         f"share {len(shared)} prompt texts (e.g. {shared[:3]}): units would be selected on the data "
+                         f"they are judged on. Use disjoint splits, or allow it explicitly (allow_overlap=True / "
+                         f"--allow-overlap) and the report says so.")
+    return len(shared)

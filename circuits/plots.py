@@ -106,3 +106,26 @@ def plot_lines(xs: Sequence[float], series: dict[str, tuple[Sequence[float], Seq
     ax.set_title(title)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def plot_matrix(names: Sequence[str], matrix: Sequence[Sequence[float]], path, title: str = "",
+                xlabel: str = "", ylabel: str = "", fmt: str = "{:.0f}") -> None:
+    """A culture x culture heat map (diverging around 0) with each cell's value written in it."""
+    import numpy as np
+
+    plt = _plt()
+    m = np.asarray(matrix, dtype=float)
+    lim = max(float(np.abs(m).max()), 1e-9)
+    fig, ax = plt.subplots(figsize=(0.5 * len(names) + 2.5, 0.5 * len(names) + 1.8))
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=6,
+                    color="white" if abs(m[i, j]) > 0.6 * lim else "black")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)

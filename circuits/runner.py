@@ -26,12 +26,38 @@ def scan_markdown(scan) -> str:
     return "\n".join(lines + ["", "![ΔCA by layer](layer_scan.png)", ""])
 
 
+ELBOW_RULE = ("K is the elbow of the positive part of each culture's sorted {score} curve (units scoring exactly 0 "
+              "are left out): the sharpest drop between consecutive ranks (largest ratio s[i-1]/s[i] among the "
+              "first 2·k_max+1 positive scores), K = the units before it, if the score at least {drop:g}-folds "
+              "there; bounds [k_min, k_max] = [{k_min}, {k_max}]. *K from*: elbow (the drop decided), cap (the "
+              "drop lies past k_max), flat (no drop that sharp: the curve decays smoothly, K = k_max), floor, "
+              "given, none (no unit scored above 0).")
+
+
+def k_sources(units) -> dict[str, int]:
+    """How many cultures got K from each source (elbow, cap, floor, positive, given, none)."""
+    out: dict[str, int] = {}
+    for u in units.cultures.values():
+        out[u.k_source] = out.get(u.k_source, 0) + 1
+    return out
+
+
 def units_markdown(units) -> str:
-    lines = ["## Culture units (WFS)", "", f"Basis: {units.basis.kind} at `{units.basis.site}`.", "",
-             "| culture | elbow K | kept | dropped by noun filter | top units |", "|---|---|---|---|---|"]
+    p = units.params
+    score = "WFS_cult − max over other cultures" if p.get("select") == "specific" else "WFS_cult"
+    lines = ["## Culture units (WFS)", "", f"Basis: {units.basis.kind} at `{units.basis.site}`; ranked by {score}.", "",
+             ELBOW_RULE.format(score=score, k_min=p.get("k_min"), k_max=p.get("k_max"), drop=p.get("min_drop", 2.0))
+             if p.get("k") is None
+             else f"K fixed at {p['k']} for every culture.", "",
+             "| culture | K | K from | sharpest drop (rank: ratio) | units > 0 | kept | dropped by noun filter | top units |",
+             "|---|---|---|---|---|---|---|---|"]
     for c, u in units.cultures.items():
-        lines.append(f"| {c} | {u.k} | {len(u.indices)} | {len(u.dropped)} | {u.indices[:8]} |")
-    return "\n".join(lines + ["", "![WFS curves](wfs_curves.png) ![overlap](unit_overlap.png)", ""])
+        drop = "–" if u.k_elbow is None else f"{u.k_elbow}: {u.k_drop:.2f}×"
+        lines.append(f"| {c} | {u.k} | {u.k_source} | {drop} | {u.n_positive} | "
+                     f"{len(u.indices)} | {len(u.dropped)} | {u.indices[:8]} |")
+    src = ", ".join(f"{k}: {v}" for k, v in sorted(k_sources(units).items()))
+    return "\n".join(lines + ["", f"K from, over cultures: {src}.", "",
+                              "![WFS curves](wfs_curves.png) ![overlap](unit_overlap.png)", ""])
 
 
 def validation_markdown(v) -> str:
@@ -53,11 +79,15 @@ def enhancer_markdown(rows: dict[str, Any]) -> str:
 
 
 def causal_markdown(cs) -> str:
+    what = "SAE latents (one SAE per layer)" if cs.basis_kind == "sae" else "MLP neurons"
+    sites = f" at `{cs.sites[0]}` … `{cs.sites[-1]}`" if cs.sites else ""
     lines = ["## Exhaustive causal sweep", "",
-             f"Masking the top {cs.n_units} {cs.basis_kind} units per culture at each layer; baseline {_pct(cs.baseline)}.", "",
-             "| layer | masked CultureVQA | drop |", "|---|---|---|"]
-    for l, m, d in zip(cs.layers, cs.masked, cs.drops):
-        lines.append(f"| {l}{' (ΔCA)' if l == cs.chosen else ''} | {_pct(m)} | {100 * d:.1f} |")
+             f"Masking the top {cs.n_units} {what} per culture at each layer{sites}; baseline {_pct(cs.baseline)}."
+             + (f" **Probe and evaluation share {cs.shared_prompts} prompts (allowed explicitly).**" if cs.shared_prompts else ""),
+             "", "| layer | masked CultureVQA | drop | units masked per culture |", "|---|---|---|---|"]
+    n_masked = cs.n_masked or [float("nan")] * len(cs.layers)
+    for l, m, d, k in zip(cs.layers, cs.masked, cs.drops, n_masked):
+        lines.append(f"| {l}{' (ΔCA)' if l == cs.chosen else ''} | {_pct(m)} | {100 * d:.1f} | {k:.1f} |")
     if cs.chosen is not None:
         lines.append(f"\nThe ΔCA-chosen layer {cs.chosen} is causal rank {cs.chosen_rank} "
                      f"(top-1: {cs.chosen_is_top1}, top-2: {cs.chosen_is_top2}; tied with {cs.n_tied} other layers).")
@@ -100,6 +130,11 @@ class RunConfig:
     batch_size: int = 8
     seed: int = 0
     skip: tuple[str, ...] = ()
+    probe_split: str = "probe"           # scan + units (+ the causal sweep's units)
+    eval_split: str = "test"             # every CultureVQA table
+    train_split: str = "train"           # the enhancer
+    allow_overlap: bool = False          # probe and evaluation sets sharing prompts: refused unless True
+    sweep_saes: tuple[str, ...] = ()     # "LAYER=PATH" per layer: the causal sweep's SAEs (default: MLP neurons)
 
     @classmethod
     def quick(cls, **kw: Any) -> "RunConfig":
@@ -119,9 +154,24 @@ class RunResults:
     causal: Any = None
 
 
+def splits_markdown(counts: dict[str, int], used: dict[str, tuple[str, int]], overlap: int, allowed: bool) -> str:
+    """The data each step saw, and whether selection and evaluation share prompts."""
+    lines = ["## Splits", "", "| role | split | records |", "|---|---|---|"]
+    lines += [f"| {role} | {s} | {n} |" for role, (s, n) in used.items()]
+    lines += ["", "All records by split: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".", ""]
+    if overlap:
+        lines.append(f"**Probe and evaluation sets share {overlap} prompt texts** (allowed explicitly: "
+                     f"allow_overlap={allowed}); units were selected partly on the data they are judged on.")
+    else:
+        lines.append("Probe and evaluation sets share no prompt text.")
+    return "\n".join(lines + [""])
+
+
 def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg: RunConfig | None = None) -> RunResults:
-    """Every step on `records` (probe split: scan + units; test: evaluation; train: enhancer;
-    records without a split are used everywhere). Writes `out/` and returns the results."""
+    """Every step on `records`: the probe split (scan + units), the evaluation split (every
+    table) and the train split (enhancer), by `cfg.*_split`. A missing or empty split is an
+    error naming it and the counts; probe and evaluation sets that share a prompt are refused
+    unless `cfg.allow_overlap` (then the summary says so). Writes `out/` and returns the results."""
     from . import sae_or_neurons
     from .amplify import lambda_sweep
     from .enhancer import random_other_layer, train_enhancer
@@ -133,10 +183,20 @@ def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg
     cfg = cfg or RunConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pick = lambda s: [r for r in records if getattr(r, "split", None) in (s, None)] or list(records)  # noqa: E731
-    probe, test, train = pick("probe"), pick("test"), pick("train")
+    from .pairs import check_disjoint, split_counts, take_split
+
+    probe = take_split(records, cfg.probe_split, "scan and units")
+    test = take_split(records, cfg.eval_split, "evaluation")
+    needs_train = "enhancer" not in cfg.skip
+    train = take_split(records, cfg.train_split, "enhancer training") if needs_train else []
+    overlap = check_disjoint(probe, test, (cfg.probe_split, cfg.eval_split), cfg.allow_overlap)
+    used = {"scan, units": (cfg.probe_split, len(probe)), "evaluation": (cfg.eval_split, len(test))}
+    if needs_train:
+        used["enhancer"] = (cfg.train_split, len(train))
     res = RunResults()
-    sections = []
+    sections = [splits_markdown(split_counts(records), used, overlap, cfg.allow_overlap)]
+    write_json(out / "splits.json", {"counts": split_counts(records), "used": used, "shared_prompts": overlap,
+                                     "allow_overlap": cfg.allow_overlap})
     res.scan = culture_layer_scan(model, probe, direction=cfg.direction, seeds=cfg.seeds, n_boot=cfg.n_boot,
                                   batch_size=max(cfg.batch_size, 16))
     res.scan.save(out / "layer_scan.json")
@@ -171,8 +231,13 @@ def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg
         write_json(out / "enhancer.json", {k: {"layer": l, "culturevqa": r} for k, (l, r) in rows.items()})
         sections.append(enhancer_markdown(rows))
     if "causal" not in cfg.skip:
+        from .io import load_layer_saes
+
+        saes = load_layer_saes(list(cfg.sweep_saes))
         res.causal = causal_sweep(model, probe, test, judge, n_units=cfg.sweep_units, chosen=layer, rho=cfg.rho,
-                                  seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
+                                  seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot,
+                                  layers=sorted(saes) if saes else None, basis_for=saes,
+                                  allow_overlap=cfg.allow_overlap)
         res.causal.save(out / "causal_sweep.json")
         res.causal.plot(out / "causal_sweep.png")
         sections.append(causal_markdown(res.causal))

@@ -1,19 +1,23 @@
 """Exhaustive causal sweep (our addition, the ground truth for the Delta-CA scan): at every
-layer, find units, mask the same number of top units and measure the CultureVQA drop."""
+layer, find units, mask the same number of top units and measure the CultureVQA drop.
+
+Like with like: detection finds SAE latents of the culture layer's residual stream, so the
+question "is the Delta-CA layer the causal one?" is asked with an SAE per layer
+(`basis_for={layer: sae}`); MLP neurons are the default only when no SAE is given."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
 from .amplify import Rate
-from .pairs import as_pairs, by_concept
+from .pairs import as_pairs, by_concept, check_disjoint
 from .results import jsonable, write_json
-from .units import CultureUnits, UnitBasis, culture_units, neuron_basis
+from .units import CultureUnits, UnitBasis, as_basis, culture_units, neuron_basis
 
 
 @dataclass
@@ -28,6 +32,9 @@ class CausalSweep:
     chosen_rank: int | None         # 1 + number of layers with a strictly larger drop (1 = causal top-1)
     n_tied: int                     # other layers whose drop equals the chosen layer's
     basis_kind: str
+    sites: list[str] | None = None  # the unit basis' site per layer
+    n_masked: list[float] | None = None   # units actually masked per culture, mean over cultures, per layer
+    shared_prompts: int = 0         # prompt texts shared by the probe and evaluation sets (0 unless allowed)
 
     @property
     def chosen_is_top1(self) -> bool | None:
@@ -67,6 +74,20 @@ def top_n(units: CultureUnits, n: int) -> CultureUnits:
                                       for c, u in units.cultures.items()}, dict(units.params, n=n))
 
 
+def rank_layers(layers: Sequence[int], drops: Sequence[float], chosen: int | None = None
+                ) -> tuple[list[int], int | None, int | None]:
+    """Layers by descending drop (ties: lower layer first); the chosen layer's rank = 1 + the
+    number of layers whose drop is strictly larger (ties share the better rank), and how many
+    other layers tie with it. (None, None) when no chosen layer is given or it was not swept."""
+    if len(layers) != len(drops):
+        raise CultureLensError(f"rank_layers: {len(layers)} layers but {len(drops)} drops")
+    ranking = [layers[i] for i in sorted(range(len(layers)), key=lambda i: (-drops[i], layers[i]))]
+    if chosen is None or chosen not in layers:
+        return ranking, None, None
+    d = drops[list(layers).index(chosen)]
+    return ranking, 1 + sum(x > d for x in drops), sum(x == d for x in drops) - 1
+
+
 def causal_sweep(
     model,
     probe_pairs: Sequence[Any],
@@ -75,17 +96,22 @@ def causal_sweep(
     n_units: int = 8,
     layers: Sequence[int] | None = None,
     encoder: str = "text",
-    basis_for: Callable[[int], UnitBasis] | None = None,
+    basis_for: Callable[[int], Any] | Mapping[int, Any] | None = None,
     chosen: int | None = None,
     rho: float = 0.5,
     seed: int = 0,
     steps: int | None = None,
     batch_size: int = 8,
     n_boot: int = 1000,
+    allow_overlap: bool = False,
 ) -> CausalSweep:
     """For each layer: units from `probe_pairs` (all passing the noun filter, ranked by WFS_cult,
     first `n_units` per culture), mask them on `eval_pairs`' concept prompts, judge.
-    `basis_for(layer)` picks the basis (default: that layer's MLP neurons)."""
+
+    `basis_for` picks each layer's basis: a dict layer -> SAE (latents of that layer's
+    `hook_resid_post` unless the SAE names its own hook) or `UnitBasis`, or a function of the
+    layer; default: that layer's MLP neurons. Probe and evaluation pairs that share a prompt
+    are refused unless `allow_overlap`."""
     from .evaluate import score
     from .validate import masked_interventions
 
@@ -93,29 +119,54 @@ def causal_sweep(
     ls = list(range(te.n_layers)) if layers is None else list(layers)
     if not ls:
         raise CultureLensError("causal_sweep: no layers")
-    basis_for = basis_for or (lambda l: neuron_basis(l, encoder))
+    pick = _basis_picker(basis_for, encoder, ls)
     groups = by_concept(as_pairs(eval_pairs))
     probe = as_pairs(probe_pairs)
+    shared = check_disjoint(probe, eval_pairs, ("probe", "evaluation"), allow_overlap)
+    bases = {l: pick(l) for l in ls}
+    kinds = sorted({b.kind for b in bases.values()})
+    if len(kinds) > 1:
+        raise CultureLensError(f"causal_sweep: every layer needs the same kind of basis; got {kinds} "
+                               f"({ {l: b.kind for l, b in bases.items()} })")
     base = score(model, groups, judge, None, "concept", None, seed, steps, batch_size, desc="baseline")
-    masked, kind = [], "neuron"
+    masked, n_masked = [], []
     for l in tqdm(ls, desc="causal sweep"):
-        b = basis_for(l)
-        kind = b.kind
+        b = bases[l]
+        if b.layer != l:
+            raise CultureLensError(f"causal_sweep: the basis for layer {l} reads {b.site!r} (layer {b.layer})")
         # k = all units: the noun filter then ranks every surviving unit, and we keep the first n.
         found = culture_units(model, b, probe, k=b_dim(model, b), rho=rho, batch_size=batch_size)
         found = top_n(found, n_units)
+        n_masked.append(sum(len(u.indices) for u in found.cultures.values()) / max(len(found.cultures), 1))
         s = score(model, groups, judge, lambda c: masked_interventions(found, c) if c in found.cultures else [],
                   "concept", None, seed, steps, batch_size, desc=f"layer {l}")
         masked.append(Rate.of(s.correct, n_boot, seed))
     b0 = Rate.of(base.correct, n_boot, seed)
     drops = [b0.mean - m.mean for m in masked]
-    ranking = [ls[i] for i in sorted(range(len(ls)), key=lambda i: (-drops[i], ls[i]))]
-    rank = tied = None
-    if chosen is not None and chosen in ls:
-        d = drops[ls.index(chosen)]
-        rank = 1 + sum(x > d for x in drops)
-        tied = sum(x == d for x in drops) - 1
-    return CausalSweep(ls, n_units, b0, masked, drops, ranking, chosen, rank, tied, kind)
+    ranking, rank, tied = rank_layers(ls, drops, chosen)
+    return CausalSweep(ls, n_units, b0, masked, drops, ranking, chosen, rank, tied, kinds[0],
+                       [bases[l].site for l in ls], n_masked, shared)
+
+
+def _basis_picker(basis_for: Any, encoder: str, layers: Sequence[int]) -> Callable[[int], UnitBasis]:
+    if basis_for is None:
+        return lambda l: neuron_basis(l, encoder)
+    if isinstance(basis_for, Mapping):
+        missing = [l for l in layers if l not in basis_for]
+        if missing:
+            raise CultureLensError(f"causal_sweep: no basis for layers {missing} (given for {sorted(basis_for)})")
+        return lambda l: _layer_basis(basis_for[l], encoder, l)
+    return lambda l: _layer_basis(basis_for(l), encoder, l)
+
+
+def _layer_basis(b: Any, encoder: str, layer: int) -> UnitBasis:
+    """A basis for one layer; an SAE without a hook name reads that layer's residual stream."""
+    if hasattr(b, "encode") and not isinstance(b, UnitBasis):
+        try:
+            return as_basis(b)
+        except CultureLensError:
+            return as_basis(b, f"{encoder}.blocks.{layer}.hook_resid_post")
+    return as_basis(b)
 
 
 def b_dim(model, basis: UnitBasis) -> int:

@@ -18,9 +18,10 @@ from interp.errors import CultureLensError
 from .pairs import PromptPair, as_pairs, by_concept
 from .results import jsonable, save_safetensors, write_json
 from .tokens import content_mask
-from .wfs import select_units, wfs
+from .wfs import MIN_DROP, select_units, specificity, wfs
 
 POOLS = ("max", "mean", "tokens")
+SELECT = ("wfs", "specific")     # rank by WFS_cult, or by WFS_cult minus the max over other cultures
 
 
 @dataclass
@@ -118,13 +119,17 @@ class CultureUnitSet:
     culture: str
     indices: list[int]                 # kept units, by descending WFS_cult
     scores: list[float]                # their WFS_cult
-    k: int                             # elbow K before the noun filter
+    k: int                             # K before the noun filter (elbow, a bound, or given)
     dropped: list[int]                 # top-K units removed by the noun filter
-    curve: Float[Tensor, " M"] = field(repr=False, default=None)        # sorted WFS_cult (the elbow curve)
+    curve: Float[Tensor, " M"] = field(repr=False, default=None)        # the sorted ranking score (the elbow curve)
     wfs_cult: Float[Tensor, " M"] = field(repr=False, default=None)
     wfs_noun: Float[Tensor, " M"] = field(repr=False, default=None)
     n_concept: int = 0
     n_noun: int = 0
+    k_source: str = "given"            # where K came from: elbow | cap | flat | floor | given | none (circuits.wfs.Elbow)
+    k_elbow: int | None = None         # the rank before the sharpest drop, before the bounds (None when K was given)
+    k_drop: float | None = None        # that drop, as a ratio of consecutive scores
+    n_positive: int = 0                # units with a positive ranking score (the part the elbow looks at)
 
     def to_json(self) -> dict[str, Any]:
         return {k: jsonable(v) for k, v in self.__dict__.items() if k not in ("curve", "wfs_cult", "wfs_noun")}
@@ -170,6 +175,7 @@ class CultureUnits:
             t[f"{c}.scores"] = torch.tensor(u.scores, dtype=torch.float64)
             t[f"{c}.wfs_cult"] = u.wfs_cult
             t[f"{c}.wfs_noun"] = u.wfs_noun
+            t[f"{c}.curve"] = u.curve
         save_safetensors(folder / "units.safetensors", t, {"site": self.basis.site, "kind": self.basis.kind})
         write_json(folder / "units.json", self)
 
@@ -190,9 +196,11 @@ class CultureUnits:
         cultures = {}
         for c, d in meta["cultures"].items():
             wc = t[f"{c}.wfs_cult"]
+            curve = t[f"{c}.curve"] if f"{c}.curve" in t else torch.sort(wc, descending=True).values
             cultures[c] = CultureUnitSet(
                 c, t[f"{c}.indices"].tolist(), t[f"{c}.scores"].tolist(), d["k"], d["dropped"],
-                torch.sort(wc, descending=True).values, wc, t[f"{c}.wfs_noun"], d.get("n_concept", 0), d.get("n_noun", 0),
+                curve, wc, t[f"{c}.wfs_noun"], d.get("n_concept", 0), d.get("n_noun", 0),
+                d.get("k_source", "given"), d.get("k_elbow"), d.get("k_drop"), d.get("n_positive", 0),
             )
         return cls(basis, cultures, meta["params"])
 
@@ -220,9 +228,17 @@ def culture_units(
     pool: str = "max",
     batch_size: int = 16,
     interventions: Sequence[Any] = (),
+    select: str = "wfs",
+    min_drop: float = MIN_DROP,
 ) -> CultureUnits:
     """Per culture: WFS on its concept (modifier+noun) prompts and on its noun-only prompts,
-    rank by WFS_cult, elbow K (decision 6), then the noun-side filter (decision 7).
+    rank by WFS_cult, elbow K (decision 6: the sharpest drop of at least `min_drop` between
+    consecutive positive scores, `circuits.wfs.elbow_k`), then the noun-side filter (decision 7).
+
+    `select="specific"` ranks by WFS_cult(A) minus the largest WFS_cult of any other culture
+    (`circuits.wfs.specificity`): only units that A's prompts drive harder than every other
+    culture's can be chosen, so a unit shared by many cultures ("culture in general") is not.
+    The elbow then runs on that score's positive part; the noun filter stays on WFS.
 
     `basis`: an SAE (with `site`), a site name (native neurons, e.g. `text.blocks.3.mlp.hook_post`),
     a layer index (its MLP neurons) or a `UnitBasis`. `pairs_by_culture`: a dict culture -> pairs,
@@ -239,20 +255,29 @@ def culture_units(
     texts = [p.concept_prompt for ps in groups.values() for p in ps] + [p.noun_prompt for ps in groups.values() for p in ps]
     if pool == "tokens":
         raise CultureLensError("culture_units: pool='tokens' gives one row per token; use unit_rows directly for it")
+    if select not in SELECT:
+        raise CultureLensError(f"culture_units: select must be one of {SELECT}; got {select!r}")
+    if select == "specific" and len(groups) < 2:
+        raise CultureLensError(f"culture_units: select='specific' compares cultures; got only {sorted(groups)}")
     z = unit_rows(model, b, texts, pool, batch_size, desc=f"units @ {b.site}", interventions=interventions)
     half = len(texts) // 2
-    out = {}
-    start = 0
+    scores, start = {}, 0
     for c, ps in groups.items():
         zc, zn = z[start : start + len(ps)], z[half + start : half + start + len(ps)]
         start += len(ps)
-        wc, wn = wfs(zc, eps, beta), wfs(zn, eps, beta)
-        sel = select_units(wc, wn, k=k, k_min=k_min, k_max=k_max, rho=rho)
+        scores[c] = (wfs(zc, eps, beta), wfs(zn, eps, beta), zc.shape[0], zn.shape[0])
+    spec = specificity(torch.stack([s[0] for s in scores.values()])) if select == "specific" else None
+    out = {}
+    for i, (c, (wc, wn, n_c, n_n)) in enumerate(scores.items()):
+        sel = select_units(wc, wn, k=k, k_min=k_min, k_max=k_max, rho=rho,
+                           rank_score=None if spec is None else spec[i], min_drop=min_drop)
         out[c] = CultureUnitSet(
             c, sel.kept.tolist(), wc[sel.kept].tolist(), sel.k, sel.dropped.tolist(),
-            wc[sel.order], wc, wn, zc.shape[0], zn.shape[0],
+            sel.rank_score[sel.order], wc, wn, n_c, n_n, sel.k_source, sel.elbow.raw, sel.elbow.drop,
+            sel.elbow.n_positive,
         )
-    params = dict(eps=eps, beta=beta, rho=rho, k=k, k_min=k_min, k_max=k_max, pool=pool)
+    params = dict(eps=eps, beta=beta, rho=rho, k=k, k_min=k_min, k_max=k_max, pool=pool, select=select,
+                  min_drop=min_drop)
     return CultureUnits(b, out, params)
 
 

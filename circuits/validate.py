@@ -1,17 +1,23 @@
 """Causal validation (PAPER.md Step 3): baseline vs Top-K units masked vs the same number of
-random units masked (n_random seeded draws), CultureVQA with CIs and an empirical p-value."""
+random units masked, CultureVQA with CIs. Two controls (decision 10): the paper's uniform draw
+(`n_random` seeded draws) and an activity-matched draw (`n_matched`), each with how much every
+draw changes the site's activation relative to the detected units, the empirical p (floored at
+1/(k+1) by k draws) and a paired per-prompt test against the pooled draws (`circuits.controls`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
 from .amplify import Rate, random_indices, scale_units
+from .controls import KINDS, Control, run_control
 from .pairs import as_pairs, by_concept
 from .results import jsonable, write_json
 from .units import CultureUnits, as_culture_units
@@ -19,35 +25,47 @@ from .units import CultureUnits, as_culture_units
 
 @dataclass
 class Validation:
-    """The paper's Table 1 on our data: one row per condition."""
+    """The paper's Table 1 on our data: one row per condition. `random_*` and `p_value` are the
+    paper's uniform control (kept for older readers); `controls` holds every control."""
 
     baseline: Rate
     masked: Rate
     random_draws: list[float]
     random_mean: float
     random_sd: float
-    p_value: float                  # empirical: share of random draws at or below the Top-K accuracy (+1 smoothing)
+    p_value: float                  # empirical, uniform control: share of draws at or below Top-K (+1 smoothing)
     mcnemar_p: float                # baseline vs Top-K masked, paired on the same prompts and seeds
     n_prompts: int
     n_random: int
     per_culture: dict[str, dict[str, float]]
     noun: dict[str, float] | None = None
+    controls: dict[str, Control] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return jsonable(self.__dict__)
 
     def table(self) -> str:
-        """Markdown table in the shape of the paper's Table 1 (CultureVQA in %)."""
-        f = lambda r: f"{100 * r.mean:.2f} [{100 * r.low:.2f}, {100 * r.high:.2f}]"  # noqa: E731
+        """Markdown table in the shape of the paper's Table 1 (CultureVQA in %), with noun
+        accuracy and each control's site change relative to the Top-K units."""
+        noun = self.noun or {}
+        n = lambda k: f"{100 * noun[k]:.1f}" if k in noun else "–"  # noqa: E731
         rows = [
-            "| condition | CultureVQA % (95% CI) |",
-            "|---|---|",
-            f"| baseline | {f(self.baseline)} |",
-            f"| Top-K units masked | {f(self.masked)} |",
-            f"| random units masked ({self.n_random} draws, mean ± sd) | {100 * self.random_mean:.2f} ± {100 * self.random_sd:.2f} |",
+            "| condition | CultureVQA % (95% CI) | noun acc % | site change vs Top-K (per draw: median [min, max]) |",
+            "|---|---|---|---|",
+            f"| baseline | {self.baseline.pct()} | {n('baseline')} | 0 |",
+            f"| Top-K units masked | {self.masked.pct()} | {n('masked')} | 1 |",
         ]
-        rows.append(f"\nEmpirical p (random ≤ Top-K): {self.p_value:.3g}; McNemar baseline vs Top-K: {self.mcnemar_p:.3g}; n = {self.n_prompts} prompts.")
-        return "\n".join(rows)
+        for kind, c in self.controls.items():
+            nm = f"{100 * sum(c.noun) / len(c.noun):.1f}" if c.noun else "–"
+            rows.append(f"| {c.label()} | {100 * c.mean:.1f} ± {100 * c.sd:.1f} | {nm} | {c.ratio_text()} |")
+        lines = rows + ["", f"n = {self.n_prompts} prompts, one image each (bootstrap over prompts). "
+                        f"McNemar baseline vs Top-K: p = {self.mcnemar_p:.3g}."]
+        for kind, c in self.controls.items():
+            lines.append(f"- {c.label().split(' (')[0]}: empirical p (a draw at or below Top-K) = {c.p_empirical:.3g} "
+                         f"(the floor with {c.k} draws is 1/{c.k + 1} = {c.p_floor:.3g}); paired per-prompt Wilcoxon, "
+                         f"Top-K vs the pooled draws: p = {c.p_paired:.3g}. Per-draw CultureVQA % "
+                         f"{[round(100 * x, 1) for x in c.draws]}; site change {[round(x, 3) for x in c.act_ratio]}.")
+        return "\n".join(lines)
 
     def save(self, path) -> None:
         write_json(path, self)
@@ -55,24 +73,36 @@ class Validation:
     def plot(self, path) -> None:
         from .plots import plot_bars
 
-        sd = self.random_sd
-        plot_bars(["baseline", "Top-K masked", "random masked"],
-                  [self.baseline.mean, self.masked.mean, self.random_mean],
-                  [self.baseline.low, self.masked.low, self.random_mean - sd],
-                  [self.baseline.high, self.masked.high, self.random_mean + sd], path,
-                  title="masking culture units", scatter={2: self.random_draws})
+        labels, vals, lows, highs, scatter = ["baseline", "Top-K masked"], [self.baseline.mean, self.masked.mean], \
+            [self.baseline.low, self.masked.low], [self.baseline.high, self.masked.high], {}
+        for kind, c in self.controls.items():
+            scatter[len(labels)] = c.draws
+            labels.append(f"{kind} random")
+            vals.append(c.mean)
+            lows.append(c.mean - c.sd)
+            highs.append(c.mean + c.sd)
+        plot_bars(labels, vals, lows, highs, path, title="masking culture units", scatter=scatter)
+
+
+def reference_activity(model, units: CultureUnits, prompts: Sequence[str], batch_size: int = 16
+                       ) -> Float[Tensor, "n M"]:
+    """Unit activations per content token on `prompts` (e.g. the probe pairs' concept prompts):
+    the reference for activity-matched controls."""
+    from .units import unit_rows
+
+    return unit_rows(model, units.basis, list(prompts), pool="tokens", batch_size=batch_size, desc="reference activity")
 
 
 def masked_interventions(units: CultureUnits, culture: str, random_seed: int | None = None, model: Any = None,
-                         keep_error: bool = True) -> list[Any]:
-    """Mask one culture's units (or a seeded random set of the same size); SAE latents are
-    zeroed through sae.Steer with the error kept."""
+                         keep_error: bool = True, match: str | None = None, reference: Any = None) -> list[Any]:
+    """Mask one culture's units (or a seeded random set of the same size: `match`/`reference` as in
+    `circuits.amplify.random_indices`); SAE latents are zeroed through sae.Steer with the error kept."""
     u = units.cultures.get(culture)
     if u is None:
         raise CultureLensError(f"no units for culture {culture!r}; have {sorted(units.cultures)}")
     if not u.indices:
         return []
-    idx = u.indices if random_seed is None else random_indices(units.basis, model, u.indices, random_seed)
+    idx = u.indices if random_seed is None else random_indices(units.basis, model, u.indices, random_seed, match, reference)
     return [scale_units(units.basis, idx, -1.0, keep_error, label=f"{culture}:mask")]
 
 
@@ -87,29 +117,39 @@ def validate_units(
     steps: int | None = None,
     batch_size: int = 8,
     n_boot: int = 1000,
+    n_matched: int = 0,
+    reference: Any = None,
 ) -> Validation:
-    """Generate the concept (modifier + noun) prompts under three conditions and judge them.
-    `units`: a `CultureUnits` (any basis) or a dict culture -> `interp.Units` of native neurons.
-    Random draw r uses seed `seed + 1 + r` for the units; image noise is the same everywhere."""
+    """Generate the concept (modifier + noun) prompts under baseline, Top-K masked and the random
+    controls, and judge them. `units`: a `CultureUnits` (any basis) or a dict culture ->
+    `interp.Units` of native neurons. `n_random` uniform draws (the paper's control) and
+    `n_matched` activity-matched draws (`reference`: unit activations on the probe prompts,
+    `reference_activity`). Draw r uses seed `seed + 1 + r`; image noise is the same everywhere."""
     from . import stats_bridge as sb
-    from .evaluate import score
+    from .evaluate import score, site_change
 
     if n_random < 1:
         raise CultureLensError(f"validate_units: n_random must be >= 1; got {n_random}")
+    if n_matched and reference is None:
+        raise CultureLensError("validate_units: n_matched > 0 needs reference= unit activations (reference_activity)")
     units = as_culture_units(units)
     groups = by_concept(as_pairs(prompts))
-    base = score(model, groups, judge, None, "concept", noun_judge, seed, steps, batch_size, desc="baseline")
-    mask = score(model, groups, judge, lambda c: masked_interventions(units, c), "concept", noun_judge, seed, steps,
-                 batch_size, desc="Top-K masked")
-    draws, noun_draws = [], []
-    for r in tqdm(range(n_random), desc="random masks"):
-        s = score(model, groups, judge, lambda c: masked_interventions(units, c, seed + 1 + r, model), "concept",
-                  noun_judge, seed, steps, batch_size, desc=f"random {r}")
-        draws.append(s.correct.float().mean().item())
-        if s.noun_correct is not None:
-            noun_draws.append(s.noun_correct.float().mean().item())
-    rc = sb.random_control(mask.correct.float().mean().item(), draws, lower_is_extreme=True)
-    t = torch.tensor(draws, dtype=torch.float64)
+    gen = dict(prompt="concept", noun_judge=noun_judge, seed=seed, steps=steps, batch_size=batch_size)
+    base = score(model, groups, judge, None, desc="baseline", **gen)
+    top = lambda c: masked_interventions(units, c)  # noqa: E731
+    mask = score(model, groups, judge, top, desc="Top-K masked", **gen)
+    change = site_change(model, groups, top, "concept", max(batch_size, 16))
+    controls = {}
+    for kind, k in (("uniform", n_random), ("activity", n_matched)):
+        if k < 1:
+            continue
+        ivs = lambda r, kind=kind: (lambda c: masked_interventions(units, c, seed + 1 + r, model, match=KINDS[kind],  # noqa: E731
+                                                                   reference=reference))
+        controls[kind] = run_control(
+            kind, k, lambda r: score(model, groups, judge, ivs(r), desc=f"{kind} random {r}", **gen),
+            lambda r: site_change(model, groups, ivs(r), "concept", max(batch_size, 16)), mask, change,
+            lower_is_extreme=True)
+    uni = controls["uniform"]
     per = {}
     start = 0
     for c, ps in groups.items():
@@ -120,10 +160,10 @@ def validate_units(
     noun = None
     if base.noun_correct is not None:
         noun = {"baseline": base.noun_correct.float().mean().item(), "masked": mask.noun_correct.float().mean().item(),
-                "random_mean": sum(noun_draws) / len(noun_draws)}
+                "random_mean": sum(uni.noun) / len(uni.noun)}
     return Validation(
         baseline=Rate.of(base.correct, n_boot, seed), masked=Rate.of(mask.correct, n_boot, seed),
-        random_draws=draws, random_mean=t.mean().item(), random_sd=t.std().item() if n_random > 1 else 0.0,
-        p_value=float(rc.get("p_value", rc.get("p"))), mcnemar_p=sb.mcnemar(base.correct.tolist(), mask.correct.tolist()),
-        n_prompts=len(base.ids), n_random=n_random, per_culture=per, noun=noun,
+        random_draws=uni.draws, random_mean=uni.mean, random_sd=uni.sd, p_value=float(uni.p_empirical),
+        mcnemar_p=sb.mcnemar(base.correct.tolist(), mask.correct.tolist()),
+        n_prompts=len(base.ids), n_random=n_random, per_culture=per, noun=noun, controls=controls,
     )

@@ -10,11 +10,12 @@ from .generation import Generation, capture_generation, generate
 from .loading import load
 from .model import Model, TextEncoder
 from .patching import PatchResult, patch
+from .attribution import AttributionMaps, EffectMap, attribution, effect_map
 from .tiny import tiny
 
 __all__ = [
     "Model", "TextEncoder", "tiny", "load", "generate", "capture_generation", "Generation", "patch",
-    "PatchResult", "capture", "encoder_output", "mean_activation",
+    "PatchResult", "attribution", "AttributionMaps", "effect_map", "EffectMap", "capture", "encoder_output", "mean_activation",
     "Intervention", "Units", "Mask", "Amplify", "Replace", "OnRows", "random_units", "intervene",
     "CultureLensError", "NotAPipelineError", "PromptTooLongError", "SiteError", "UnsupportedModelError",
 ]

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .errors import SiteError
+from .errors import CultureLensError, SiteError
 from .hooks import resolve_intervention
 from .interventions import apply_all
 from .sites import Site, parse
@@ -51,8 +51,8 @@ def _group_interventions(model: Any, interventions: Sequence[Any]) -> dict[str, 
     by_site: dict[str, list[Any]] = defaultdict(list)
     for iv in interventions:
         site = resolve_intervention(model, iv)
-        if site.encoder == "unet":
-            raise SiteError(f"{site.name!r} is a UNet site; use interp.generate / capture_generation for it")
+        if site.denoiser:
+            raise SiteError(f"{site.name!r} is a denoiser site; use interp.generate / capture_generation for it")
         by_site[site.name].append(iv)
     return by_site
 
@@ -131,8 +131,8 @@ def capture(model: Any, prompts: str | Sequence[str], sites: Sequence[str], inte
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     parsed = [parse(model, s) for s in sites]
     for s in parsed:
-        if s.encoder == "unet":
-            raise SiteError(f"{s.name!r} is a UNet site; use interp.capture_generation for it")
+        if s.denoiser:
+            raise SiteError(f"{s.name!r} is a denoiser site; use interp.capture_generation for it")
     ivs = _group_interventions(model, interventions)
     prefixes = sorted({s.encoder for s in parsed} | {parse(model, n).encoder for n in ivs})
     chunks: dict[str, list[Tensor]] = defaultdict(list)
@@ -150,7 +150,8 @@ def capture(model: Any, prompts: str | Sequence[str], sites: Sequence[str], inte
 def encoder_output(model: Any, prompts: str | Sequence[str], encoder: str = "text",
                    interventions: Sequence[Any] = (), truncate: bool = False) -> Float[Tensor, "B S d"]:
     """What the denoiser receives from `encoder` for `prompts` (SD/AltDiffusion: last hidden state or
-    projection; SDXL/SD3 CLIP: penultimate hidden state; T5: last hidden state), with interventions."""
+    projection; SDXL/SD3 CLIP: penultimate hidden state; T5: last hidden state; FLUX's CLIP: only its
+    pooled output, returned as one token [B, 1, d]), with interventions."""
     from .hooks import HookSession
 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -162,15 +163,30 @@ def encoder_output(model: Any, prompts: str | Sequence[str], encoder: str = "tex
         kwargs["attention_mask"] = batch["attention_mask"]
     with torch.no_grad(), HookSession(model, mine):
         out = enc.module(batch["input_ids"], **kwargs)
+    if model.family == "flux" and enc.arch == "clip":
+        return out.pooler_output[:, None, :]
     return out.hidden_states[-2] if enc.output_is_penultimate else out[0]
 
 
-def mean_activation(model: Any, site: str, prompts: Sequence[str]) -> Float[Tensor, "d"]:
-    """Mean of a site's activation over prompts and real (non-padding) tokens: the value for
-    `Mask(mode="mean")`."""
+def mean_activation(model: Any, prompts: str | Sequence[str], site: str, truncate: bool = False,
+                    batch_size: int = 64) -> Float[Tensor, "d"]:
+    """Mean of a text site's activation over `prompts` and real (non-padding) tokens: the value
+    for `Mask(mode="mean")`. Arguments in the order of `capture(model, prompts, sites)`."""
+    if isinstance(site, (list, tuple)) and isinstance(prompts, str) and _is_site(model, prompts):
+        raise CultureLensError(f"mean_activation(model, prompts, site): got the site {prompts!r} as prompts and a "
+                               "list as site; the order is (model, prompts, site), as in capture")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     s = parse(model, site)
     if s.kind not in ("resid_post", "attn_out", "mlp_post"):
         raise SiteError(f"mean_activation: {site!r} is not a per-token vector site")
-    act = capture(model, prompts, [site])[site]
-    mask = model.tokenize(list(prompts), s.encoder)["attention_mask"].bool()
+    act = capture(model, prompts, [site], truncate=truncate, batch_size=batch_size)[s.name]
+    mask = model.tokenize(prompts, s.encoder, truncate=truncate)["attention_mask"].bool()
     return act[mask].mean(0)
+
+
+def _is_site(model: Any, name: str) -> bool:
+    try:
+        parse(model, name)
+        return True
+    except SiteError:
+        return False

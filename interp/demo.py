@@ -71,11 +71,12 @@ def run_demo(out: str | Path, model: Any = None, family: str = "sd", seed: int =
     lines.append("\n![trace](trace.png)\n")
 
     # 2. Patching: which layer's residual, patched from modifier into noun-only, restores the output.
+    # Whole sequences, not per token position: the two prompts differ in token length, so their
+    # positions do not line up (interp.patch refuses positions= then).
     target = interp.encoder_output(model, mod)
-    positions = list(range(min(8, enc.max_length)))
-    res = interp.patch(model, mod, plain, resid, metric=lambda o: -(o - target).pow(2).mean(), positions=positions)
+    res = interp.patch(model, mod, plain, resid, metric=lambda o: -(o - target).pow(2).mean())
     res.plot(out / "patching.png", title="patch modifier → noun-only (normalised effect)")
-    lines.append("## Activation patching (per token position)\n\n" + res.to_markdown() + "\n\n![patching](patching.png)\n")
+    lines.append("## Activation patching (per layer)\n\n" + res.to_markdown() + "\n\n![patching](patching.png)\n")
 
     # 3. Mask the k MLP units that differ most between the prompt sets vs k random units.
     layer = enc.n_layers // 2

@@ -178,3 +178,54 @@ def to_lpips_input(images: Sequence[ImageLike], size: int | None = None) -> Floa
         raise FidelityError(f"LPIPS needs images of one size, got {sorted(shapes)}; pass size=")
     arr = np.stack([np.asarray(im, dtype=np.float32) for im in ims]) / 127.5 - 1
     return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+
+# ------------------------------------------------------------------------------- SSIM
+
+def _as_float_images(images: Sequence[ImageLike] | torch.Tensor, name: str) -> Float[torch.Tensor, "b c h w"]:
+    """PIL images, paths, HxWxC uint8 arrays or a [B, C, H, W] tensor in [0, 1] -> [B, C, H, W] in [0, 1]."""
+    if isinstance(images, torch.Tensor):
+        x = images.to(torch.float64)
+        if x.ndim != 4:
+            raise FidelityError(f"{name}: a tensor of images must be [B, C, H, W], got shape {tuple(x.shape)}")
+        return x
+    arrs = []
+    for i, im in enumerate(images):
+        a = np.asarray(im if not isinstance(im, (str, Path)) else load_images([im])[0], dtype=np.float64)
+        if a.ndim == 2:
+            a = a[..., None]
+        if a.ndim != 3:
+            raise FidelityError(f"{name}[{i}]: expected an H x W (x C) image, got shape {a.shape}")
+        arrs.append(a / 255.0)
+    shapes = {a.shape for a in arrs}
+    if len(shapes) != 1:
+        raise FidelityError(f"{name}: images differ in size {sorted(shapes)}")
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
+
+
+def ssim(
+    images: Sequence[ImageLike] | torch.Tensor,
+    reference: Sequence[ImageLike] | torch.Tensor,
+    window: int = 11,
+    sigma: float = 1.5,
+) -> Float[torch.Tensor, "n"]:
+    """Structural similarity (Wang et al. 2004) of each image with its reference (e.g. the
+    unsteered image from the same prompt and seed): Gaussian window (`window`, `sigma`; the
+    window shrinks to the image for small images), K1 = 0.01, K2 = 0.03 on a [0, 1] range, mean
+    over valid positions and channels. 1 = identical structure; no weights are involved.
+    `1 - ssim` is the structure change reported beside every culture gain."""
+    x, y = _as_float_images(images, "images"), _as_float_images(reference, "reference")
+    if x.shape != y.shape:
+        raise FidelityError(f"ssim: images {tuple(x.shape)} and reference {tuple(y.shape)} differ in shape")
+    w = min(window, x.shape[-1], x.shape[-2])
+    if w < 3:
+        raise FidelityError(f"ssim: images of {x.shape[-2]}x{x.shape[-1]} pixels are too small for a window")
+    g = torch.exp(-((torch.arange(w, dtype=torch.float64) - (w - 1) / 2) ** 2) / (2 * sigma ** 2))
+    g = (g / g.sum())
+    k = (g[:, None] * g[None, :]).expand(x.shape[1], 1, w, w).contiguous()
+    conv = lambda t: torch.nn.functional.conv2d(t, k, groups=x.shape[1])  # noqa: E731
+    mx, my = conv(x), conv(y)
+    sxx, syy, sxy = conv(x * x) - mx ** 2, conv(y * y) - my ** 2, conv(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    return s.mean((1, 2, 3)).float()

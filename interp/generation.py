@@ -3,8 +3,10 @@
 Noise comes from one CPU `torch.Generator` per prompt seeded `seed + i` (or the i-th of a list of
 seeds), so image i depends only on (prompt i, its seed) — not on the batch it shares or the device —
 and the same seed is bit-identical on CPU.
-Interventions on UNet sites apply at every denoising step unless they name `steps`; interventions
-on text sites apply to every text-encoder call (the prompt and, under CFG, the negative prompt).
+Interventions on denoiser sites apply at every denoising step unless they name `steps` (the
+step counter restarts at every pipeline call). By default (`branch="cond"`) an intervention edits
+the prompt's side only: at text sites the prompt's encoding, not the negative prompt's; at
+denoiser sites the conditional rows. `branch="uncond"` / `"both"` choose otherwise.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ from torch import Tensor
 
 from .errors import CultureLensError
 from .hooks import HookSession
-from .sites import Site
+from .interventions import Where
+from .sites import Site, parse
 
 
 @dataclass
 class Generation:
     """Images, final latents [B, C, h, w] and (from capture_generation) activations.
 
-    `acts[site]`: UNet sites -> [T, C, B, ...] (T denoising steps; C = 2 rows "uncond", "cond"
-    under classifier-free guidance, else 1); text sites -> [N, B, ...] over the N encoder calls
-    in pipeline order (prompt first, then the negative prompt when the pipeline encodes one).
+    `acts[site]`: denoiser sites -> [T, C, B, ...] (T denoising steps; C = 2 rows "uncond", "cond"
+    under classifier-free guidance, else 1; where a step calls the denoiser more than once per
+    branch, e.g. SD3's skip-layer guidance, the first call's rows); text sites -> [N, B, ...] over
+    the N encoder calls in pipeline order (prompt first, then the negative prompt when the
+    pipeline encodes one).
     """
 
     images: list[Any]
@@ -61,6 +66,8 @@ def pipeline_kwargs(model: Any, prompts: list[str], seed: int | Sequence[int], s
     )
     if model.family == "sd3":
         kw["max_sequence_length"] = model.encoders["text_3"].max_length
+    if model.family == "flux":
+        kw["max_sequence_length"] = model.encoders["text_2"].max_length
     kw.update(extra)
     return kw
 
@@ -71,34 +78,66 @@ def generate(model: Any, prompts: str | Sequence[str], seed: int | Sequence[int]
              **pipe_kwargs: Any) -> Generation:
     """Generate images for `prompts` with `interventions` active; defaults from `model.defaults`.
     `seed`: prompt i gets `seed + i`, or pass one seed per prompt. `record` names sites to capture
-    on the way (see `Generation.acts`)."""
+    on the way (see `Generation.acts`). `negative_prompt` may be one string (for every prompt) or
+    one per prompt."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise CultureLensError("generate: no prompts given")
     model.check_prompts(prompts, truncate=truncate)
+    neg = pipe_kwargs.get("negative_prompt")
+    if neg is not None:
+        neg = [neg] * len(prompts) if isinstance(neg, str) else list(neg)
+        if len(neg) != len(prompts):
+            raise CultureLensError(f"generate: {len(neg)} negative prompts for {len(prompts)} prompts; give one "
+                                   "string or one per prompt")
+        model.check_prompts(neg, truncate=truncate)
+        pipe_kwargs["negative_prompt"] = neg
     final: list[Tensor] = []
 
     def keep_latents(pipe: Any, i: int, t: Any, kw: dict) -> dict:
         final[:] = [kw["latents"]]
         return {}
 
-    raw: dict[str, list[tuple[int, Tensor]]] = defaultdict(list)
+    raw: dict[str, list[tuple[Where, Tensor]]] = defaultdict(list)
 
-    def recorder(site: Site, act: Tensor, step: int) -> None:
-        raw[site.name].append((step, act.detach().clone()))
+    def recorder(site: Site, act: Tensor, where: Where) -> None:
+        raw[site.name].append((where, act.detach().clone()))
 
     kw = pipeline_kwargs(model, prompts, seed, steps, guidance, height, width, **pipe_kwargs)
     kw.update(callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"])
     with torch.no_grad(), HookSession(model, interventions, record=record, recorder=recorder):
         out = model.pipe(**kw)
-    acts = {name: _stack(name, items, len(prompts)) for name, items in raw.items()}
+    acts = {name: _stack_rows(name, items) if parse(model, name).denoiser else torch.stack([a for _, a in items])
+            for name, items in raw.items()}
     return Generation(images=list(out.images), latents=final[0], acts=acts)
 
 
+def _stack_rows(name: str, items: list[tuple[Where, Tensor]]) -> Tensor:
+    """Denoiser records (one per call) -> [T, C, B, ...]: per step, each branch's rows from the
+    first call that has that branch; C = 2 ([uncond, cond]) when any call had unconditional rows."""
+    steps: dict[int, dict[int, Tensor]] = {}
+    for where, act in items:
+        if where.branches is None:
+            raise CultureLensError(f"capture at {name!r}: cannot tell the CFG branch of the rows at step "
+                                   f"{where.step} ({act.shape[0]} rows)")
+        slot = steps.setdefault(int(where.step), {})
+        for b in (0, 1):
+            rows = where.branches.to(act.device) == b
+            if b not in slot and bool(rows.any()):
+                slot[b] = act[rows]
+    branches = [0, 1] if any(0 in v for v in steps.values()) else [1]
+    out = []
+    for t in sorted(steps):
+        missing = [b for b in branches if b not in steps[t]]
+        if missing:
+            raise CultureLensError(f"capture at {name!r}: step {t} has no {'uncond' if 0 in missing else 'cond'} rows")
+        out.append(torch.stack([steps[t][b] for b in branches]))
+    return torch.stack(out)
+
+
 def _stack(name: str, items: list[tuple[int, Tensor]], batch: int) -> Tensor:
+    """nnsight engine: per-step [rows, ...] with rows = [uncond; cond] under CFG -> [T, C, B, ...]."""
     acts = torch.stack([a for _, a in items])
-    if not name.startswith("unet."):
-        return acts
     rows = acts.shape[1] // batch  # 2 under classifier-free guidance (uncond rows first), else 1
     return acts.reshape(acts.shape[0], rows, batch, *acts.shape[2:])
 
@@ -106,7 +145,8 @@ def _stack(name: str, items: list[tuple[int, Tensor]], batch: int) -> Tensor:
 def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int | Sequence[int] = 0,
                        steps: int | None = None, guidance: float | None = None,
                        interventions: Sequence[Any] = (), engine: str = "hooks", **kwargs: Any) -> Generation:
-    """Generate and capture `sites` (UNet cross-attention and/or text sites) at every call.
+    """Generate and capture `sites` (denoiser and/or text sites) at every call; see
+    `Generation.acts` for the shapes ([T, C, B, ...] at denoiser sites).
 
     engine="hooks" (default) records any site with the hook engine; engine="nnsight" traces the
     whole pipeline with nnsight (`tracer.iter` over denoising steps) — UNet `attn2.hook_out` sites
@@ -133,7 +173,7 @@ def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[s
     from .sites import parse
 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    model.check_prompts(prompts)
+    model.check_prompts(prompts, truncate=kwargs.pop("truncate", False))
     parsed = sorted((parse(model, s) for s in sites), key=lambda s: s.order)
     bad = [s.name for s in parsed if s.kind != "xattn_out"]
     if bad:

@@ -1,8 +1,18 @@
 """Interventions: sets of units and what to do to them (mask, amplify), plus seeded random controls.
 
 An intervention is any object with a `site: str` and `apply(act) -> act`; optional attributes
-`positions` (token positions it touches; others keep their value) and `steps` (denoising-step
-indices for UNet sites; None = every step). `sae.Steer` and the circuits enhancer plug in so.
+- `positions`: token (or pixel) positions it touches; the others keep their value;
+- `steps`: denoising-step indices (denoiser sites only; None = every step). Step i is the i-th
+  scheduler step of the current pipeline call: the counter restarts at every pipeline call;
+- `branch`: "cond" (default), "uncond" or "both" — which classifier-free-guidance branch it
+  edits. Text sites: "cond" is the prompt's encoding, "uncond" the negative prompt's (diffusers
+  encodes the prompt first, then the negative prompt, with the same encoder); a text-encoder
+  call outside a pipeline call counts as the prompt's. Denoiser sites: the rows of each call
+  ([uncond; cond] under CFG);
+- `heads`: head indices at sites with heads (q/k/v/z/pattern); the other heads keep their value.
+`sae.Steer` and the circuits enhancer plug in so. An intervention may define
+`apply_at(act, where)` instead of `apply` to see where it acts (`Where`: step, step count, the
+branch of each row), as `Replace` does to take the step and branch row of a captured value.
 """
 
 from __future__ import annotations
@@ -16,11 +26,35 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .errors import CultureLensError, SiteError
+from .sites import site_axes
+
+BRANCHES = {"uncond": 0, "cond": 1}
+BRANCH_CHOICES = ("cond", "uncond", "both")
 
 
 def unit_axis(site: str) -> int:
-    """Attention patterns [B, H, Q, K] have heads as units (axis 1); everything else the last axis."""
-    return 1 if site.endswith("hook_pattern") else -1
+    """Heads at q/k/v/z ([B, S, H, d], axis 2) and patterns ([B, H, Q, K], axis 1); channels of UNet
+    feature maps ([B, C, h, w], axis 1); everything else the last axis."""
+    return site_axes(site)[0]
+
+
+@dataclass
+class Where:
+    """Where one call of a site happens: `step` (denoising step, None for text sites), `n_steps`
+    (the pipeline call's step count, None outside one) and `branches` (the CFG branch of each row
+    of the activation, 0 = uncond, 1 = cond; None when the rows cannot be told apart)."""
+
+    site: str
+    step: int | None
+    n_steps: int | None
+    branches: Tensor | None
+
+
+def check_branch(iv: Any) -> str:
+    branch = getattr(iv, "branch", "cond")
+    if branch not in BRANCH_CHOICES:
+        raise CultureLensError(f"{iv!r}: branch={branch!r}; use one of {', '.join(map(repr, BRANCH_CHOICES))}")
+    return branch
 
 
 @dataclass
@@ -54,18 +88,22 @@ class Units:
 
 
 class Intervention:
-    """Base class: subclasses set `site` and implement `apply(act) -> act` (must not modify act in place)."""
+    """Base class: subclasses set `site` and implement `apply(act) -> act` (must not modify act in
+    place), or `apply_at(act, where)`; see the module doc for positions, steps, branch and heads."""
 
     site: str
     positions: Sequence[int] | None = None
     steps: Sequence[int] | None = None
+    branch: str = "cond"
+    heads: Sequence[int] | None = None
 
     def apply(self, act: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
 def _index(act: Tensor, site: str, idx: Tensor) -> tuple:
-    return (slice(None), idx.to(act.device)) if unit_axis(site) == 1 else (..., idx.to(act.device))
+    axis = unit_axis(site)
+    return (slice(None),) * axis + (idx.to(act.device),) if axis >= 0 else (..., idx.to(act.device))
 
 
 @dataclass
@@ -77,15 +115,18 @@ class Mask(Intervention):
     mean: Any = None
     positions: Sequence[int] | None = None
     steps: Sequence[int] | None = None
+    branch: str = "cond"
+    heads: Sequence[int] | None = None
     site: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.site = self.units.site
+        check_branch(self)
         if self.mode not in ("zero", "mean"):
             raise CultureLensError(f"Mask mode {self.mode!r}: use 'zero' or 'mean'")
         if self.mode == "mean" and self.mean is None:
             raise CultureLensError(
-                f"Mask(mode='mean') at {self.site!r} needs mean= (e.g. interp.mean_activation(model, site, prompts))"
+                f"Mask(mode='mean') at {self.site!r} needs mean= (e.g. interp.mean_activation(model, prompts, site))"
             )
 
     def apply(self, act: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
@@ -97,8 +138,9 @@ class Mask(Intervention):
         mean = torch.as_tensor(self.mean, dtype=act.dtype, device=act.device).reshape(-1)
         if mean.numel() != len(self.units):
             mean = mean[self.units.indices.to(act.device)]
-        if unit_axis(self.site) == 1:
-            mean = mean.view(1, -1, *([1] * (act.ndim - 2)))
+        axis = unit_axis(self.site)
+        if axis >= 0:
+            mean = mean.view(*([1] * axis), -1, *([1] * (act.ndim - axis - 1)))
         out[ix] = mean.expand_as(out[ix])
         return out
 
@@ -111,10 +153,13 @@ class Amplify(Intervention):
     lam: float
     positions: Sequence[int] | None = None
     steps: Sequence[int] | None = None
+    branch: str = "cond"
+    heads: Sequence[int] | None = None
     site: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.site = self.units.site
+        check_branch(self)
 
     def apply(self, act: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
         out = act.clone()
@@ -125,15 +170,70 @@ class Amplify(Intervention):
 
 @dataclass
 class Replace(Intervention):
-    """Set the site's activation to `value` (broadcast); used by activation patching."""
+    """Set the site's activation to `value`; used by activation patching.
+
+    `value` is either broadcastable to the activation, or exactly what `capture_generation`
+    returns for a denoiser site, [T, C, B, ...] (T steps; C = 2 rows [uncond, cond] under CFG,
+    else 1): then each step takes `value[step]`, each row its branch's and prompt's entry. A
+    value with C = 1 (captured without CFG) holds the conditional branch only.
+    """
 
     site: str
     value: Tensor
     positions: Sequence[int] | None = None
     steps: Sequence[int] | None = None
+    branch: str = "cond"
+    heads: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        check_branch(self)
+        self.value = torch.as_tensor(self.value)
 
     def apply(self, act: Tensor) -> Tensor:
-        return self.value.to(act.device, act.dtype).expand_as(act).clone()
+        return self.apply_at(act, None)
+
+    def apply_at(self, act: Tensor, where: Where | None) -> Tensor:
+        v = self.value
+        if v.ndim == act.ndim + 2:
+            return self._per_step(act, where).to(act.device, act.dtype)
+        try:
+            return v.to(act.device, act.dtype).expand_as(act).clone()
+        except RuntimeError:
+            raise CultureLensError(
+                f"Replace at {self.site!r}: value of shape {tuple(v.shape)} does not fit the activation "
+                f"{tuple(act.shape)}; pass that shape (or one that broadcasts to it) or, at a denoiser site, "
+                f"capture_generation's [T, C, B, ...] = [T, C, B, {', '.join(map(str, act.shape[1:]))}]"
+            ) from None
+
+    def _per_step(self, act: Tensor, where: Where | None) -> Tensor:
+        v = self.value
+        if where is None or where.step is None:
+            raise CultureLensError(f"Replace at {self.site!r}: a [T, C, B, ...] value ({tuple(v.shape)}) needs a "
+                                   "denoiser site during generation (it is picked by step)")
+        if where.step >= v.shape[0]:
+            raise CultureLensError(f"Replace at {self.site!r}: value holds {v.shape[0]} steps but this is step "
+                                   f"{where.step} (of {where.n_steps}); capture as many steps as the run has")
+        vt = v[where.step]  # [C, B, ...]
+        n_rows, n_prompts = act.shape[0], vt.shape[1]
+        if tuple(vt.shape[2:]) != tuple(act.shape[1:]) or n_rows % n_prompts:
+            raise CultureLensError(
+                f"Replace at {self.site!r}: value {tuple(v.shape)} = [T, C, B, ...] does not fit an activation of "
+                f"{tuple(act.shape)} (rows must be a multiple of B and the rest equal)")
+        if where.branches is None:
+            raise CultureLensError(f"Replace at {self.site!r}: cannot tell which CFG branch each row is, so a "
+                                   "[T, C, B, ...] value cannot be placed")
+        branches = where.branches.to(vt.device)
+        if vt.shape[0] == 1:
+            if self.branch != "cond" and bool((branches == 0).any()):
+                raise CultureLensError(
+                    f"Replace at {self.site!r}: the value was captured without classifier-free guidance (C = 1, "
+                    f"the conditional rows only) but branch={self.branch!r} also edits unconditional rows")
+            branches = torch.zeros_like(branches)
+        elif vt.shape[0] != 2:
+            raise CultureLensError(f"Replace at {self.site!r}: value has C = {vt.shape[0]} branch rows; expected "
+                                   "1 (no CFG) or 2 ([uncond, cond])")
+        prompt = torch.arange(n_rows, device=vt.device) % n_prompts
+        return vt[branches, prompt]
 
 
 class OnRows(Intervention):
@@ -143,7 +243,8 @@ class OnRows(Intervention):
 
     An activation with k times as many rows as prompts (the UNet under classifier-free guidance:
     [uncond; cond]) repeats the pattern k times. That layout does not hold for UNet sites with
-    `num_images_per_prompt` > 1, so use one image per prompt there.
+    `num_images_per_prompt` > 1, so use one image per prompt there. The wrapped intervention's
+    `branch` still applies on top (by default only the conditional rows of the chosen prompts).
     """
 
     def __init__(self, intervention: Any, rows: Sequence[bool]) -> None:
@@ -152,11 +253,13 @@ class OnRows(Intervention):
         if not self.rows.numel():
             raise CultureLensError(f"OnRows({intervention!r}): no rows given")
 
-    # The wrapped intervention's site, positions, steps and units are this one's (checked and
-    # honoured by the hook engine as usual).
+    # The wrapped intervention's site, positions, steps, branch, heads and units are this one's
+    # (checked and honoured by the hook engine as usual).
     site = property(lambda self: self.intervention.site)
     positions = property(lambda self: getattr(self.intervention, "positions", None))
     steps = property(lambda self: getattr(self.intervention, "steps", None))
+    branch = property(lambda self: getattr(self.intervention, "branch", "cond"))
+    heads = property(lambda self: getattr(self.intervention, "heads", None))
     units = property(lambda self: getattr(self.intervention, "units", None))
 
     @classmethod
@@ -166,23 +269,47 @@ class OnRows(Intervention):
         return [cls(iv, [o == key for o in owners]) for key in dict.fromkeys(owners) for iv in interventions.get(key, ())]
 
     def apply(self, act: Tensor) -> Tensor:
+        return self.apply_at(act, None)
+
+    def apply_at(self, act: Tensor, where: Where | None) -> Tensor:
         n = self.rows.numel()
         if act.shape[0] % n:
             raise CultureLensError(f"OnRows at {self.site!r}: activation has {act.shape[0]} rows, not a multiple "
                                    f"of the {n} prompts the row mask names")
         keep = self.rows.to(act.device).repeat(act.shape[0] // n).view(-1, *([1] * (act.ndim - 1)))
-        return torch.where(keep, self.intervention.apply(act), act)
+        return torch.where(keep, run(self.intervention, act, where), act)
 
     def __repr__(self) -> str:
         return f"OnRows({self.intervention!r}, rows={self.rows.nonzero().flatten().tolist()})"
 
 
 def random_units(units: Units, seed: int = 0, disjoint: bool = True, dim: int | None = None,
-                 model: Any = None) -> Units:
+                 model: Any = None, match: str | None = None, reference: Any = None, scores: Any = None,
+                 n_bins: int = 5) -> Units:
     """Same count, same site, drawn with `seed` (disjoint from `units` unless disjoint=False).
 
-    The pool size comes from `dim`, else `units.dim`, else the site on `model`.
+    `match`: None draws uniformly from the site's units (the paper's control; the pool size comes
+    from `dim`, else `units.dim`, else the site on `model`); "activity" draws, per unit, among
+    units whose firing frequency and mean magnitude on `reference` activations ([n, d]: one
+    column per unit, e.g. SAE latents on the probe prompts) fall in the same `n_bins` quantile
+    bins; "ranked" takes the next-ranked units by `scores` ([d], e.g. WFS), block `seed`.
+    The logic lives in `interp.controls`.
     """
+    from . import controls
+
+    if match not in controls.MATCHES:
+        raise CultureLensError(f"random_units({units!r}): match={match!r}; use one of {controls.MATCHES}")
+    if match == "activity":
+        if reference is None:
+            raise CultureLensError(f"random_units({units!r}, match='activity') needs reference= activations [n, d]")
+        chosen, _ = controls.activity_matched(units.indices, reference, seed, n_bins=n_bins, disjoint=disjoint)
+        d = int(torch.as_tensor(reference).shape[-1])
+        return Units(units.site, chosen, label=f"activity-matched(seed={seed})", dim=d)
+    if match == "ranked":
+        if scores is None:
+            raise CultureLensError(f"random_units({units!r}, match='ranked') needs scores= (one per unit)")
+        chosen = controls.next_ranked(units.indices, scores, seed)
+        return Units(units.site, chosen, label=f"next-ranked(block={seed})", dim=int(torch.as_tensor(scores).numel()))
     if dim is None:
         dim = units.dim
     if dim is None and model is not None:
@@ -205,30 +332,63 @@ def random_units(units: Units, seed: int = 0, disjoint: bool = True, dim: int | 
     return Units(units.site, chosen, label=f"random(seed={seed})", dim=dim)
 
 
-def apply_all(ivs: Sequence[Any], act: Tensor, step: int | None = None) -> Tensor:
-    """Apply interventions in order, honouring `positions` and `steps`."""
+def run(iv: Any, act: Tensor, where: Where | None) -> Tensor:
+    """`iv.apply_at(act, where)` when the intervention has it, else `iv.apply(act)`."""
+    fn = getattr(iv, "apply_at", None)
+    return fn(act, where) if callable(fn) else iv.apply(act)
+
+
+def _default_where(site: str, act: Tensor) -> Where:
+    # Outside a pipeline call every row is the prompt's (the conditional branch).
+    return Where(site, None, None, torch.ones(act.shape[0], dtype=torch.long, device=act.device))
+
+
+def is_active(iv: Any, where: Where) -> bool:
+    """Whether `iv` acts at this call: its steps include this step and its branch has a row here."""
+    steps = getattr(iv, "steps", None)
+    if steps is not None and where.step is not None and where.step not in steps:
+        return False
+    branch = check_branch(iv)
+    if branch == "both":
+        return True
+    if where.branches is None:
+        raise CultureLensError(
+            f"{iv!r} at {where.site!r}: cannot tell which classifier-free-guidance branch the rows of this call "
+            f"belong to (step {where.step}), so branch={branch!r} cannot be honoured; pass branch='both'")
+    return bool((where.branches == BRANCHES[branch]).any())
+
+
+def _merge(act: Tensor, new: Tensor, axis: int, idx: Any) -> Tensor:
+    """`act` with `new`'s entries at indices `idx` along `axis`."""
+    axis = axis % act.ndim
+    pos = torch.as_tensor(idx, dtype=torch.long, device=act.device).reshape(-1) % act.shape[axis]
+    merged = act.clone()
+    merged.index_copy_(axis, pos, new.index_select(axis, pos))
+    return merged
+
+
+def apply_all(ivs: Sequence[Any], act: Tensor, where: Where | None = None) -> Tensor:
+    """Apply interventions in order, honouring `steps`, `branch`, `positions` and `heads`. Returns
+    `act` itself (not a copy) when none acts, so callers can tell that nothing changed."""
     for iv in ivs:
-        steps = getattr(iv, "steps", None)
-        if steps is not None and step is not None and step not in steps:
+        w = where if where is not None else _default_where(iv.site, act)
+        if not is_active(iv, w):
             continue
-        new = iv.apply(act)
+        new = run(iv, act, w)
+        branch = check_branch(iv)
+        if branch != "both":
+            keep = (w.branches.to(act.device) == BRANCHES[branch])
+            if not bool(keep.all()):
+                new = torch.where(keep.view(-1, *([1] * (act.ndim - 1))), new, act)
+        _, head_axis, pos_axis = site_axes(iv.site)
         positions = getattr(iv, "positions", None)
         if positions is not None:
-            axis = _position_axis(iv.site)
-            pos = torch.as_tensor(positions, dtype=torch.long, device=act.device) % act.shape[axis]
-            merged = act.clone()
-            merged.index_copy_(axis, pos, new.index_select(axis, pos))
-            new = merged
+            new = _merge(act, new, pos_axis, positions)
+        heads = getattr(iv, "heads", None)
+        if heads is not None:
+            new = _merge(act, new, head_axis, heads)
         act = new
     return act
-
-
-def _position_axis(site: str) -> int:
-    """Token positions: axis 1 of [B, S, d]; the query axis 2 of a text pattern; the key (token)
-    axis 3 of a UNet cross-attention pattern; spatial axis 1 of a cross-attention output."""
-    if site.startswith("unet.") and site.endswith("hook_pattern"):
-        return 3
-    return 2 if site.endswith("hook_pattern") else 1
 
 
 def intervene(model: Any, interventions: Sequence[Any]):

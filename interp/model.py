@@ -153,6 +153,8 @@ def family_of(pipe: Any) -> str:
         return "sdxl"
     if "StableDiffusion3" in name:
         return "sd3"
+    if name.startswith("Flux") and hasattr(pipe, "transformer"):
+        return "flux"
     if "AltDiffusion" in name:
         return "altdiffusion"
     if name.startswith("StableDiffusion") and hasattr(pipe, "unet"):
@@ -163,7 +165,7 @@ def family_of(pipe: Any) -> str:
         return "sd"
     raise UnsupportedModelError(
         f"pipeline class {name} is not supported; supported: StableDiffusionPipeline (SD 1.x/2.x), "
-        "StableDiffusionXLPipeline, AltDiffusionPipeline, StableDiffusion3Pipeline"
+        "StableDiffusionXLPipeline, AltDiffusionPipeline, StableDiffusion3Pipeline, FluxPipeline"
     )
 
 
@@ -172,7 +174,7 @@ class Model:
     """A loaded pipeline with named sites. Build with `interp.load` or `interp.tiny`."""
 
     pipe: Any
-    family: str
+    family: str  # "sd" (SD 1.x/2.x and the organism), "sdxl", "altdiffusion", "sd3", "flux"
     encoders: dict[str, TextEncoder]
     defaults: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
@@ -193,7 +195,8 @@ class Model:
         den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
         # Pixel-space pipelines (no VAE) generate at the denoiser's own sample size.
         scale = getattr(pipe, "vae_scale_factor", 8) if getattr(pipe, "vae", None) is not None else 1
-        size = int(den.config.sample_size) * int(scale)
+        sample = getattr(den.config, "sample_size", None) or getattr(pipe, "default_sample_size", 128)
+        size = int(sample) * int(scale)
         merged = {"steps": 25, "guidance": 7.5, "height": size, "width": size}
         merged.update(defaults or {})
         return cls(pipe=pipe, family=family, encoders=encoders, defaults=merged, path=path)
@@ -209,12 +212,39 @@ class Model:
 
     @property
     def denoiser(self) -> torch.nn.Module:
-        """The UNet (SD, SDXL, AltDiffusion) or the MMDiT transformer (SD3)."""
+        """The UNet (SD, SDXL, AltDiffusion) or the MMDiT transformer (SD3, FLUX)."""
         return self.pipe.unet if hasattr(self.pipe, "unet") else self.pipe.transformer
 
+    def joint_positions(self, height: int | None = None, width: int | None = None) -> dict[str, range]:
+        """Which positions of an MMDiT joint sequence (the N axis of `transformer...attn.hook_*`
+        sites) are text and which are image, for a generation of `height` × `width` pixels
+        (default: the model's defaults): {"text": range, "image": range}.
+
+        SD3: [image; text], text = CLIP tokens (padded to the T5 width) then T5 tokens, i.e.
+        max_length(text) + max_length(text_3) positions. FLUX: [text; image], text = the T5 tokens.
+        Image positions are latent patches in row-major order: (height / (vae scale · patch))
+        × (width / (vae scale · patch)).
+        """
+        if self.family not in ("sd3", "flux"):
+            raise UnsupportedModelError(f"joint_positions: a {self.family} model has no joint text+image sequence "
+                                        "(its UNet cross-attends to text: keys of attn2 are the text tokens)")
+        height = int(height or self.defaults["height"])
+        width = int(width or self.defaults["width"])
+        scale = int(getattr(self.pipe, "vae_scale_factor", 8))
+        if self.family == "sd3":
+            patch = int(self.denoiser.config.patch_size)
+            n_img = (height // scale // patch) * (width // scale // patch)
+            n_txt = self.encoders["text"].max_length + self.encoders["text_3"].max_length
+            return {"image": range(0, n_img), "text": range(n_img, n_img + n_txt)}
+        n_img = (height // scale // 2) * (width // scale // 2)  # FLUX packs 2×2 latent patches
+        n_txt = self.encoders["text_2"].max_length
+        return {"text": range(0, n_txt), "image": range(n_txt, n_txt + n_img)}
+
     def sites(self, kind: str | None = None) -> list[str]:
-        """Valid site names; `kind` filters by site kind ("resid_post", "mlp_post", "pattern",
-        "attn_out", "xattn_out", "xattn_pattern") or by prefix ("text", "text_2", "unet")."""
+        """Valid site names; `kind` filters by site kind (text: "resid_post", "mlp_post", "pattern",
+        "attn_out"; UNet: "xattn_{q,k,v,z,pattern,out}" (attn2), "sattn_..." (attn1), "tblock_out",
+        "resnet_out"; MMDiT: "jattn_{q,k,v,z,pattern}", "img_out", "txt_out") or by prefix ("text",
+        "text_2", "unet", "transformer")."""
         from .sites import all_sites
 
         return [s.name for s in all_sites(self) if kind is None or kind in (s.kind, s.encoder)]

@@ -1,10 +1,34 @@
 """One site-naming grammar for every family, resolved to a module and what to read there.
 
-Text sites: `{prefix}.blocks.{l}.hook_resid_post | attn.hook_pattern | hook_attn_out | mlp.hook_post`
-with prefix "text", "text_2", "text_3". UNet cross-attention sites:
-`unet.{down|mid|up}.{i}.attn.{j}.attn2.hook_out | hook_pattern` (transformer block 0 of that
-attention), and `unet.{down|mid|up}.{i}.attn.{j}.block.{k}.attn2....` for SDXL-style attentions
-holding several transformer blocks (k = 0 is the short form).
+Shapes (B = rows of one call: prompts, or [uncond; cond] under classifier-free guidance in one
+UNet/SD3 call; S = tokens; H = heads; d = head size; Q/K = query/key positions; N = joint
+positions; h×w = a feature map). Units are the last axis unless said otherwise.
+
+Text encoders (prefix "text", "text_2", "text_3"):
+  `{prefix}.blocks.{l}.hook_resid_post`    [B, S, d_model]
+  `{prefix}.blocks.{l}.hook_attn_out`      [B, S, d_model]
+  `{prefix}.blocks.{l}.mlp.hook_post`      [B, S, d_mlp]
+  `{prefix}.blocks.{l}.attn.hook_pattern`  [B, H, S, S] (units = heads, axis 1; read-only)
+UNet (SD 1.x/2.x, SDXL, AltDiffusion, the organism); `.block.{k}` only for k > 0
+(`.block.0.` is accepted as an alias):
+  `unet.{down|mid|up}.{i}.attn.{j}[.block.{k}].{attn1|attn2}.hook_q`        [B, Q, H, d]
+      ... `.hook_k` / `.hook_v`                                            [B, K, H, d]
+      ... `.hook_z` (per-head output before the output projection)         [B, Q, H, d]
+      ... `.hook_pattern` (softmax probabilities)                          [B, H, Q, K]
+      ... `.hook_out` (the attention module's output)                      [B, Q, C]
+  (q/k/v/z/pattern: units = heads; Q = h·w pixels of that resolution; attn1 is
+  self-attention (K = Q), attn2 cross-attention (K = text tokens); positions are the key
+  axis of a pattern, the token axis otherwise.)
+  `unet.{down|mid|up}.{i}.attn.{j}.hook_out`    [B, C, h, w] (the Transformer2DModel output;
+                                                  units = channels, axis 1)
+  `unet.{down|mid|up}.{i}.resnet.{j}.hook_out`  [B, C, h, w] (units = channels, axis 1)
+MMDiT (SD3 and FLUX double-stream blocks `transformer.blocks.{i}`, FLUX single-stream blocks
+`transformer.single_blocks.{i}`):
+  `...attn.hook_q|hook_k|hook_v|hook_z` [B, N, H, d] and `...attn.hook_pattern` [B, H, N, N]
+      over the joint sequence (SD3: [image; text], FLUX: [text; image]; q/k after RoPE on
+      FLUX); `Model.joint_positions()` says which positions are text and which image.
+  `...hook_img_out` [B, N_img, D], `...hook_txt_out` [B, N_txt, D] (the block's two outputs;
+      SD3's last block has no text output).
 """
 
 from __future__ import annotations
@@ -25,37 +49,75 @@ TEXT_HOOKS = {
     "hook_attn_out": "attn_out",
     "mlp.hook_post": "mlp_post",
 }
-# Execution order inside one layer: nnsight needs requests in the order the model runs them.
-STAGE = {"pattern": 0, "attn_out": 1, "mlp_post": 2, "resid_post": 3, "xattn_pattern": 0, "xattn_out": 1}
+ATTN_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_out")
+# Hooks computed inside our attention processor (interp/attention.py), not by a module hook.
+PROC_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_pattern", "hook_z")
+# Execution order inside one layer / attention: nnsight needs requests in the order the model runs them.
+STAGE = {"pattern": 0, "attn_out": 1, "mlp_post": 2, "resid_post": 3,
+         "hook_q": 0, "hook_k": 1, "hook_v": 2, "hook_pattern": 3, "hook_z": 4, "hook_out": 5,
+         "hook_txt_out": 6, "hook_img_out": 7}
 _TEXT_RE = re.compile(r"^(text(?:_\d)?)\.blocks\.(-?\d+)\.(.+)$")
-_UNET_RE = re.compile(r"^unet\.(down|mid|up)\.(\d+)\.attn\.(\d+)\.(?:block\.(\d+)\.)?attn2\.(hook_out|hook_pattern)$")
+DENOISER_PREFIXES = ("unet", "transformer")
 
 
 @dataclass(frozen=True)
 class Site:
-    """A resolved site. `dim` is the number of units along `unit_axis` (neurons, channels or heads)."""
+    """A resolved site. `dim` is the number of units along `unit_axis` (neurons, channels or heads);
+    `head_axis` is the heads axis (None: the site has no heads); `position_axis` the token/pixel
+    axis that `positions=` selects (None: positions do not apply)."""
 
     name: str
-    encoder: str  # "text", "text_2", "text_3" or "unet"
-    layer: int | tuple[str, int, int, int]
+    encoder: str  # "text", "text_2", "text_3", "unet" or "transformer"
+    layer: Any  # text: layer index; denoiser: a tuple locating the block
     kind: str
     dim: int
-    module_path: str  # relative to the encoder module (text) or the denoiser (unet)
-    mode: str  # "out", "outK", "in0", or "scores" (UNet attention probabilities)
+    module_path: str  # relative to the encoder module (text) or the denoiser
+    mode: str  # "out", "outK", "in0", or "proc" (computed by our attention processor)
     unit_axis: int
+    head_axis: int | None = None
+    position_axis: int | None = 1
 
     @property
     def order(self) -> tuple:
-        """Sort key in execution order (text: layer then stage; UNet: down, mid, up blocks)."""
+        """Sort key in execution order (text: layer then stage; denoiser: block order then stage)."""
+        stage = STAGE.get(self.kind, STAGE.get(self.name.rsplit(".", 1)[-1], 0))
         if isinstance(self.layer, int):
-            return (self.encoder, self.layer, 0, 0, 0, STAGE[self.kind])
-        where, i, j, k = self.layer
-        return (self.encoder, {"down": 0, "mid": 1, "up": 2}[where], i, j, k, STAGE[self.kind])
+            return (self.encoder, self.layer, 0, 0, 0, 0, stage)
+        return (self.encoder,) + tuple(self.layer) + (stage,)
+
+    @property
+    def denoiser(self) -> bool:
+        """A UNet or MMDiT site (acts once per denoising step), not a text-encoder site."""
+        return self.encoder in DENOISER_PREFIXES
+
+    @property
+    def hook(self) -> str:
+        """The last name part: hook_q, hook_out, hook_resid_post, ..."""
+        return self.name.rsplit(".", 1)[-1]
 
     @property
     def writable(self) -> bool:
         """Text attention patterns are read from eager attention's returned weights: read-only."""
         return self.kind != "pattern"
+
+
+def site_axes(name: str) -> tuple[int, int | None, int | None]:
+    """(unit axis, head axis, position axis) of a site, from its name alone (see the module doc)."""
+    hook = name.rsplit(".", 1)[-1]
+    denoiser = name.split(".", 1)[0] in DENOISER_PREFIXES
+    if hook == "hook_pattern":
+        # text patterns: positions are queries; denoiser patterns: keys (text tokens in cross-attention)
+        return 1, 1, 3 if denoiser else 2
+    if denoiser and hook in ("hook_q", "hook_k", "hook_v", "hook_z"):
+        return 2, 2, 1
+    if name.startswith("unet.") and hook == "hook_out" and not re.search(r"\.attn[12]\.hook_out$", name):
+        return 1, None, None  # feature maps [B, C, h, w]
+    return -1, None, 1
+
+
+def _site(name: str, encoder: str, layer: Any, kind: str, dim: int, path: str, mode: str) -> Site:
+    unit, head, pos = site_axes(name)
+    return Site(name, encoder, layer, kind, dim, path, mode, unit, head, pos)
 
 
 def text_sites(model: "Model") -> list[Site]:
@@ -73,42 +135,97 @@ def _text_site(model: "Model", prefix: str, layer: int, hook: str) -> Site:
     sub, mode = ARCH_LAYOUT[enc.arch][kind]
     dim = {"resid_post": enc.d_model, "attn_out": enc.d_model, "mlp_post": enc.d_mlp, "pattern": enc.n_heads}[kind]
     path = f"{enc.layers_path}.{layer}" + (f".{sub}" if sub else "")
-    return Site(f"{prefix}.blocks.{layer}.{hook}", prefix, layer, kind, dim, path, mode, 1 if kind == "pattern" else -1)
+    return _site(f"{prefix}.blocks.{layer}.{hook}", prefix, layer, kind, dim, path, mode)
 
 
-def unet_sites(model: "Model") -> list[Site]:
-    """Cross-attention sites of a UNet (none for SD3's MMDiT, which has joint attention only)."""
-    if not hasattr(model.pipe, "unet"):
-        return []
-    unet = model.pipe.unet
-    groups = [("down", i, b) for i, b in enumerate(unet.down_blocks)]
-    groups += [("mid", 0, unet.mid_block)] if unet.mid_block is not None else []
-    groups += [("up", i, b) for i, b in enumerate(unet.up_blocks)]
+def _attn_sites(stem: str, encoder: str, layer: tuple, attn: Any, path: str, kind_prefix: str,
+                with_out: bool) -> list[Site]:
+    """The processor sites (q, k, v, z, pattern) of one attention module, plus its output."""
     out = []
-    for where, i, block in groups:
-        for j, attn in enumerate(getattr(block, "attentions", None) or []):
-            for k, tb in enumerate(attn.transformer_blocks):
-                a2 = getattr(tb, "attn2", None)
-                if a2 is None:
-                    continue
-                stem = f"unet.{where}.{i}.attn.{j}." + (f"block.{k}." if k else "") + "attn2"
-                path = f"{where}_blocks.{i}" if where != "mid" else "mid_block"
-                path += f".attentions.{j}.transformer_blocks.{k}.attn2"
-                out.append(Site(f"{stem}.hook_out", "unet", (where, i, j, k), "xattn_out",
-                                a2.to_out[0].out_features, path, "out", -1))
-                out.append(Site(f"{stem}.hook_pattern", "unet", (where, i, j, k), "xattn_pattern",
-                                a2.heads, path, "scores", 1))
+    for hook in ATTN_HOOKS:
+        if hook == "hook_out" and not with_out:
+            continue
+        if hook == "hook_out":
+            out.append(_site(f"{stem}.hook_out", encoder, layer, f"{kind_prefix}_out", attn.to_out[0].out_features,
+                             path, "out"))
+        else:
+            out.append(_site(f"{stem}.{hook}", encoder, layer, f"{kind_prefix}_{hook[5:]}", attn.heads, path, "proc"))
     return out
 
 
+def unet_sites(model: "Model") -> list[Site]:
+    """Sites of a UNet denoiser: attentions (attn1/attn2 hooks, block output) and resnets."""
+    if not hasattr(model.pipe, "unet"):
+        return []
+    unet = model.pipe.unet
+    groups = [("down", i, b, f"down_blocks.{i}") for i, b in enumerate(unet.down_blocks)]
+    groups += [("mid", 0, unet.mid_block, "mid_block")] if unet.mid_block is not None else []
+    groups += [("up", i, b, f"up_blocks.{i}") for i, b in enumerate(unet.up_blocks)]
+    order = {"down": 0, "mid": 1, "up": 2}
+    out = []
+    for where, i, block, bpath in groups:
+        # resnet j runs before attention j inside a block (mid: resnet 0, attn 0, resnet 1)
+        for j, res in enumerate(getattr(block, "resnets", None) or []):
+            out.append(_site(f"unet.{where}.{i}.resnet.{j}.hook_out", "unet", (order[where], i, j, 0, 0),
+                             "resnet_out", res.out_channels, f"{bpath}.resnets.{j}", "out"))
+        for j, attn in enumerate(getattr(block, "attentions", None) or []):
+            tpath = f"{bpath}.attentions.{j}"
+            for k, tb in enumerate(getattr(attn, "transformer_blocks", None) or []):
+                for n, name in ((1, "attn1"), (2, "attn2")):
+                    a = getattr(tb, name, None)
+                    if a is None:
+                        continue
+                    stem = f"unet.{where}.{i}.attn.{j}." + (f"block.{k}." if k else "") + name
+                    out += _attn_sites(stem, "unet", (order[where], i, j, 1 + k, n), a,
+                                       f"{tpath}.transformer_blocks.{k}.{name}", "xattn" if n == 2 else "sattn", True)
+            channels = getattr(attn.config, "out_channels", None) or attn.config.in_channels
+            out.append(_site(f"unet.{where}.{i}.attn.{j}.hook_out", "unet", (order[where], i, j, 1 << 20, 0),
+                             "tblock_out", int(channels), tpath, "out0"))
+    return sorted(out, key=lambda s: s.order)
+
+
+def mmdit_sites(model: "Model") -> list[Site]:
+    """Sites of an MMDiT denoiser (SD3, FLUX): joint attention hooks and both streams' outputs."""
+    if hasattr(model.pipe, "unet") or not hasattr(model.pipe, "transformer"):
+        return []
+    tr = model.pipe.transformer
+    out = []
+    blocks = [("blocks", "transformer_blocks", 0), ("single_blocks", "single_transformer_blocks", 1)]
+    for short, attr, g in blocks:
+        for i, blk in enumerate(getattr(tr, attr, None) or []):
+            stem = f"transformer.{short}.{i}"
+            out += _attn_sites(f"{stem}.attn", "transformer", (g, i, 0, 0, 0), blk.attn, f"{attr}.{i}.attn",
+                               "jattn", False)
+            dim = tr.inner_dim if hasattr(tr, "inner_dim") else blk.attn.to_q.out_features
+            last_sd3 = model.family == "sd3" and getattr(blk, "context_pre_only", False)
+            if not last_sd3:
+                out.append(_site(f"{stem}.hook_txt_out", "transformer", (g, i, 0, 0, 0), "txt_out", dim,
+                                 f"{attr}.{i}", "out0"))
+            out.append(_site(f"{stem}.hook_img_out", "transformer", (g, i, 0, 0, 0), "img_out", dim,
+                             f"{attr}.{i}", "out1"))
+    return out
+
+
+def denoiser_sites(model: "Model") -> list[Site]:
+    """All denoiser sites, cached per denoiser module (real SDXL has over a thousand)."""
+    den = model.denoiser
+    cache = model.__dict__.get("_denoiser_sites")
+    if cache is None or cache[0] is not den:
+        cache = (den, unet_sites(model) + mmdit_sites(model))
+        model.__dict__["_denoiser_sites"] = cache
+    return cache[1]
+
+
 def all_sites(model: "Model") -> list[Site]:
-    return text_sites(model) + unet_sites(model)
+    return text_sites(model) + denoiser_sites(model)
 
 
 def parse(model: "Model", name: str) -> Site:
     """Resolve a site name on `model`; an unknown name or layer raises SiteError listing valid ones."""
     if isinstance(name, Site):
         return name
+    if not isinstance(name, str):
+        raise SiteError(f"site {name!r}: a site is named by a string, e.g. 'text.blocks.0.hook_resid_post'")
     m = _TEXT_RE.match(name)
     if m:
         prefix, layer, hook = m.group(1), int(m.group(2)), m.group(3)
@@ -120,19 +237,27 @@ def parse(model: "Model", name: str) -> Site:
         if not 0 <= layer < n:
             raise SiteError(f"site {name!r}: layer {layer} out of range; {prefix} has layers 0..{n - 1}")
         return _text_site(model, prefix, layer, hook)
-    if name.startswith("unet.") and model.family != "sd3":
-        m = _UNET_RE.match(name)
-        if m:
-            canon = name.replace(".block.0.", ".")
-            for s in unet_sites(model):
-                if s.name == canon:
-                    return s
-    valid = all_sites(model)
-    examples = [s.name for s in valid if s.encoder != "unet" and s.layer == 0] + [
-        s.name for s in valid if s.encoder == "unet"]
+    canon = name.replace(".block.0.", ".")
+    den = denoiser_sites(model)
+    for s in den:
+        if s.name == canon:
+            return s
+    texts = [s.name for s in text_sites(model) if s.layer == 0]
+    # The valid names that share the longest prefix with the unknown one say what was wrong.
+    parts = canon.split(".")
+    near: list[str] = []
+    for cut in range(len(parts) - 1, 0, -1):
+        stem = ".".join(parts[:cut]) + "."
+        near = [s.name for s in den if s.name.startswith(stem)]
+        if near:
+            break
+    listed = near[:24] if near else [s.name for s in den][:24]
+    more = f" (first {len(listed)} shown; all {len(den)} denoiser sites: model.sites('{den[0].encoder}'))" if den else ""
     raise SiteError(
-        f"unknown site {name!r} for this {model.family} model. Valid sites ({len(valid)}): "
-        + ", ".join(examples) + " (and the same text hooks for every layer; see model.sites())"
+        f"unknown site {name!r} for this {model.family} model. Text sites: " + ", ".join(texts)
+        + " (and the same hooks for every layer). "
+        + (("Denoiser sites near it: " if near else "Denoiser sites: ") + ", ".join(listed) + more if den
+           else "This model names no denoiser sites.")
     )
 
 
@@ -143,10 +268,10 @@ def check_indices(site: Site, indices: Any) -> None:
     idx = torch.as_tensor(indices).reshape(-1)
     if idx.numel() and (int(idx.min()) < -site.dim or int(idx.max()) >= site.dim):
         bad = [int(i) for i in idx if not -site.dim <= int(i) < site.dim]
-        unit = "heads" if site.unit_axis == 1 else "units"
+        unit = "heads" if site.unit_axis == site.head_axis else "units"
         raise SiteError(f"site {site.name!r}: index {bad[:5]} out of range; valid {unit} are 0..{site.dim - 1}")
 
 
 def resolve_module(model: "Model", site: Site) -> Any:
-    root = model.encoders[site.encoder].module if site.encoder != "unet" else model.pipe.unet
+    root = model.encoders[site.encoder].module if not site.denoiser else model.denoiser
     return get_path(root, site.module_path)

@@ -2,8 +2,10 @@
 paired tests between two conditions, and summaries of k random controls.
 
 Per-sample inputs are 1-D arrays aligned across conditions (same prompts, same seeds).
-Bootstraps resample *prompts*: pass `groups` (a prompt id per sample) when there are several
-seeds per prompt, so the seeds of one prompt move together.
+Bootstraps and paired tests resample *prompts*, and the grouping is explicit: every public
+function that resamples takes a keyword-only `groups` with no default — a prompt id per sample
+when several images (seeds) share a prompt, so the seeds of one prompt move together, or
+`groups=None` to state that every sample is its own prompt.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class ControlSummary:
     k: int
     p_value: float  # (1 + #controls at least as extreme) / (k + 1)
 
+    @property
+    def p_floor(self) -> float:
+        """The smallest empirical p k draws can give: 1 / (k + 1) (1/11 for the paper's 10)."""
+        return 1.0 / (self.k + 1)
+
     def __str__(self) -> str:
         return f"real {self.real:.4f} vs controls {self.mean:.4f} ± {self.sd:.4f} (k={self.k}, p={self.p_value:.4g})"
 
@@ -102,6 +109,7 @@ def correct(pred: Any, target: Any, labels: Sequence[str] = LABELS) -> Bool[np.n
 
 
 def _group_index(groups: Any, n: int) -> tuple[np.ndarray, int]:
+    """Group (prompt) number of each sample, and the number of groups; None: one per sample."""
     if groups is None:
         return np.arange(n), n
     g = _as_1d(groups, "groups")
@@ -131,12 +139,13 @@ def _bootstrap_means(
 def bootstrap_ci(
     values: Float[np.ndarray, "n"] | Sequence[float],
     *,
-    groups: Any = None,
+    groups: Any,
     n_boot: int = 10_000,
     alpha: float = 0.05,
     seed: int = 0,
 ) -> Interval:
-    """Mean of `values` (e.g. 0/1 correctness) with a percentile bootstrap CI over prompts."""
+    """Mean of `values` (e.g. 0/1 correctness) with a percentile bootstrap CI over prompts
+    (`groups`: a prompt id per value, or None when each value is its own prompt)."""
     v = _as_1d(values, "values").astype(np.float64)
     boots = _bootstrap_means(v, groups, n_boot, seed)
     low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
@@ -144,7 +153,7 @@ def bootstrap_ci(
 
 
 def accuracy(
-    pred: Any, target: Any, *, groups: Any = None, n_boot: int = 10_000, alpha: float = 0.05,
+    pred: Any, target: Any, *, groups: Any, n_boot: int = 10_000, alpha: float = 0.05,
     seed: int = 0, labels: Sequence[str] = LABELS,
 ) -> Interval:
     """Accuracy with a bootstrap CI over prompts."""
@@ -152,7 +161,7 @@ def accuracy(
 
 
 def per_culture_accuracy(
-    pred: Any, target: Any, *, groups: Any = None, n_boot: int = 2_000, alpha: float = 0.05,
+    pred: Any, target: Any, *, groups: Any, n_boot: int = 2_000, alpha: float = 0.05,
     seed: int = 0, labels: Sequence[str] = LABELS,
 ) -> dict[str, Interval]:
     """Accuracy per intended culture (only cultures present in `target`), with CIs."""
@@ -235,10 +244,11 @@ def mcnemar(
 def paired_bootstrap(
     a: Float[np.ndarray, "n"] | Sequence[float],
     b: Float[np.ndarray, "n"] | Sequence[float],
-    *, groups: Any = None, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0,
+    *, groups: Any, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0,
 ) -> TestResult:
-    """Paired bootstrap of mean(a - b) over prompts: CI and a two-sided p-value (twice the
-    smaller share of resampled differences on either side of zero)."""
+    """Paired bootstrap of mean(a - b) over prompts (`groups`, as in `bootstrap_ci`): CI and a
+    two-sided p-value (twice the smaller share of resampled differences on either side of
+    zero; it cannot go below 2 / (n_boot + 1))."""
     x = _as_1d(a, "a").astype(np.float64)
     y = _as_1d(b, "b").astype(np.float64)
     _same_length(a=x, b=y)
@@ -261,3 +271,33 @@ def random_controls(
     as_good = (c >= real) if higher_is_better else (c <= real)
     sd = float(c.std(ddof=1)) if len(c) > 1 else 0.0
     return ControlSummary(float(real), float(c.mean()), sd, len(c), float((1 + as_good.sum()) / (len(c) + 1)))
+
+
+def group_means(values: Float[np.ndarray, "n"] | Sequence[float], groups: Any) -> Float[np.ndarray, "g"]:
+    """Mean of `values` within each group (prompt), groups in sorted-id order."""
+    v = _as_1d(values, "values").astype(np.float64)
+    inv, g = _group_index(groups, len(v))
+    return np.bincount(inv, weights=v, minlength=g) / np.bincount(inv, minlength=g)
+
+
+def paired_prompt_test(
+    a: Float[np.ndarray, "n"] | Sequence[float],
+    b: Float[np.ndarray, "n"] | Sequence[float],
+    *, groups: Any,
+) -> TestResult:
+    """Paired per-prompt test of a against b: the mean difference a - b within each prompt
+    (`groups`; the seeds of a prompt are averaged first), then a two-sided Wilcoxon signed-rank
+    test over prompts (zero differences dropped, as Wilcoxon does; exact for few prompts, normal
+    approximation otherwise). `b` may be a pooled control: e.g. per prompt, the share of k random
+    draws that judged it correct. Unlike the empirical p of k draws, its p is not floored at
+    1/(k + 1): with n prompts that all move the same way it reaches ~2^(1-n)."""
+    x = _as_1d(a, "a").astype(np.float64)
+    y = _as_1d(b, "b").astype(np.float64)
+    _same_length(a=x, b=y)
+    d = group_means(x - y, groups)
+    nz = d[d != 0]
+    detail = {"n_prompts": int(len(d)), "n_nonzero": int(len(nz)), "mean_difference": float(d.mean())}
+    if len(nz) == 0:
+        return TestResult(0.0, 1.0, "wilcoxon-signed-rank", detail)
+    r = sps.wilcoxon(nz)
+    return TestResult(float(r.statistic), float(r.pvalue), "wilcoxon-signed-rank", detail)

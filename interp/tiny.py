@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("sd", "sdxl", "altdiffusion", "sd3")
+FAMILIES = ("sd", "sdxl", "altdiffusion", "sd3", "flux")
 _ALIASES = {"sd15": "sd", "sd1": "sd", "sd2": "sd", "alt": "altdiffusion"}
 
 # A small corpus with scripts the project cares about (CJK, Thai, Cyrillic, Arabic, Latin).
@@ -146,19 +146,38 @@ def build_pipeline(family: str, seed: int = 0, *, text_layers: int = 2, d_text: 
                                               clip_sample=False, set_alpha_to_one=False, steps_offset=1),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
-    # sd3: two CLIPs with projection + T5 encoder, MMDiT denoiser, flow-matching scheduler.
     from transformers import T5Config, T5EncoderModel
+
+    def t5_encoder(tok3: Any) -> Any:
+        return _eager(T5EncoderModel(T5Config(
+            vocab_size=len(tok3), d_model=2 * d_text, d_kv=16, d_ff=4 * d_text, num_layers=text_layers, num_heads=2,
+            feed_forward_proj="gated-gelu", pad_token_id=tok3.pad_token_id, eos_token_id=tok3.eos_token_id,
+            decoder_start_token_id=tok3.pad_token_id, relative_attention_num_buckets=8,
+        )))
+
+    if family == "flux":
+        # FLUX: CLIP (pooled only) + T5, double- and single-stream MMDiT blocks, 2×2-packed latents.
+        tok = _bpe(300, max_len)
+        tok2 = _unigram(300, max_len, "t5")
+        text = _eager(CLIPTextModel(_clip_config(tok, d_text, text_layers, n_heads, max_len)))
+        transformer = diffusers.FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=2 * d_text, pooled_projection_dim=d_text,
+            guidance_embeds=False, axes_dims_rope=(2, 2, 4),
+        ).eval()
+        return diffusers.FluxPipeline(
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), text_encoder=text, tokenizer=tok,
+            text_encoder_2=t5_encoder(tok2), tokenizer_2=tok2, transformer=transformer,
+            vae=_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
+        )
+    # sd3: two CLIPs with projection + T5 encoder, MMDiT denoiser, flow-matching scheduler.
 
     tok = _bpe(300, max_len)
     tok2 = _bpe(300, max_len)
     tok3 = _unigram(300, max_len, "t5")
     text = _eager(CLIPTextModelWithProjection(_clip_config(tok, d_text, text_layers, n_heads, max_len)))
     text2 = _eager(CLIPTextModelWithProjection(_clip_config(tok2, d_text, text_layers, n_heads, max_len)))
-    t5 = _eager(T5EncoderModel(T5Config(
-        vocab_size=len(tok3), d_model=2 * d_text, d_kv=16, d_ff=4 * d_text, num_layers=text_layers, num_heads=2,
-        feed_forward_proj="gated-gelu", pad_token_id=tok3.pad_token_id, eos_token_id=tok3.eos_token_id,
-        decoder_start_token_id=tok3.pad_token_id, relative_attention_num_buckets=8,
-    )))
+    t5 = t5_encoder(tok3)
     transformer = diffusers.SD3Transformer2DModel(
         sample_size=8, patch_size=1, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
         caption_projection_dim=16, joint_attention_dim=2 * d_text, pooled_projection_dim=2 * d_text,
@@ -173,13 +192,19 @@ def build_pipeline(family: str, seed: int = 0, *, text_layers: int = 2, d_text: 
 
 
 def tiny(family: str = "sd", seed: int = 0, *, text_layers: int = 2, d_text: int = 32, **sizes: Any):
-    """A tiny random `interp.Model` of `family` ("sd", "sdxl", "altdiffusion", "sd3"), offline.
+    """A tiny random `interp.Model` of `family` ("sd", "sdxl", "altdiffusion", "sd3", "flux"), offline.
 
-    Defaults: 2 steps, guidance 7.5 (1.0 would skip classifier-free guidance), size = UNet
-    sample × VAE scale.
+    Defaults: 2 steps, guidance 7.5 (1.0 would skip classifier-free guidance; FLUX's guidance is
+    its embedded guidance, unused by this schnell-like tiny model: pass `true_cfg_scale` and a
+    `negative_prompt` for real CFG), size = UNet sample × VAE scale (16 px; FLUX 16 px too).
+    Every tiny text encoder takes at most 16 tokens (`max_len`, with BOS/EOS); longer prompts
+    raise PromptTooLongError unless truncate=True.
     """
     from .model import Model
 
     pipe = build_pipeline(family, seed, text_layers=text_layers, d_text=d_text, **sizes)
     pipe.set_progress_bar_config(disable=True)
-    return Model.from_pipeline(pipe, defaults={"steps": 2, "guidance": 7.5})
+    defaults: dict[str, Any] = {"steps": 2, "guidance": 7.5}
+    if _ALIASES.get(family, family) == "flux":
+        defaults.update(height=16, width=16)
+    return Model.from_pipeline(pipe, defaults=defaults)

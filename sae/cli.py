@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--aux-coef", type=float, default=1 / 32)
     p.add_argument("--dead-tokens", type=int, default=None,
-                   help="tokens without firing before a latent counts as dead (default 2 passes)")
+                   help="tokens without firing before a latent counts as dead "
+                        "(default min(10M, tokens / 10), see sae.model.dead_tokens_for)")
     p.add_argument("--drop", choices=["special", "padding", "none"], default="special")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=500)
@@ -59,18 +60,22 @@ def _train_cmd(args: argparse.Namespace) -> int:
     if batch < args.batch_size:
         print(f"note: store holds {store.n_tokens} tokens; batch size lowered to {batch}")
     tokens = args.tokens or 10 * store.n_tokens
-    dead = args.dead_tokens or 2 * store.n_tokens
-    sae = TopKSAE(store.d, args.d_sae, args.k, dead_tokens=dead, seed=args.seed)
+    sae = TopKSAE(store.d, args.d_sae, args.k, dead_tokens=args.dead_tokens, seed=args.seed)
     rows = train(sae, store, batch_size=batch, total_tokens=tokens, lr=args.lr,
                  aux_coef=args.aux_coef, seed=args.seed, checkpoint_dir=out / "checkpoints",
                  checkpoint_every=args.checkpoint_every, resume=args.resume)
     sae.eval()
     quality = evaluate(sae, store.sample(min(store.n_tokens, 65_536), seed=args.seed + 7))
     quality["downstream"] = downstream_error(model, sae.to(args.device), args.site, prompts[:32])
+    from interp import distributed
+
+    if not distributed.is_main():  # under torchrun every rank holds the same SAE; rank 0 writes it
+        return 0
     save_saelens(sae, out / "sae", hook_name=args.site, model_name=Path(args.model).name,
                  prompts_fingerprint=store.fingerprints["prompts"])
     if rows:
-        plot_metrics(rows, out / "metrics.png", title=f"{args.site}  d_sae={args.d_sae} k={args.k}")
+        plot_metrics(rows, out / "metrics.png", title=f"{args.site}  d_sae={args.d_sae} k={args.k}",
+                     dead_tokens=sae.cfg.dead_tokens)
     (out / "summary.json").write_text(json.dumps(quality, indent=2))
     print(json.dumps(quality, indent=2))
     print(f"wrote {out / 'sae'} (SAELens), {out / 'checkpoints' / 'metrics.jsonl'}, {out / 'metrics.png'}")

@@ -3,7 +3,12 @@
 Written without importing sae-lens (it pins transformer-lens 3.x). The cfg mirrors what
 `TopKSAEConfig.to_dict()` writes: the SAEConfig fields, `k`, `rescale_acts_by_decoder_norm`,
 `architecture` and a `metadata` dict (free-form in SAELens 6; `hook_name` is what
-HookedSAETransformer attaches to)."""
+HookedSAETransformer attaches to).
+
+SAELens 6 (`loading/pretrained_sae_loaders.handle_config_defaulting`) treats a cfg whose
+`metadata.sae_lens_version` (or top-level `sae_lens_version`) is missing or < 6.0.0 as a
+pre-6.0 cfg and rebuilds `metadata` from top-level keys only, dropping a nested `hook_name`
+and `model_name`; so `metadata.sae_lens_version` is always written."""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
+# The SAELens on-disk format these files follow (the 6.x cfg layout); not a dependency.
+SAELENS_FORMAT_VERSION = "6.0.0"
 
 
 def saelens_cfg(sae: TopKSAE, hook_name: str, model_name: str | None = None,
@@ -30,7 +37,9 @@ def saelens_cfg(sae: TopKSAE, hook_name: str, model_name: str | None = None,
         "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": dtype, "device": device,
         "apply_b_dec_to_input": True, "normalize_activations": "none",
         "reshape_activations": "none",
-        "metadata": {"model_name": model_name, "hook_name": hook_name, **metadata},
+        "metadata": {"model_name": model_name, "hook_name": hook_name,
+                     "sae_lens_version": SAELENS_FORMAT_VERSION,
+                     "sae_lens_training_version": None, **metadata},
         "k": sae.k, "rescale_acts_by_decoder_norm": False, "architecture": "topk",
     }
 
@@ -55,9 +64,29 @@ def save_saelens(sae: TopKSAE, directory: str | Path, hook_name: str,
     return out
 
 
+def _fold_decoder_norm(w: dict[str, torch.Tensor], where: Path) -> None:
+    """`rescale_acts_by_decoder_norm: true` (SAELens ≥ 6.54 TopK) encodes topk(pre·‖W_dec‖)
+    and decodes (z / ‖W_dec‖)·W_dec: the same SAE as W_enc·diag(n), b_enc·n, W_dec / n with
+    n = ‖W_dec rows‖, which has unit rows and needs no rescaling. Folded in place; refused
+    only when some n is 0 or not finite (nothing to divide by)."""
+    n = w["W_dec"].double().norm(dim=1)
+    bad = ~torch.isfinite(n) | (n <= 0)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        dev = float((n - 1).abs().nan_to_num(float("inf")).max())
+        raise SAEError(f"{where}: rescale_acts_by_decoder_norm=true but decoder row {i} has norm "
+                       f"{float(n[i])!r}; {int(bad.sum())} rows cannot be folded (max norm "
+                       f"deviation from 1 over all rows: {dev:.3g})")
+    w["W_enc"] = (w["W_enc"].double() * n).to(w["W_enc"].dtype)
+    w["b_enc"] = (w["b_enc"].double() * n).to(w["b_enc"].dtype)
+    w["W_dec"] = (w["W_dec"].double() / n[:, None]).to(w["W_dec"].dtype)
+
+
 def load_saelens(directory: str | Path, device: str = "cpu") -> TopKSAE:
     """Read a SAELens TopK folder (the cfg dict is kept as `sae.saelens_cfg`). Refuses a cfg without `architecture`
-    or `k` (SAELens would fall back to defaults and load it wrongly)."""
+    or `k` (SAELens would fall back to defaults and load it wrongly). A cfg with
+    `rescale_acts_by_decoder_norm: true` is folded into unit-norm decoder rows
+    (`_fold_decoder_norm`), which computes exactly what SAELens computes."""
     d = Path(directory)
     cfg_path, w_path = d / CFG, d / WEIGHTS
     for p in (cfg_path, w_path):
@@ -74,7 +103,7 @@ def load_saelens(directory: str | Path, device: str = "cpu") -> TopKSAE:
     if cfg["architecture"] != "topk":
         raise SAEError(f"{cfg_path}: architecture {cfg['architecture']!r}, only 'topk' is supported")
     for key, want in (("apply_b_dec_to_input", True), ("normalize_activations", "none"),
-                      ("reshape_activations", "none"), ("rescale_acts_by_decoder_norm", False)):
+                      ("reshape_activations", "none")):
         if cfg.get(key, want) != want:
             raise SAEError(f"{cfg_path}: {key}={cfg[key]!r} is not supported (need {want!r})")
     w = load_file(str(w_path))
@@ -84,6 +113,11 @@ def load_saelens(directory: str | Path, device: str = "cpu") -> TopKSAE:
         if name not in w or tuple(w[name].shape) != shape:
             got = tuple(w[name].shape) if name in w else "missing"
             raise SAEError(f"{w_path}: tensor {name} is {got}, cfg implies {shape}")
+    rescale = cfg.get("rescale_acts_by_decoder_norm", False)
+    if rescale not in (True, False):
+        raise SAEError(f"{cfg_path}: rescale_acts_by_decoder_norm={rescale!r} is not a boolean")
+    if rescale:
+        _fold_decoder_norm(w, w_path)
     dtype = _DTYPES.get(cfg.get("dtype", "float32"), torch.float32)
     sae = TopKSAE(cfg["d_in"], cfg["d_sae"], int(cfg["k"]))
     with torch.no_grad():

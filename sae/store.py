@@ -5,7 +5,16 @@ shuffle: each epoch permutes the shard order, loads `window` shards at a time an
 their rows, so memory stays at `window` shards whatever the store size. A batch is addressed
 by its token position in that endless stream, which makes a training run resumable from a
 single integer. A manifest records site, model and prompt-set fingerprints so stores of
-different origins are never mixed silently."""
+different origins are never mixed silently.
+
+Under torchrun (several ranks, see `interp.distributed`), ranks that name the same folder
+build one store together: every rank writes its own shard set for its contiguous share of the
+prompts, plus a small part file; rank 0 merges the parts into the one manifest. (Ranks that
+name different folders, e.g. private scratch folders, each build a whole store of their own.) Reading is independent of how the rows were split into files: the shuffle
+works on fixed-size chunks of the global row order (`shard_tokens` rows each), so a store
+written by 2 ranks yields exactly the batches of the same store written by 1. A rank that
+crashed leaves no part file and redoes its share on restart, while finished ranks reuse theirs;
+parts left by a run with other fingerprints or another world size are refused, not mixed."""
 
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ from tqdm.auto import tqdm
 from sae.errors import SAEError
 
 MANIFEST = "manifest.json"
+PART = "part-{rank:03d}-of-{world:03d}.json"
 Drop = Literal["special", "padding", "none"]
 
 
@@ -76,10 +86,60 @@ def token_keep_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Iter
     return keep
 
 
+class _OneProcess:
+    """The collectives of a store that this rank builds alone."""
+
+    @staticmethod
+    def gather(obj: Any) -> list[Any]:
+        return [obj]
+
+    @staticmethod
+    def barrier() -> None:
+        pass
+
+
 @dataclass
 class _Shard:
     file: str
     n: int
+
+
+def shared(path: str | Path) -> bool:
+    """Collective under torchrun: do all ranks name this same folder (so they build and train
+    from it together)? False in one process. Needs a file system that all ranks see."""
+    from interp import distributed
+
+    return distributed.agree(str(Path(path).resolve()), "activation-store folder")
+
+
+def _part_name(rank: int, world: int) -> str:
+    return PART.format(rank=rank, world=world)
+
+
+def _check_parts(path: Path, run: dict[str, Any], world: int) -> None:
+    """Refuse part files of another run (other fingerprints, settings or world size), naming each."""
+    for f in sorted(path.glob("part-*-of-*.json")):
+        try:
+            have = json.loads(f.read_text())["run"]
+        except (ValueError, KeyError):
+            raise SAEError(f"{f}: unreadable part file of an interrupted store; delete {path} to rebuild") from None
+        if have != run or f.name not in {_part_name(r, world) for r in range(world)}:
+            diff = sorted(k for k in set(have) | set(run) if have.get(k) != run.get(k))
+            raise SAEError(f"{f}: part of an interrupted store built with other settings ({', '.join(diff) or 'file name'} "
+                           f"differ: {', '.join(f'{k}={have.get(k)!r} here {run.get(k)!r}' for k in diff)}); "
+                           f"refusing to mix runs: delete {path} or use another folder")
+
+
+def _part_valid(path: Path, part: dict[str, Any]) -> bool:
+    """All shard files of a finished part are present with their row counts."""
+    for sh in part["shards"]:
+        f = path / sh["file"]
+        if not f.exists():
+            return False
+        with safe_open(str(f), framework="pt") as h:
+            if h.get_slice("acts").get_shape()[0] != sh["n"]:
+                return False
+    return True
 
 
 class ActivationStore:
@@ -100,6 +160,11 @@ class ActivationStore:
         if self.n_tokens == 0:
             raise SAEError(f"{mf}: store holds no tokens")
         check_fingerprints(self.fingerprints, expect or {}, where=str(mf))
+        # Stores written before chunks were recorded: their files are the chunks.
+        self.chunk: int = m.get("chunk") or max(s.n for s in self.shards)
+        self._starts = [0]
+        for sh in self.shards:
+            self._starts.append(self._starts[-1] + sh.n)
 
     # ---- building -------------------------------------------------------------------
     @classmethod
@@ -108,16 +173,62 @@ class ActivationStore:
                      dtype: torch.dtype = torch.float32, meta: dict | None = None,
                      progress: bool = True) -> ActivationStore:
         """Write token rows [n, d] from any iterable into shards; reuse a finished store
-        with equal fingerprints, refuse one with different fingerprints."""
+        with equal fingerprints, refuse one with different fingerprints.
+
+        Under torchrun, when every rank names this folder (`shared(path)`), each passes its own
+        share of the rows (rank order is row order) and the same `fingerprints`; ranks that
+        disagree on them get an `SAEError`. Otherwise `batches` are all the rows."""
+        from interp import distributed
+
         path = Path(path)
+        together = shared(path)  # collective: before any rank may return early
         if (path / MANIFEST).exists():
             return cls(path, expect=fingerprints)
+        rank, world = distributed.world() if together else (0, 1)
+        ranks = distributed if together else _OneProcess
+        run = {"fingerprints": fingerprints, "world_size": world, "shard_tokens": shard_tokens,
+               "dtype": str(dtype).removeprefix("torch.")}
+        runs = ranks.gather(run)
+        if any(r != run for r in runs):
+            bad = [i for i, r in enumerate(runs) if r != runs[0]]
+            raise SAEError(f"{path}: ranks {bad} build the store with other settings than rank 0 "
+                           f"(rank 0: {runs[0]}; rank {bad[0]}: {runs[bad[0]]}); every rank must capture "
+                           "the same site, model and prompt list")
         path.mkdir(parents=True, exist_ok=True)
+        _check_parts(path, run, world)
+        ranks.barrier()  # nobody writes a part before every rank has checked the old ones
+        part_file = path / _part_name(rank, world)
+        part = json.loads(part_file.read_text()) if part_file.exists() else None
+        if part is None or not _part_valid(path, part):
+            part = cls._write_part(path, batches, run, rank, world, dtype, progress and rank == 0)
+            _atomic_write_text(part_file, json.dumps(part, indent=1))
+        parts = ranks.gather(part)  # every rank checks them, so every rank raises alike
+        ds = {p["d"] for p in parts} - {None}
+        if not ds:
+            raise SAEError(f"{path}: no activations were produced")
+        if len(ds) > 1:
+            raise SAEError(f"{path}: ranks wrote rows of different widths {[p['d'] for p in parts]}")
+        if rank == 0:
+            manifest = {"d": ds.pop(), "dtype": run["dtype"], "shards": [s for p in parts for s in p["shards"]],
+                        "fingerprints": fingerprints, "meta": meta or {}, "chunk": shard_tokens,
+                        "world_size": world, "max_buffered_tokens": max(p["peak"] for p in parts)}
+            _atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1))
+            for r in range(world):
+                (path / _part_name(r, world)).unlink()
+        ranks.barrier()
+        return cls(path)
+
+    @staticmethod
+    def _write_part(path: Path, batches: Iterable[Tensor], run: dict[str, Any], rank: int, world: int,
+                    dtype: torch.dtype, progress: bool) -> dict[str, Any]:
+        """This rank's rows into shards of `shard_tokens` rows; returns its part record."""
+        shard_tokens = run["shard_tokens"]
+        prefix = "" if world == 1 else f"rank{rank:03d}-"
         buf: list[Tensor] = []
         n_buf, shards, d, peak = 0, [], None, 0
 
         def flush(rows: Tensor) -> None:
-            name = f"shard_{len(shards):05d}.safetensors"
+            name = f"{prefix}shard_{len(shards):05d}.safetensors"
             tmp = path / (name + ".tmp")
             save_file({"acts": rows.contiguous()}, str(tmp))
             os.replace(tmp, path / name)
@@ -141,13 +252,7 @@ class ActivationStore:
         bar.close()
         if n_buf:
             flush(torch.cat(buf))
-        if d is None:
-            raise SAEError(f"{path}: no activations were produced")
-        manifest = {"d": d, "dtype": str(dtype).removeprefix("torch."), "shards": shards,
-                    "fingerprints": fingerprints, "meta": meta or {},
-                    "max_buffered_tokens": peak}
-        _atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1))
-        return cls(path)
+        return {"run": run, "rank": rank, "d": d, "shards": shards, "peak": peak}
 
     @classmethod
     def build(cls, path: str | Path, model: Any, prompts: Sequence[str], site: str,
@@ -159,8 +264,10 @@ class ActivationStore:
         Text sites [B, S, d]: positions are filtered by `drop` using the pipeline's own
         tokenization (`model.tokenize`) and the tokenizer's special ids (override with
         `special_ids`). Note SD's UNet does read the padding positions; use drop="none" to
-        keep what the UNet sees."""
+        keep what the UNet sees. Under torchrun, ranks that name the same folder each capture
+        a contiguous share of the prompts (more ranks than prompts is an error)."""
         import interp
+        from interp import distributed
 
         if not prompts:
             raise SAEError(f"ActivationStore.build({site}): empty prompt list")
@@ -172,9 +279,11 @@ class ActivationStore:
         fps = {"site": site, "model": module_fingerprint(enc.module),
                "prompts": prompts_fingerprint(prompts), "drop": f"{drop}:{sorted(specials)}"}
 
+        mine = distributed.shard_range(len(prompts), "prompts") if shared(path) else range(len(prompts))
+
         def rows() -> Iterator[Tensor]:
-            for start in range(0, len(prompts), batch_size):
-                chunk = list(prompts[start:start + batch_size])
+            for start in range(mine.start, mine.stop, batch_size):
+                chunk = list(prompts[start:min(start + batch_size, mine.stop)])
                 act = interp.capture(model, chunk, sites=[site])[site]
                 if act.ndim != 3:
                     raise SAEError(f"site {site}: activation shape {tuple(act.shape)}, expected [B, S, d]")
@@ -189,12 +298,28 @@ class ActivationStore:
         return cls.from_batches(path, rows(), fps, shard_tokens, dtype, meta, progress)
 
     # ---- reading --------------------------------------------------------------------
-    def _load(self, shard: _Shard) -> Tensor:
+    def _load(self, shard: _Shard, lo: int = 0, hi: int | None = None) -> Tensor:
+        """Rows [lo, hi) of one shard file."""
         with safe_open(str(self.path / shard.file), framework="pt") as f:
-            t = f.get_tensor("acts")
-        if t.shape[0] != shard.n:
-            raise SAEError(f"{self.path / shard.file}: {t.shape[0]} rows, manifest says {shard.n}")
-        return t
+            sl = f.get_slice("acts")
+            if sl.get_shape()[0] != shard.n:
+                raise SAEError(f"{self.path / shard.file}: {sl.get_shape()[0]} rows, manifest says {shard.n}")
+            return sl[lo:shard.n if hi is None else hi]
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of `chunk`-row pieces of the global row order (the unit of the shuffle)."""
+        return -(-self.n_tokens // self.chunk)
+
+    def _chunk_size(self, i: int) -> int:
+        return min(self.chunk, self.n_tokens - i * self.chunk)
+
+    def _load_chunk(self, i: int) -> Tensor:
+        """Global rows [i·chunk, (i+1)·chunk), from however many files hold them."""
+        lo, hi = i * self.chunk, i * self.chunk + self._chunk_size(i)
+        parts = [self._load(sh, max(lo, a) - a, min(hi, a + sh.n) - a)
+                 for sh, a in zip(self.shards, self._starts) if a < hi and a + sh.n > lo]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def all(self) -> Float[Tensor, "n d"]:
         """Every row in write order (for small stores and evaluation)."""
@@ -206,11 +331,11 @@ class ActivationStore:
 
     def _epoch_groups(self, epoch: int, seed: int, window: int) -> list[list[int]]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.shards), generator=g).tolist()
+        order = torch.randperm(self.n_chunks, generator=g).tolist()
         return [order[i:i + window] for i in range(0, len(order), window)]
 
     def _group_rows(self, epoch: int, gi: int, group: list[int], seed: int) -> Tensor:
-        rows = torch.cat([self._load(self.shards[i]) for i in group])
+        rows = torch.cat([self._load_chunk(i) for i in group])
         g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_007 + gi)
         return rows[torch.randperm(rows.shape[0], generator=g)]
 
@@ -225,7 +350,7 @@ class ActivationStore:
         carry: Tensor | None = None
         while True:
             for gi, group in enumerate(self._epoch_groups(epoch, seed, window)):
-                size = sum(self.shards[i].n for i in group)
+                size = sum(self._chunk_size(i) for i in group)
                 if offset >= size:
                     offset -= size
                     continue

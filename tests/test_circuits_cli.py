@@ -86,9 +86,57 @@ def test_circuits_all_quick(bench, tmp_path):
     run("circuits", "--model", "tiny:sd:3", "--pairs", bench, "--quick", "--out", tmp_path / "all",
         "--judge", f"py:{bench / 'judge.py'}:make")
     s = (tmp_path / "all" / "summary.md").read_text()
-    for section in ("Culture-layer scan", "Culture units", "Masking culture units", "Amplifier", "Layer enhancer",
-                    "causal sweep"):
+    for section in ("Splits", "Culture-layer scan", "Culture units", "Masking culture units", "Amplifier",
+                    "Layer enhancer", "causal sweep"):
         assert section in s, section
+    assert "Probe and evaluation sets share no prompt text." in s and "| evaluation | test | 4 |" in s
+    assert json.loads((tmp_path / "all" / "splits.json").read_text())["counts"] == {"probe": 4, "test": 4, "train": 2}
+
+
+def test_splits_are_never_silently_widened(bench, tmp_path):
+    """A missing split is an error naming it and the counts; probe and evaluation sets that share
+    prompts are refused unless --allow-overlap, and then the summary says so."""
+    from circuits.pairs import SplitError
+
+    base = ["--model", "tiny:sd:2", "--pairs", bench, "--n-boot", "50", "--judge", f"py:{bench / 'judge.py'}:make"]
+    with pytest.raises(SplitError, match=r"split 'nope' .*0 of 10 records; splits present: probe 4, test 4, train 2"):
+        run("find-units", "--model", "tiny:sd:2", "--pairs", bench, "--split", "nope", "--layer", "0",
+            "--out", tmp_path / "u")
+    with pytest.raises(SplitError, match=r"split 'dev' \(evaluation\) is empty"):
+        run("circuits", *base, "--quick", "--eval-split", "dev", "--out", tmp_path / "c")
+    # causal-sweep defaults: units on the probe split, evaluation on the test split
+    run("causal-sweep", *base, "--n-units", "1", "--rho", "100", "--out", tmp_path / "s")
+    sweep = json.loads((tmp_path / "s" / "causal_sweep.json").read_text())
+    assert sweep["shared_prompts"] == 0 and sweep["layers"] == [0, 1]
+    with pytest.raises(SplitError, match="share 6 prompt texts"):
+        run("causal-sweep", *base, "--probe-split", "test", "--n-units", "1", "--out", tmp_path / "s2")
+    run("causal-sweep", *base, "--probe-split", "test", "--allow-overlap", "--n-units", "1", "--rho", "100",
+        "--out", tmp_path / "s3")
+    assert "share 6 prompts (allowed explicitly)" in (tmp_path / "s3" / "summary.md").read_text()
+
+
+def test_find_units_specific_and_sweep_with_layer_saes(bench, tmp_path):
+    import sae
+
+    base = ["--model", "tiny:sd:2", "--pairs", bench, "--n-boot", "50"]
+    run("find-units", *base, "--split", "probe", "--layer", "1", "--select", "specific", "--out", tmp_path / "u")
+    units = json.loads((tmp_path / "u" / "units.json").read_text())
+    assert units["params"]["select"] == "specific"
+    assert all(u["k_source"] in ("elbow", "cap", "flat", "floor", "none") for u in units["cultures"].values())
+    paths = []
+    for layer in (0, 1):
+        s = sae.TopKSAE(32, d_sae=16, k=2, seed=layer)
+        sae.save_saelens(s, tmp_path / f"sae{layer}", hook_name=f"text.blocks.{layer}.hook_resid_post")
+        paths += ["--sae", f"{layer}={tmp_path / f'sae{layer}'}"]
+    run("causal-sweep", *base, "--judge", f"py:{bench / 'judge.py'}:make", *paths, "--n-units", "1", "--rho", "100",
+        "--out", tmp_path / "s")
+    sweep = json.loads((tmp_path / "s" / "causal_sweep.json").read_text())
+    assert sweep["basis_kind"] == "sae" and sweep["sites"] == ["text.blocks.0.hook_resid_post", "text.blocks.1.hook_resid_post"]
+    from interp.errors import CultureLensError
+
+    with pytest.raises(CultureLensError, match="expected LAYER=PATH"):
+        run("causal-sweep", *base, "--judge", f"py:{bench / 'judge.py'}:make", "--sae", str(tmp_path / "sae0"),
+            "--out", tmp_path / "s4")
 
 
 def test_bad_judge_spec(bench, tmp_path):

@@ -134,3 +134,38 @@ def test_lambda_zero_and_fresh_enhancer_bit_identical(model, planted):
         assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(g.images, base.images))
     amp6 = interp.generate(model, prompts, seed=3, interventions=[circuits.amplify(found, lam=6.0, culture="ja")])
     assert not torch.equal(amp6.latents, base.latents)
+
+
+def test_elbow_decides_on_planted_units_and_reports_it(model, planted, tmp_path):
+    """Planted neurons stand far above the rest: K comes from the elbow and equals their number."""
+    with interp.intervene(model, [planted]):
+        found = circuits.culture_units(model, PLANT_LAYER, CULTURES)
+    for c in CULTURES:
+        u = found.cultures[c]
+        assert (u.k, u.k_source, u.k_elbow) == (len(PLANTED[c]), "elbow", len(PLANTED[c])), u.to_json()
+        assert u.k_drop >= 2 and u.n_positive > u.k
+    found.save(tmp_path)
+    back = circuits.CultureUnits.load(tmp_path)
+    assert back.to_json() == found.to_json() and torch.equal(back.cultures["ja"].curve, found.cultures["ja"].curve)
+    from circuits.runner import units_markdown
+
+    md = units_markdown(found)
+    assert "| ja | 3 | elbow | 3: " in md and "K from, over cultures: elbow: 2." in md
+
+
+def test_specific_selection_drops_a_unit_shared_by_cultures(model):
+    """A neuron planted for both cultures ("culture in general") is a top unit of each by WFS,
+    and of neither when units are ranked by WFS minus the other cultures' maximum."""
+    shared = {"ja": PLANTED["ja"] + [50], "de": PLANTED["de"] + [50]}
+    p = Planted(model, f"text.blocks.{PLANT_LAYER}.mlp.hook_post", _markers(model), shared)
+    with interp.intervene(model, [p]):
+        plain = circuits.culture_units(model, PLANT_LAYER, CULTURES)
+        spec = circuits.culture_units(model, PLANT_LAYER, CULTURES, select="specific")
+    for c in CULTURES:
+        assert 50 in plain.cultures[c].indices
+        assert sorted(spec.cultures[c].indices) == PLANTED[c], spec.cultures[c].to_json()
+    assert spec.params["select"] == "specific"
+    with pytest.raises(interp.CultureLensError, match="select must be one of"):
+        circuits.culture_units(model, PLANT_LAYER, CULTURES, select="nope")
+    with pytest.raises(interp.CultureLensError, match="compares cultures"):
+        circuits.culture_units(model, PLANT_LAYER, {"ja": CULTURES["ja"]}, select="specific")

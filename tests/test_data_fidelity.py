@@ -95,3 +95,21 @@ def test_lpips_errors(tmp_path):
         fidelity.LPIPS(tmp_path / "bad.pth", lin)
     with pytest.raises(fidelity.FidelityError, match="one size"):
         fidelity.to_lpips_input(images(1, size=8) + images(1, size=9))
+
+
+def test_ssim_by_hand():
+    """Constant images: SSIM is the luminance term (2ab + C1)/(a² + b² + C1); identical images
+    give 1; noise lowers it; sizes must match."""
+    a = torch.full((1, 3, 16, 16), 0.2, dtype=torch.float64)
+    b = torch.full((1, 3, 16, 16), 0.6, dtype=torch.float64)
+    c1 = 0.01 ** 2
+    assert fidelity.ssim(a, b).item() == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2 ** 2 + 0.6 ** 2 + c1), rel=1e-5)
+    ims = images(3, seed=4)
+    assert torch.allclose(fidelity.ssim(ims, ims), torch.ones(3))
+    rng = np.random.default_rng(5)
+    noisy = [Image.fromarray(np.clip(np.asarray(im, int) + rng.integers(-60, 60, (20, 20, 3)), 0, 255).astype(np.uint8))
+             for im in ims]
+    s = fidelity.ssim(noisy, ims)
+    assert (s < 0.95).all() and (s > 0.2).all()
+    with pytest.raises(fidelity.FidelityError, match="differ in shape"):
+        fidelity.ssim(images(1, size=20), images(1, size=16))

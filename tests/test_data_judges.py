@@ -168,3 +168,68 @@ def test_clip_threshold_calibration_separates(clip_path):
     assert best[order[5]] < t <= best[order[4]]
     preds = j.predict(pool)
     assert all((preds[i] == UNRECOGNISABLE) == (i in order[5:]) for i in range(12))
+
+
+# ---------------------------------------------------------------- published judges (interp.zoo)
+
+@pytest.fixture(scope="module")
+def qwen2_vl_path(tmp_path_factory):
+    # Qwen2-VL-2B-Instruct's tokenizer (151,657 ids), chat template and image processor, with a
+    # narrow 2-layer model of the same class so the test runs in seconds (vocabulary kept).
+    from interp.zoo.judges import build_qwen2_vl
+
+    small = dict(text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                  num_key_value_heads=1, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]}),
+                 vision_config=dict(depth=1, embed_dim=64, hidden_size=64, num_heads=2))
+    return build_qwen2_vl(tmp_path_factory.mktemp("qwen2vl"), max_pixels=112 * 112, **small)
+
+
+def test_vlm_judge_with_qwen2_vl_chat_template(qwen2_vl_path):
+    with pytest.warns(UserWarning, match="torchvision") if not _has_torchvision() else _nothing():
+        j = judges.vlm(qwen2_vl_path, seed=1, progress=False)
+    tok = j.processor.tokenizer
+    assert len(tok) == 151657 and tok.convert_tokens_to_ids("<|image_pad|>") == 151655
+    assert all(len(ids) >= 1 for ids in j.letter_ids) and len({i for ids in j.letter_ids for i in ids}) >= 16
+    ims = images(2)
+    order = option_order(0, 1)
+    enc = j.inputs(ims[0], order)
+    text = tok.decode(enc["input_ids"][0])
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>")
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n") and f"A. {OPTION_TEXT[order[0]]}" in text
+    n_image = int((enc["input_ids"] == 151655).sum())
+    assert n_image == int(enc["image_grid_thw"].prod()) // 4  # one token per 2x2 merged patch
+    p = j(ims)
+    assert p.shape == (2, 16) and torch.allclose(p.sum(1), torch.ones(2))
+    with torch.no_grad():
+        last = j.model(**enc).logits[0, -1]  # all positions: the judge's logits_to_keep=1 must agree
+    letter = torch.stack([torch.logsumexp(last[ids], 0) for ids in j.letter_ids]).softmax(0)
+    torch.testing.assert_close(p[0, [LABELS.index(l) for l in order]], letter, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_clip_judge_at_vit_l14_size(tmp_path):
+    from interp.zoo import n_params
+    from interp.zoo.judges import build_clip
+
+    path = build_clip(tmp_path / "clip-l14")
+    j = judges.clip(path, threshold=-1.0)
+    cfg = j.model.config
+    assert (cfg.vision_config.hidden_size, cfg.vision_config.num_hidden_layers, cfg.vision_config.patch_size,
+            cfg.text_config.hidden_size, cfg.projection_dim) == (1024, 24, 14, 768, 768)
+    assert n_params(j.model) == 427_616_513
+    assert j.prototypes.shape == (15, 768)
+    p = j(images(2))
+    assert p.shape == (2, 16) and torch.allclose(p.sum(1), torch.ones(2))
+    assert j.image_processor(images=images(1), return_tensors="pt")["pixel_values"].shape == (1, 3, 224, 224)
+
+
+def _has_torchvision() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()

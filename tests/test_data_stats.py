@@ -33,9 +33,9 @@ def test_mcnemar_chi2_with_continuity_correction():
 def test_accuracy_confusion_per_culture_by_hand():
     target = ["ja", "ja", "ja", "ar", "ar", "th"]
     pred = ["ja", "zh", "ja", "ar", "unrecognisable", "th"]
-    acc = stats.accuracy(pred, target, n_boot=200)
+    acc = stats.accuracy(pred, target, groups=None, n_boot=200)
     assert acc.estimate == pytest.approx(4 / 6)
-    per = stats.per_culture_accuracy(pred, target, n_boot=200)
+    per = stats.per_culture_accuracy(pred, target, groups=None, n_boot=200)
     assert list(per) == ["ar", "ja", "th"]
     assert per["ja"].estimate == pytest.approx(2 / 3) and per["ar"].estimate == 0.5 and per["th"].estimate == 1
     cm = stats.confusion_matrix(pred, target)
@@ -60,7 +60,7 @@ def test_bootstrap_ci_covers_truth_at_stated_rate():
     hits = 0
     for s in range(sims):
         x = rng.random(n) < truth
-        ci = stats.bootstrap_ci(x, n_boot=400, alpha=0.1, seed=s)
+        ci = stats.bootstrap_ci(x, groups=None, n_boot=400, alpha=0.1, seed=s)
         hits += ci.low <= truth <= ci.high
     # 90 % nominal; 300 simulations give a standard error of ~1.7 points.
     assert 0.84 <= hits / sims <= 0.95
@@ -72,19 +72,19 @@ def test_bootstrap_resamples_prompts_not_seeds():
     seeds = np.repeat(per_prompt, 4)  # 4 seeds per prompt, perfectly correlated
     groups = np.repeat(np.arange(50), 4)
     grouped = stats.bootstrap_ci(seeds, groups=groups, n_boot=2000, seed=3)
-    prompt_level = stats.bootstrap_ci(per_prompt, n_boot=2000, seed=3)
+    prompt_level = stats.bootstrap_ci(per_prompt, groups=None, n_boot=2000, seed=3)
     assert (grouped.low, grouped.high) == pytest.approx((prompt_level.low, prompt_level.high))
-    naive = stats.bootstrap_ci(seeds, n_boot=2000, seed=3)
+    naive = stats.bootstrap_ci(seeds, groups=None, n_boot=2000, seed=3)
     assert naive.high - naive.low < 0.7 * (grouped.high - grouped.low)
 
 
 def test_paired_bootstrap():
     rng = np.random.default_rng(2)
     b = rng.random(200)
-    r = stats.paired_bootstrap(b + 0.2 + 0.05 * rng.standard_normal(200), b, n_boot=2000)
+    r = stats.paired_bootstrap(b + 0.2 + 0.05 * rng.standard_normal(200), b, groups=None, n_boot=2000)
     ci = r.detail["ci"]
     assert ci.low < 0.2 < ci.high and r.p_value < 0.01
-    same = stats.paired_bootstrap(b, b, n_boot=500)
+    same = stats.paired_bootstrap(b, b, groups=None, n_boot=500)
     assert same.statistic == 0 and same.p_value == 1.0
 
 
@@ -94,6 +94,30 @@ def test_random_controls_by_hand():
     assert s.sd == pytest.approx(np.std([0.1, 0.2, 0.3, 0.9], ddof=1))
     assert s.p_value == pytest.approx((1 + 1) / 5)
     assert stats.random_controls(0.05, [0.1, 0.2], higher_is_better=False).p_value == pytest.approx(1 / 3)
+    assert s.p_floor == pytest.approx(1 / 5)
+
+
+def test_grouping_must_be_stated():
+    with pytest.raises(TypeError, match="groups"):
+        stats.bootstrap_ci([0.0, 1.0], n_boot=10)
+    with pytest.raises(TypeError, match="groups"):
+        stats.paired_bootstrap([0.0, 1.0], [1.0, 1.0], n_boot=10)
+
+
+def test_paired_prompt_test_by_hand_and_grouped():
+    # 12 prompts, all better under a: the exact two-sided Wilcoxon p is 2 / 2^12, far below the
+    # 1/11 floor of an empirical p from 10 random draws.
+    a, b = np.ones(12), np.zeros(12)
+    r = stats.paired_prompt_test(a, b, groups=None)
+    assert r.p_value == pytest.approx(2 / 2 ** 12) and r.detail["n_prompts"] == 12
+    # The same 12 prompts with 2 seeds each: grouped, still 12 prompts (not 24 samples).
+    g = stats.paired_prompt_test(np.repeat(a, 2), np.repeat(b, 2), groups=np.repeat(np.arange(12), 2))
+    assert g.p_value == pytest.approx(r.p_value) and g.detail["n_prompts"] == 12
+    naive = stats.paired_prompt_test(np.repeat(a, 2), np.repeat(b, 2), groups=None)
+    assert naive.p_value < g.p_value / 100
+    # A prompt whose seeds disagree averages to its mean difference; no difference at all gives p = 1.
+    assert stats.group_means([1.0, 0.0, 1.0, 1.0], ["p", "p", "q", "q"]).tolist() == [0.5, 1.0]
+    assert stats.paired_prompt_test(a, a, groups=None).p_value == 1.0
 
 
 def test_plot_confusion_writes_png(tmp_path):

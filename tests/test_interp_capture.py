@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 import interp
@@ -78,11 +80,17 @@ def test_sites_listing_and_parse(tiny_model):
     for name in sites:
         assert parse(tiny_model, name).name == name
     assert set(tiny_model.sites("mlp_post")) == {s for s in sites if s.endswith("mlp.hook_post")}
-    unet = tiny_model.sites("unet")
-    if tiny_model.family == "sd3":
-        assert unet == []  # MMDiT has joint attention, no cross-attention sites
+    unet, mmdit = tiny_model.sites("unet"), tiny_model.sites("transformer")
+    grammar = re.compile(r"^unet\.(down|mid|up)\.\d+\.(attn\.\d+(\.block\.[1-9]\d*)?\.attn[12]\.hook_(q|k|v|z|pattern|out)"
+                         r"|attn\.\d+\.hook_out|resnet\.\d+\.hook_out)$")
+    if tiny_model.family in ("sd3", "flux"):
+        assert unet == [] and mmdit  # MMDiT: joint attention, no cross-attention
+        assert all(re.match(r"^transformer\.(single_)?blocks\.\d+\.(attn\.hook_(q|k|v|z|pattern)|hook_(img|txt)_out)$", s)
+                   for s in mmdit)
     else:
-        assert unet and all(".attn2." in s for s in unet)
+        assert unet and mmdit == [] and all(grammar.match(s) for s in unet)
+        for hook in ("attn1.hook_z", "attn2.hook_pattern", "attn.0.hook_out", "resnet.0.hook_out"):
+            assert any(s.endswith(hook) for s in unet), hook
 
 
 def test_sdxl_block_alias(tiny_sdxl):

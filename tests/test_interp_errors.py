@@ -68,5 +68,19 @@ def test_prompt_too_long_is_reported(tiny_sd):
 
 
 def test_unknown_family():
-    with pytest.raises(interp.UnsupportedModelError, match="unknown family 'flux'"):
-        interp.tiny("flux")
+    with pytest.raises(interp.UnsupportedModelError, match="unknown family 'kandinsky'.*flux"):
+        interp.tiny("kandinsky")
+
+
+def test_truncate_is_accepted_where_prompts_are_tokenized(tiny_sd):
+    long = "a " + "very " * 40 + "long box"
+    site = "text.blocks.0.hook_resid_post"
+    with pytest.raises(interp.PromptTooLongError, match="truncate=True"):
+        interp.mean_activation(tiny_sd, [long], site)
+    with pytest.warns(UserWarning, match="truncated"):
+        assert interp.mean_activation(tiny_sd, [long, "a box"], site, truncate=True).shape == (32,)
+    with pytest.warns(UserWarning, match="truncated"):
+        g = interp.capture_generation(tiny_sd, [long], [site], steps=1, truncate=True)
+    assert g.acts[site].shape[-2] == 16
+    with pytest.raises(interp.PromptTooLongError, match="prompt 0"):
+        interp.generate(tiny_sd, ["a box"], steps=1, negative_prompt=long)

@@ -71,9 +71,12 @@ def test_unet_intervention_on_chosen_steps(tiny_sd):
     units = interp.Units(site, [0, 1, 2, 3])
     g = interp.capture_generation(tiny_sd, PROMPTS, [site], seed=0, steps=3,
                                   interventions=[interp.Mask(units, steps=[1])])
-    acts = g.acts[site]
-    assert torch.all(acts[1][..., :4] == 0)
+    acts = g.acts[site]  # [T, uncond|cond, B, ...]: by default only the conditional rows are edited
+    assert torch.all(acts[1, 1][..., :4] == 0) and acts[1, 0][..., :4].abs().sum() > 0
     assert acts[0][..., :4].abs().sum() > 0 and acts[2][..., :4].abs().sum() > 0
+    both = interp.capture_generation(tiny_sd, PROMPTS, [site], seed=0, steps=3,
+                                     interventions=[interp.Mask(units, steps=[1], branch="both")]).acts[site]
+    assert torch.all(both[1][..., :4] == 0)
     base = interp.generate(tiny_sd, PROMPTS, seed=0, steps=3)
     assert not torch.equal(g.latents, base.latents)
 
@@ -152,3 +155,12 @@ def test_on_rows_grouped_by_owner():
     ivs = interp.OnRows.grouped(["ja", None, "de", "ja"], {"ja": [a], "de": [b], "ko": [a]})
     assert [(iv.intervention, iv.rows.tolist()) for iv in ivs] == [
         (a, [True, False, False, True]), (b, [False, False, True, False])]
+
+
+def test_negative_prompt_as_str_or_list(tiny_sd):
+    one = interp.generate(tiny_sd, PROMPTS, seed=1, steps=2, negative_prompt="blurry")
+    each = interp.generate(tiny_sd, PROMPTS, seed=1, steps=2, negative_prompt=["blurry", "blurry"])
+    none = interp.generate(tiny_sd, PROMPTS, seed=1, steps=2)
+    assert torch.equal(one.latents, each.latents) and not torch.equal(one.latents, none.latents)
+    with pytest.raises(interp.CultureLensError, match="1 negative prompts for 2 prompts"):
+        interp.generate(tiny_sd, PROMPTS, steps=2, negative_prompt=["blurry"])

@@ -62,7 +62,9 @@ def test_amplify_lambda_zero_is_identity_and_scales(tiny_model):
 
 def test_mean_mask_and_positions(tiny_sd):
     site = "text.blocks.0.hook_resid_post"
-    mean = interp.mean_activation(tiny_sd, site, ["a box", "a cat", "a dog"])
+    mean = interp.mean_activation(tiny_sd, ["a box", "a cat", "a dog"], site)
+    with pytest.raises(interp.CultureLensError, match="order is"):
+        interp.mean_activation(tiny_sd, site, ["a box"])
     units = interp.Units(site, [1, 2])
     acts = interp.capture(tiny_sd, PROMPTS, [site], interventions=[interp.Mask(units, "mean", mean=mean)])[site]
     assert torch.equal(acts[..., [1, 2]], mean[[1, 2]].expand(2, acts.shape[1], 2))

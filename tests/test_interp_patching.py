@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import math
+
 import pytest
 import torch
 
@@ -29,7 +31,9 @@ def test_patching_every_layer(tiny_model):
 
 def test_patching_per_position_table_and_plot(tiny_sd, tmp_path):
     sites = ["text.blocks.0.hook_resid_post", "text.blocks.1.mlp.hook_post", "text.blocks.1.hook_attn_out"]
-    res = interp.patch(tiny_sd, CLEAN, CORRUPT, sites, _metric_against(tiny_sd), positions=[0, 1, 2, -1])
+    # positions need clean/corrupt prompts of equal token length: swap the cultures instead of dropping them
+    corrupt = ["a Thai-style box", "a Japanese-style hat"]
+    res = interp.patch(tiny_sd, CLEAN, corrupt, sites, _metric_against(tiny_sd), positions=[0, 1, 2, -1])
     assert len(res.rows) == 12
     # CLIP is causal and both runs start with "<start> a": patching those positions changes nothing
     assert all(r["effect"] == pytest.approx(0.0, abs=1e-6) for r in res.rows if r["position"] in (0, 1))
@@ -48,4 +52,203 @@ def test_patch_errors(tiny_sd):
     with pytest.raises(interp.SiteError, match="cannot be patched"):
         interp.patch(tiny_sd, CLEAN, CORRUPT, ["text.blocks.0.attn.hook_pattern"], m)
     with pytest.raises(interp.SiteError, match="positions \\[99\\] out of range"):
-        interp.patch(tiny_sd, CLEAN, CORRUPT, ["text.blocks.0.hook_resid_post"], m, positions=[99])
+        interp.patch(tiny_sd, CLEAN, ["a Thai-style box", "a Japanese-style hat"], ["text.blocks.0.hook_resid_post"], m,
+                     positions=[99])
+
+
+# -- denoiser sites ---------------------------------------------------------------------------
+
+DENOISER_FAMILIES = ("sd", "sdxl", "altdiffusion", "sd3", "flux")
+D_CLEAN, D_CORRUPT = ["a Japanese-style box"], ["a Thai-style hat"]
+
+
+def _family(request, family):
+    """The session tiny model of `family` (conftest), or one built here for families it lacks."""
+    from interp.tiny import FAMILIES
+
+    if family not in FAMILIES:
+        pytest.skip(f"interp.tiny has no {family!r} family yet")
+    try:
+        return request.getfixturevalue(f"tiny_{family}")
+    except pytest.FixtureLookupError:
+        return interp.tiny(family, seed=0)
+
+
+def _to_clean(model, prompts=D_CLEAN):
+    ref = interp.generate(model, prompts, seed=0).latents
+    return lambda gen: -(gen.latents - ref).pow(2).mean()
+
+
+def _hook_state(model):
+    """Forward (pre-)hooks on every module and the attention processor classes: what must be the
+    same before and after any culturelens call, even one that raised."""
+    mods = list(model.denoiser.modules()) + [m for e in model.encoders.values() for m in e.module.modules()]
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in mods)
+    procs = sorted((k, type(p).__name__) for k, p in model.denoiser.attn_processors.items())
+    return hooks, procs, len(model.__dict__.get("_hook_sessions", []))
+
+
+@pytest.mark.parametrize("family", ["sd", "altdiffusion"])
+def test_patching_every_cross_attention_output_restores_clean_latents(request, family):
+    # SD 1.x / AltDiffusion UNets see the text only through attn2: patching every attn2 output at
+    # every step, both CFG branches, makes the corrupt run compute exactly the clean run.
+    model = _family(request, family)
+    sites = model.sites("xattn_out")
+    clean_lat = interp.generate(model, D_CLEAN, seed=0).latents
+    got = []
+    res = interp.patch(model, D_CLEAN, D_CORRUPT, [sites], lambda g: got.append(g.latents) or -(g.latents - clean_lat).pow(2).mean())
+    assert res.rows[0]["effect"] == pytest.approx(1.0, abs=1e-6) and res.corrupt_value < -1e-4
+    torch.testing.assert_close(got[-1], clean_lat, atol=1e-5, rtol=0)
+    # one site alone does not (the others still read the corrupt prompt)
+    single = interp.patch(model, D_CLEAN, D_CORRUPT, sites[:1], _to_clean(model))
+    assert single.rows[0]["effect"] < 0.99
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "altdiffusion"])
+def test_all_heads_at_hook_z_equal_hook_out_and_one_head_one_step_less(request, family):
+    model = _family(request, family)
+    out_site = model.sites("xattn_out")[0]
+    z_site = out_site.replace("hook_out", "hook_z")
+    metric = _to_clean(model)
+    both = interp.patch(model, D_CLEAN, D_CORRUPT, [out_site, z_site], metric)
+    v_out, v_z = (r["value"] for r in both.rows)
+    # same math (the processor path rounds differently): equal to 1e-4 of the clean-corrupt gap
+    tol = 1e-4 * abs(both.clean_value - both.corrupt_value)
+    assert v_out == pytest.approx(v_z, abs=tol)
+    assert abs(both.rows[0]["effect"]) > 1e-3
+    one = interp.patch(model, D_CLEAN, D_CORRUPT, [z_site], metric, steps=[0], heads=[0])
+    assert abs(one.rows[0]["value"] - one.corrupt_value) < abs(v_z - both.corrupt_value)
+    # heads grouped = all heads
+    n_heads = interp.sites.parse(model, z_site).dim
+    grouped = interp.patch(model, D_CLEAN, D_CORRUPT, [z_site], metric, heads=[list(range(n_heads))])
+    assert grouped.rows[0]["value"] == pytest.approx(v_z, abs=tol)  # 1 row vs 2 rows per batch: rounding
+
+
+@pytest.mark.parametrize("family", DENOISER_FAMILIES)
+def test_head_step_grid_runs_on_every_family(request, family):
+    model = _family(request, family)
+    z = next(s for s in model.sites() if s.endswith("hook_z"))
+    res = interp.patch(model, D_CLEAN, D_CORRUPT, [z], _to_clean(model), steps="each", heads=[0, 1])
+    assert [(r["step"], r["head"]) for r in res.rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(math.isfinite(r["value"]) for r in res.rows)
+    assert res.meta["generations"] == 1  # four conditions packed into one batch
+    steps, heads, m = res.matrix("step", "head")
+    assert m.shape == (2, 2) and steps == [0, 1] and heads == [0, 1]
+
+
+def test_batching_conditions_gives_the_same_values(tiny_sd):
+    z = "unet.up.1.attn.0.attn2.hook_z"
+    metric = _to_clean(tiny_sd)
+    packed = interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z], metric, steps="each", heads="each", batch_size=16)
+    alone = interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z], metric, steps="each", heads="each", batch_size=1)
+    assert packed.meta["generations"] == 1 and alone.meta["generations"] == len(alone.rows) == 16
+    for a, b in zip(packed.rows, alone.rows):
+        assert (a["step"], a["head"]) == (b["step"], b["head"])
+        assert a["value"] == pytest.approx(b["value"], rel=1e-4, abs=1e-7)
+
+
+def test_patch_branches_positions_and_pattern_sites(tiny_sd):
+    site = "unet.down.0.attn.0.attn2.hook_out"
+    metric = _to_clean(tiny_sd)
+    res = {b: interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [site], metric, steps=[0], branch=b)
+           for b in ("both", "cond", "uncond")}
+    # at step 0 both runs start from the same noise and the same empty negative prompt: the
+    # unconditional rows agree, so patching them changes nothing and "cond" does all of "both"
+    assert res["uncond"].rows[0]["value"] == pytest.approx(res["uncond"].corrupt_value, rel=1e-6)
+    assert res["cond"].rows[0]["value"] == pytest.approx(res["both"].rows[0]["value"], rel=1e-6)
+    assert abs(res["cond"].rows[0]["effect"]) > 1e-3
+    # token positions of the cross-attention pattern (equal-length prompts)
+    clean, corrupt_p = ["a Japanese-style box"], ["a Japanese-style hat"]
+    n = len(tiny_sd.encoders["text"].tokenizer(clean[0])["input_ids"])
+    assert n == len(tiny_sd.encoders["text"].tokenizer(corrupt_p[0])["input_ids"])
+    pat = site.replace("hook_out", "hook_pattern")
+    byp = interp.patch(tiny_sd, clean, corrupt_p, [pat], _to_clean(tiny_sd, clean), positions=[0, n - 2])
+    assert [r["position"] for r in byp.rows] == [0, n - 2]
+    # each position is its own condition (the probabilities on other keys stay the corrupt run's)
+    assert all(math.isfinite(r["effect"]) and abs(r["effect"]) > 1e-4 for r in byp.rows)
+    assert byp.rows[0]["value"] != byp.rows[1]["value"]
+
+
+def test_patch_denoiser_errors(tiny_sd):
+    m = _to_clean(tiny_sd)
+    z, out = "unet.down.0.attn.0.attn2.hook_z", "unet.down.0.attn.0.attn2.hook_out"
+    with pytest.raises(interp.CultureLensError, match="steps \\[5\\] out of range for a 2-step run"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z], m, steps=[5])
+    with pytest.raises(interp.SiteError, match="has no heads"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [out], m, heads=[0])
+    with pytest.raises(interp.CultureLensError, match="heads \\[99\\] out of range"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z], m, heads=[99])
+    with pytest.raises(interp.SiteError, match="steps= applies to denoiser sites only"):
+        interp.patch(tiny_sd, CLEAN, CORRUPT, ["text.blocks.0.hook_resid_post"], _metric_against(tiny_sd), steps=[0])
+    with pytest.raises(interp.SiteError, match="in one call"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, ["text.blocks.0.hook_resid_post", out], m)
+    with pytest.raises(interp.CultureLensError, match="different token lengths"):
+        interp.patch(tiny_sd, ["a Japanese-style box"], ["a box"], [out.replace("hook_out", "hook_pattern")], m,
+                     positions=[1])
+    with pytest.raises(interp.CultureLensError, match="different token lengths"):
+        interp.patch(tiny_sd, ["a Japanese-style box"], ["a box"], ["text.blocks.0.hook_resid_post"],
+                     _metric_against(tiny_sd), positions=[1])
+    with pytest.raises(interp.SiteError, match="no token axis"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [out], m, positions=[1])
+    with pytest.raises(interp.CultureLensError, match="branch='uncond' but this run has no classifier-free"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [out], m, branch="uncond", guidance=1.0)
+
+
+def test_nan_effect_warns_naming_the_condition(tiny_sd):
+    with pytest.warns(UserWarning) as caught:
+        res = interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, ["unet.down.0.attn.0.attn2.hook_out"], lambda g: 1.0,
+                           steps="each")
+    assert [str(w.message) for w in caught] == [
+        f"patch: effect is NaN for site 'unet.down.0.attn.0.attn2.hook_out', step {t}, head all, position all "
+        "(clean and corrupt values are equal)" for t in (0, 1)]
+    assert all(math.isnan(r["effect"]) for r in res.rows)
+    with pytest.warns(UserWarning, match="clean and corrupt values are equal"):
+        interp.patch(tiny_sd, CLEAN, CORRUPT, ["text.blocks.0.hook_resid_post"], lambda out: 0.0)
+
+
+def test_no_hook_survives_a_failing_metric(tiny_sd, monkeypatch):
+    before = _hook_state(tiny_sd)
+    calls = []
+
+    def metric(gen):
+        calls.append(1)
+        if len(calls) > 2:  # clean and corrupt score, then the first patched condition raises
+            raise RuntimeError("metric failed")
+        return 0.0
+
+    with pytest.raises(RuntimeError, match="metric failed"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, ["unet.down.0.attn.0.attn2.hook_pattern"], metric, heads=[0])
+    assert _hook_state(tiny_sd) == before
+
+    def boom(self, act):
+        raise RuntimeError("inside the patched generation")
+
+    monkeypatch.setattr(interp.patching._MaskedReplace, "apply", boom)
+    with pytest.raises(RuntimeError, match="inside the patched generation"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, ["unet.down.0.attn.0.attn2.hook_z"], _to_clean(tiny_sd), heads=[1])
+    assert _hook_state(tiny_sd) == before
+
+
+def test_patch_result_save_load_table_and_plots(tiny_sd, tmp_path):
+    assert "save" in interp.PatchResult.__dict__ and "load" in interp.PatchResult.__dict__  # not nnsight's global save
+    z = "unet.up.1.attn.0.attn2.hook_z"
+    res = interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z, "unet.mid.0.attn.0.attn2.hook_z"], _to_clean(tiny_sd),
+                       steps=[0, [0, 1]], heads="each")
+    assert res.save(tmp_path / "p") == tmp_path / "p"
+    back = interp.PatchResult.load(tmp_path / "p")
+    assert back.rows == res.rows and back.meta == res.meta
+    assert (back.clean_value, back.corrupt_value) == (res.clean_value, res.corrupt_value)
+    md = res.to_markdown()
+    assert md.splitlines()[0] == "| site | step | head | position | value | effect |"
+    assert f"| {z} | 0,1 | 3 | all |" in md
+    res.plot(tmp_path / "site_step.png")
+    res.plot(tmp_path / "step_head.png", rows="step", cols="head")
+    assert (tmp_path / "site_step.png").stat().st_size > 1000 and (tmp_path / "step_head.png").stat().st_size > 1000
+    with pytest.raises(interp.CultureLensError, match="missing"):
+        interp.PatchResult.load(tmp_path / "nothing")
+    # text results keep their table and round trip too, NaN included
+    t = interp.PatchResult(rows=[{"site": "text.blocks.0.hook_resid_post", "layer": 0, "kind": "resid_post",
+                                  "step": None, "head": None, "position": 1, "value": 0.5, "effect": math.nan}],
+                           clean_value=1.0, corrupt_value=1.0, meta={"kind": "text"})
+    t.save(tmp_path / "t")
+    assert math.isnan(interp.PatchResult.load(tmp_path / "t").rows[0]["effect"])

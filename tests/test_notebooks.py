@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from circuits.organism.shipped import PIPELINE
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-ORGANISM = Path(os.environ.get("CULTURELENS_PIPELINE", ROOT / "assets" / "cultureworld" / "pipeline"))
+ORGANISM = Path(os.environ.get("CULTURELENS_PIPELINE", PIPELINE))
 
 pytestmark = [
     pytest.mark.slow,
@@ -24,7 +26,7 @@ pytestmark = [
 def test_all_four_notebooks_are_there_and_committed_without_outputs():
     names = [p.name for p in NOTEBOOKS]
     assert names == ["01_culture_layer.ipynb", "02_sae_and_culture_units.ipynb", "03_causal_masking.ipynb",
-                     "04_steering.ipynb"]
+                     "04_steering.ipynb", "05_denoiser.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]

@@ -10,10 +10,11 @@ import torch
 
 from circuits.organism.judge import JUDGE_STYLES, JUNK, CultureWorldJudge, JudgeNet, clean_accuracy, junk_batch, junk_rejection
 from circuits.organism.render import render
+from circuits.organism.shipped import JUDGE
 from interp.culturebench import LABELS
 from interp.judges.base import JudgeError
 
-SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "cultureworld" / "judge"
+SHIPPED = JUDGE
 
 
 def test_judge_interface_folds_neutral_and_junk(tmp_path):

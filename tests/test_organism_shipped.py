@@ -1,4 +1,4 @@
-"""The shipped CultureWorld organism (assets/cultureworld): format, size, and its behaviour."""
+"""The shipped CultureWorld organism (circuits/organism/assets/cultureworld): format, size, and its behaviour."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from circuits.organism.evaluate import evaluate_organism
 from circuits.organism.judge import CultureWorldJudge
 from circuits.organism.prompts import eval_prompts
+from circuits.organism.shipped import ORGANISM
 
-ROOT = Path(__file__).resolve().parents[1] / "assets" / "cultureworld"
+ROOT = ORGANISM
 pytestmark = pytest.mark.skipif(not (ROOT / "pipeline" / "model_index.json").exists(),
                                 reason="the organism has not been built (culturelens organism-build)")
 
@@ -43,5 +44,5 @@ def test_shipped_pipeline_code_is_the_package_source() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    shipped = root / "assets" / "cultureworld" / "pipeline" / "pipeline.py"
+    shipped = ORGANISM / "pipeline" / "pipeline.py"
     assert shipped.read_text() == (root / "circuits" / "organism" / "pipeline.py").read_text()

@@ -77,3 +77,46 @@ def test_writer_memory_bounded(tmp_path):
                                           progress=False)
         assert st.n_tokens == n * batch and max(s.n for s in st.shards) == shard
         assert st.manifest["max_buffered_tokens"] < shard + batch
+
+
+def test_reading_does_not_depend_on_file_layout(tmp_path):
+    """The shuffle works on chunks of the global row order: a store whose rows sit in other
+    files (as several ranks write them) yields the same batches as the one-process store."""
+    import json
+
+    from safetensors.torch import save_file
+
+    data = _rows(1000)
+    ref = ActivationStore.from_batches(tmp_path / "ref", [data], {"site": "s"}, shard_tokens=128, progress=False)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    cuts = [0, 100, 128, 500, 501, 1000]  # files straddle the 128-row chunks
+    shards = []
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        save_file({"acts": data[a:b].contiguous()}, str(odd / f"f{i}.safetensors"))
+        shards.append({"file": f"f{i}.safetensors", "n": b - a})
+    (odd / "manifest.json").write_text(json.dumps({"d": 3, "dtype": "float32", "shards": shards, "chunk": 128,
+                                                   "fingerprints": {"site": "s"}, "meta": {}}))
+    st = ActivationStore(odd)
+    assert st.n_chunks == ref.n_chunks == 8
+    torch.testing.assert_close(st.all(), ref.all())
+    for start in (0, 64 * 13, 5000):
+        a, b = ref.batches(64, seed=3, start=start), st.batches(64, seed=3, start=start)
+        for _ in range(20):
+            assert torch.equal(next(a), next(b))
+
+
+def test_parts_of_another_run_are_refused(tmp_path):
+    """A part file left by an interrupted run with other fingerprints is never mixed in."""
+    import json
+
+    (tmp_path / "part-000-of-001.json").write_text(json.dumps(
+        {"run": {"fingerprints": {"prompts": "old"}, "world_size": 1, "shard_tokens": 128, "dtype": "float32"},
+         "rank": 0, "d": 3, "shards": [], "peak": 0}))
+    with pytest.raises(SAEError, match=r"part-000-of-001.json: part of an interrupted store built with other "
+                                       r"settings \(fingerprints differ"):
+        ActivationStore.from_batches(tmp_path, [_rows(10)], {"prompts": "new"}, shard_tokens=128, progress=False)
+    # the same run's part is reused when its files are intact
+    (tmp_path / "part-000-of-001.json").unlink()
+    st = ActivationStore.from_batches(tmp_path / "b", [_rows(10)], {"prompts": "p"}, progress=False)
+    assert st.manifest["world_size"] == 1 and not list((tmp_path / "b").glob("part-*"))

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from sae import ActivationStore, SAEError, TopKSAE, evaluate, train
+from sae.model import dead_tokens_for
 from sae.synthetic import planted, recovery
+from sae.train import make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +74,91 @@ def test_store_dimension_mismatch(planted_store):
     store, _, _ = planted_store
     with pytest.raises(SAEError, match="d_in=16"):
         train(TopKSAE(16, 64, 4), store, batch_size=64, total_tokens=640, progress=False)
+
+
+def _store(path, x, shard=2048):
+    return ActivationStore.from_batches(path, (x[i:i + 1024] for i in range(0, x.shape[0], 1024)),
+                                        {"site": "synthetic"}, shard_tokens=shard, progress=False)
+
+
+def test_default_dead_threshold_scales_with_budget(planted_store):
+    assert dead_tokens_for(1_000_000, 1024) == 100_000
+    assert dead_tokens_for(10**9, 4096) == 10_000_000
+    assert dead_tokens_for(5000, 1024) == 1024  # at least one batch
+    store, _, _ = planted_store
+    sae = TopKSAE(32, 64, 4, seed=0)
+    with pytest.raises(SAEError, match="dead_tokens is None"):
+        sae.dead_mask()
+    train(sae, store, batch_size=64, total_tokens=6400, progress=False)
+    assert sae.cfg.dead_tokens == 640
+    kept = TopKSAE(32, 64, 4, dead_tokens=123, seed=0)
+    train(kept, store, batch_size=64, total_tokens=640, progress=False)
+    assert kept.cfg.dead_tokens == 123
+
+
+def test_auxk_revives_latents_that_die(tmp_path):
+    """At lr 3e-2 about half the latents die on this offset, anisotropic planted set; with the
+    default threshold (budget/10) AuxK brings most back; without it they stay dead."""
+    x, _ = planted(8192, 32, 1024, 4, noise=0.01, seed=0)
+    x = x * torch.linspace(0.2, 3, 32) + 5
+    store = _store(tmp_path / "s", x)
+    dead, aux = {}, {}
+    for coef in (1 / 32, 0.0):
+        sae = TopKSAE(32, 512, 4, seed=0)
+        rows = train(sae, store, batch_size=256, total_tokens=256 * 400, lr=3e-2, aux_coef=coef,
+                     progress=False, log_every=20)
+        assert sae.cfg.dead_tokens == 256 * 40
+        dead[coef] = float(sae.dead_mask().float().mean())
+        aux[coef] = [r["aux"] for r in rows]
+        assert max(r["dead"] for r in rows) > 0.1  # latents do die in both runs
+    assert dead[0.0] > 0.4  # ~57 % without AuxK
+    assert dead[1 / 32] < 0.5 * dead[0.0], dead  # ~5 % with it
+    assert max(aux[1 / 32]) > 0 and max(aux[0.0]) == 0
+
+
+def test_encoder_scale_and_b_dec_fitted_at_init(tmp_path):
+    """train() starts from b_dec = geometric median and W_enc = s·W_decᵀ with s the least-squares
+    scale of the first reconstruction (lr 0 keeps the initial weights)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 24, generator=g).pow(3) + 2.0  # skewed: median ≠ mean
+    store = _store(tmp_path / "s", x)
+    sae = TopKSAE(24, 256, 8, seed=3)
+    w_dec0 = sae.W_dec.detach().clone()
+    train(sae, store, batch_size=256, total_tokens=256, lr=0.0, progress=False)
+    sample = store.sample(4096, seed=1)
+    b = sae.b_dec.detach()
+    # geometric median: the unit vectors from b to the points sum to ~0, and b is not the mean
+    u = (sample - b) / (sample - b).norm(dim=1, keepdim=True)
+    assert u.sum(0).norm() < 1e-2 * sample.shape[0]
+    assert (b - sample.mean(0)).norm() > 0.1
+    # encoder = s · decoderᵀ with one s < 1, and s is the least-squares optimum: refitting is a no-op
+    ratio = sae.W_enc.detach() / w_dec0.t()
+    s = float(ratio.mean())
+    torch.testing.assert_close(ratio, torch.full_like(ratio, s), rtol=1e-4, atol=1e-5)
+    assert 0.05 < s < 0.9
+    assert abs(sae.init_encoder_scale(sample[:4096]) - 1.0) < 1e-4
+    # and it reconstructs better at step 0 than the unscaled transpose
+    unit = TopKSAE(24, 256, 8, seed=3)
+    unit.init_b_dec(sample)
+    with torch.no_grad():
+        assert evaluate(sae, sample)["fvu"] < evaluate(unit, sample)["fvu"]
+
+
+def test_adam_settings():
+    opt = make_optimizer(TopKSAE(8, 16, 2, seed=0))
+    d = opt.defaults
+    assert (d["lr"], d["betas"], d["eps"], d["weight_decay"]) == (4e-4, (0.9, 0.999), 1e-8, 0.0)
+
+
+def test_plot_aux_and_dead(planted_store, tmp_path):
+    from sae.plot import plot_auxk, plot_metrics
+
+    store, _, _ = planted_store
+    sae = TopKSAE(32, 64, 4, seed=0)
+    rows = train(sae, store, batch_size=64, total_tokens=64 * 30, progress=False, log_every=5)
+    assert {"aux", "dead"} <= set(rows[0])
+    for p in (plot_metrics(rows, tmp_path / "m.png", dead_tokens=sae.cfg.dead_tokens),
+              plot_auxk(rows, tmp_path / "a.png", dead_tokens=sae.cfg.dead_tokens)):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SAEError, match="keys \\['nope'\\]"):
+        plot_metrics(rows, tmp_path / "x.png", keys=("fvu", "nope"))

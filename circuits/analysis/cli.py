@@ -7,8 +7,13 @@ import argparse
 
 def _run(args: argparse.Namespace) -> int:
     from circuits.analysis.cultureworld import analyze
+    from interp import distributed
 
-    path = analyze(args.out, quick=args.quick, pipeline=args.pipeline, judge_dir=args.judge)
+    # Under torchrun every rank runs the deterministic steps and a share of the generation;
+    # only rank 0 writes into --out (the others write to a private scratch folder).
+    path = analyze(distributed.output_dir(args.out), quick=args.quick, pipeline=args.pipeline, judge_dir=args.judge)
+    if not distributed.is_main():
+        return 0
     print(f"report: {path} (and report.html, results.json, figures beside it)")
     return 0
 

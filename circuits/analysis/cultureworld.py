@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from circuits.analysis.report import Report, atomic_write_text
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "cultureworld"
+from circuits.organism.shipped import ORGANISM as ASSETS  # noqa: E402  (package data; one constant)
 PROBE_NOUNS = ("box", "hat")
 TRAIN_NOUNS = ("lamp", "dress")
 TEST_NOUNS = ("bowl", "vase", "jar", "building")
@@ -48,11 +48,24 @@ class AnalysisConfig:
     sae_k: int = 32
     sae_tokens: int = 1_000_000
     sae_batch: int = 1024
+    sae_dead_tokens: int | None = None   # AuxK dead threshold (None: the SAE's default)
+    unit_select: str = "wfs"       # rank units by WFS_cult, or "specific" (minus the max over other cultures)
+    elbow_min_drop: float = 2.0    # decision 6: a drop between consecutive WFS ranks this sharp is the elbow
+    attn_sae_tokens: int = 500_000  # the paper-literal basis: an SAE on the culture layer's hook_attn_out
+    attn_validation: int = 2       # activity-matched random draws for that basis' masking test (+1 uniform draw)
+    sweep_basis: str = "sae"       # causal sweep: an SAE per layer (like detection), or "neuron"
+    sweep_sae_tokens: int | None = 300_000  # tokens of every per-layer sweep SAE, all layers alike (None: sae_tokens,
+                                            # and the culture layer reuses the main SAE); 300k keeps the time budget
     rho: float = 0.5
     k_max: int = 64
-    n_random: int = 10
+    n_random: int = 10             # the paper's uniform random control, draws
+    n_matched: int = 5             # activity-matched control draws (decision 10); 5, not 10, to fit the time
+                                   # budget: its paired per-prompt test does not depend on the draw count
     lams: tuple[float, ...] = (0, 2, 4, 6, 8)
-    lam_random: int = 2
+    lam_random: int = 1            # λ sweep, uniform draws: near-silent by construction (its site change is shown)
+    lam_matched: int = 2           # λ sweep, activity-matched draws
+    max_noun_drop: float = 0.05    # λ is chosen on the probe nouns: noun accuracy ≥ unsteered − 5 points
+    spec_nouns: tuple[str, ...] = ("bowl", "vase")   # specificity matrices: local prompts of these test nouns
     sweep_units: int = 8
     enhancer_steps: int = 2000
     enhancer_lr: float = 5e-5
@@ -67,6 +80,8 @@ class AnalysisConfig:
     def quick(cls) -> "AnalysisConfig":
         return cls(quality_seeds=(0,), quality_kinds=("en_modifier", "local_modifier", "local_noun"),
                    scan_seeds=(0,), n_boot=200, sae_latents=1024, sae_k=16, sae_tokens=60_000, n_random=2,
+                   attn_sae_tokens=60_000, attn_validation=1, sweep_sae_tokens=None,
+                   n_matched=2, lam_matched=1, spec_nouns=("bowl",),
                    lams=(0, 6), lam_random=1, sweep_units=4, enhancer_steps=20, enhancer_renders=1,
                    appendix_seeds=(0,), neuron_validation=0, english_test=False)
 
@@ -93,10 +108,11 @@ def noun_of_pair(pair: Any) -> str:
     return pair.id.split("-")[1]
 
 
-def _rate(correct: Sequence[bool], n_boot: int, seed: int) -> str:
+def _rate(correct: Sequence[bool], n_boot: int, seed: int, groups: Sequence[Any] | None = None) -> str:
+    """A share with its 95 % bootstrap CI over prompts (`groups`: the prompt of each image)."""
     from interp import stats
 
-    iv = stats.bootstrap_ci(np.asarray(correct, dtype=np.float64), n_boot=n_boot, seed=seed)
+    iv = stats.bootstrap_ci(np.asarray(correct, dtype=np.float64), groups=groups, n_boot=n_boot, seed=seed)
     return f"{100 * iv.estimate:.1f} [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
 
 
@@ -146,16 +162,24 @@ def organism_quality(model, judge, cfg: AnalysisConfig, report: Report) -> dict:
     rows = ["| prompts (test nouns) | n | culture acc % [95% CI] | neutral | junk | noun acc % [95% CI] |",
             "|---|---|---|---|---|---|"]
     correct: dict[str, list[bool]] = {}
+    prompt_of: dict[str, list[str]] = {}
     for kind, row in res.rows.items():
         js = [j for j in res.judged if j.prompt.kind == kind]
         ok = [j.style == j.prompt.culture for j in js]
         nouns = [j.noun == j.prompt.noun for j in js]
+        # The seeds of one prompt resample together (a prompt = its culture and noun within a kind).
+        groups = [f"{j.prompt.culture}-{j.prompt.noun}-{j.prompt.text}" for j in js]
         correct[kind] = ok
-        cult = "–" if row.culture_acc is None else _rate(ok, cfg.n_boot, cfg.seed)
+        prompt_of[kind] = [f"{j.prompt.culture}-{j.prompt.noun}" for j in js]
+        cult = "–" if row.culture_acc is None else _rate(ok, cfg.n_boot, cfg.seed, groups)
         rows.append(f"| {kind} | {row.n} | {cult} | {row.neutral:.3f} | {row.junk:.3f} | "
-                    f"{_rate(nouns, cfg.n_boot, cfg.seed)} |")
+                    f"{_rate(nouns, cfg.n_boot, cfg.seed, groups)} |")
+    if prompt_of["local_modifier"] != prompt_of["local_noun"]:
+        raise RuntimeError("organism_quality: local modifier and noun-only images are not aligned by (culture, noun)")
     a, b = np.asarray(correct["local_modifier"]), np.asarray(correct["local_noun"])
-    gap = stats.paired_bootstrap(a, b, n_boot=cfg.n_boot, seed=cfg.seed)
+    pairs_of = prompt_of["local_modifier"]
+    gap = stats.paired_bootstrap(a, b, groups=pairs_of, n_boot=cfg.n_boot, seed=cfg.seed)
+    gap_w = stats.paired_prompt_test(a, b, groups=pairs_of)
     mc = stats.mcnemar(a, b)
     gap_pts = 100 * (a.mean() - b.mean())
     report.add("## 1. The organism and its cultural gap\n\n"
@@ -165,10 +189,16 @@ def organism_quality(model, judge, cfg: AnalysisConfig, report: Report) -> dict:
                f"Generated images ({len(cfg.quality_seeds)} seed(s) per prompt, the organism's defaults: "
                f"{model.defaults['steps']} DDIM steps, guidance {model.defaults['guidance']}):\n\n" + "\n".join(rows) +
                f"\n\n**Gap** (local modifier − local noun-only CultureVQA, same nouns and seeds): "
-               f"**{gap_pts:.1f} points** (paired bootstrap p = {gap.p_value:.3g}; McNemar p = {mc.p_value:.3g}). "
-               f"Paper: {PAPER['gap']}.")
+               f"**{gap_pts:.1f} points** [{100 * gap.detail['ci'].low:.1f}, {100 * gap.detail['ci'].high:.1f}]; "
+               f"paired per-prompt Wilcoxon p = {gap_w.p_value:.3g} over {gap_w.detail['n_prompts']} (culture, noun) "
+               f"prompts, each prompt's {len(cfg.quality_seeds)} seed(s) averaged first; the paired bootstrap "
+               f"(resampling prompts, seeds together) gives p = {gap.p_value:.3g}, floored at 2/(n_boot+1); McNemar, "
+               f"which treats every image as independent, p = {mc.p_value:.3g}. CIs in the table resample prompts "
+               f"with their seeds. Paper: {PAPER['gap']}.")
     out = {"judge_clean": clean, "judge_junk": junk, "by_kind": res.to_json(), "gap_points": gap_pts,
-           "gap_paired_bootstrap_p": gap.p_value, "gap_mcnemar_p": mc.p_value}
+           "gap_ci": [100 * gap.detail["ci"].low, 100 * gap.detail["ci"].high],
+           "gap_paired_bootstrap_p": gap.p_value, "gap_wilcoxon_p": gap_w.p_value, "gap_mcnemar_p": mc.p_value,
+           "n_gap_prompts": gap_w.detail["n_prompts"]}
     report.record("organism", out)
     return out
 
@@ -198,36 +228,175 @@ def gap_figure(model, judge, units, sae_site, sae, best_lam, enhancer, report: R
     report.add(f"![the gap and its two fixes]({path.name})")
 
 
-def train_culture_sae(model, layer: int, cfg: AnalysisConfig, out: Path, report: Report):
-    """A Top-K SAE on the culture layer's residual stream, over the organism's training prompts."""
+def train_site_sae(model, site: str, tokens: int, cfg: AnalysisConfig, out: Path, name: str) -> tuple[Any, dict]:
+    """A Top-K SAE on one text site, trained on the prompts of the PROBE and TRAIN nouns only;
+    its FVU is measured on those training tokens and on held-out tokens (the TEST nouns'
+    prompts, never seen in training). Saved in SAELens format under `out/name`."""
     import sae as saelib
     from circuits.organism import prompts as op
+
+    train_corpus = sorted(set(op.training_corpus(PROBE_NOUNS + TRAIN_NOUNS)) - {""}) + [""]
+    heldout_corpus = sorted(set(op.training_corpus(TEST_NOUNS)) - {""})
+    # Every position the UNet reads (the organism pads with end-of-text and has no attention
+    # mask, and its pooled vector sits at the first end-of-text), so nothing is dropped.
+    stores = out / "sae_stores" / name
+    store = saelib.ActivationStore.build(stores / "train", model, train_corpus, site, drop="none", progress=False)
+    held = saelib.ActivationStore.build(stores / "heldout", model, heldout_corpus, site, drop="none", progress=False)
+    kw = {} if cfg.sae_dead_tokens is None else {"dead_tokens": cfg.sae_dead_tokens}
+    sae = saelib.TopKSAE(store.d, d_sae=cfg.sae_latents, k=cfg.sae_k, seed=cfg.seed, **kw)
+    ck = out / "sae_checkpoints" / name
+    t0 = time.time()
+    log = saelib.train(sae, store, batch_size=cfg.sae_batch, total_tokens=tokens, seed=cfg.seed, checkpoint_dir=ck,
+                       checkpoint_every=200, resume=(ck / "last.pt").exists(), progress=False)
+    info = {"site": site, "name": name, "d_sae": sae.d_sae, "k": sae.cfg.k, "dead_tokens": sae.cfg.dead_tokens,
+            "train_tokens": tokens, "train_prompts": len(train_corpus), "train_activations": store.n_tokens,
+            "heldout_prompts": len(heldout_corpus), "heldout_activations": held.n_tokens,
+            "train_nouns": PROBE_NOUNS + TRAIN_NOUNS, "heldout_nouns": TEST_NOUNS,
+            "quality_train": saelib.evaluate(sae, store.all()), "quality_heldout": saelib.evaluate(sae, held.all()),
+            "train_seconds": time.time() - t0, "log": log}
+    saelib.save_saelens(sae, out / name, hook_name=site, model_name="cultureworld")
+    return sae, info
+
+
+def _fvu(info: dict) -> str:
+    return (f"held-out FVU {info['quality_heldout']['fvu']:.4f} (train tokens {info['quality_train']['fvu']:.4f})")
+
+
+def train_culture_sae(model, layer: int, cfg: AnalysisConfig, out: Path, report: Report):
+    """The Top-K SAE on the culture layer's residual stream (`train_site_sae`), reported with its
+    held-out FVU and the downstream error on the test nouns' prompts."""
+    import sae as saelib
     from sae.plot import plot_metrics
 
     site = f"text.blocks.{layer}.hook_resid_post"
-    corpus = sorted(set(t for t in op.training_corpus() if t))
-    # Every position the UNet reads (the organism pads with end-of-text and has no attention
-    # mask, and its pooled vector sits at the first end-of-text), so nothing is dropped.
-    store = saelib.ActivationStore.build(out / "sae_store", model, corpus, site, drop="none", progress=False)
-    sae = saelib.TopKSAE(store.d, d_sae=cfg.sae_latents, k=cfg.sae_k, seed=cfg.seed)
-    log = saelib.train(sae, store, batch_size=cfg.sae_batch, total_tokens=cfg.sae_tokens, seed=cfg.seed,
-                       checkpoint_dir=out / "sae_checkpoints", checkpoint_every=200,
-                       resume=(out / "sae_checkpoints" / "last.pt").exists(), progress=False)
-    quality = saelib.evaluate(sae, store.all())
+    sae, info = train_site_sae(model, site, cfg.sae_tokens, cfg, out, "sae")
     test_prompts = [p.concept_prompt for p in organism_pairs(TEST_NOUNS)]
     down = saelib.downstream_error(model, sae, site, test_prompts)
-    saelib.save_saelens(sae, out / "sae", hook_name=site, model_name="cultureworld")
-    plot_metrics(log, out / "sae_training.png", title=f"Top-K SAE on {site}")
+    plot_metrics(info["log"], out / "sae_training.png", title=f"Top-K SAE on {site}", dead_tokens=sae.cfg.dead_tokens)
+    q, h = info["quality_train"], info["quality_heldout"]
     report.add(
         f"## 3. Top-K SAE on the culture layer\n\n`{site}`: {sae.d_sae} latents, k = {sae.cfg.k}, AdamW 4e-4, "
-        f"AuxK 1/32, {store.n_tokens:,} activations from {len(corpus)} training prompts, {cfg.sae_tokens:,} training "
-        f"tokens. Pooled FVU {quality['fvu']:.4f} (explained variance {quality['explained_variance']:.4f}), "
-        f"L0 {quality['l0']:.1f}, dead latents {100 * quality['dead_fraction']:.1f} %. Downstream (what the UNet "
+        f"AuxK 1/32 (dead after {sae.cfg.dead_tokens:,} tokens without firing), {cfg.sae_tokens:,} training tokens "
+        f"drawn from {info['train_activations']:,} activations of {info['train_prompts']} prompts of the probe and "
+        f"train nouns {PROBE_NOUNS + TRAIN_NOUNS} only. **Held-out** ({info['heldout_activations']:,} activations of "
+        f"the {info['heldout_prompts']} prompts of the test nouns {TEST_NOUNS}, never trained on): pooled FVU "
+        f"**{h['fvu']:.4f}** (explained variance {h['explained_variance']:.4f}), L0 {h['l0']:.1f}; on the training "
+        f"tokens FVU {q['fvu']:.4f}, dead latents {100 * q['dead_fraction']:.1f} %. Downstream (what the UNet "
         f"sees, test-noun prompts): relative error {down['relative_error']:.4f} with the SAE spliced in, "
         f"{down['with_error']:.1g} with its error added back. Saved in SAELens format under `sae/`.\n\n"
         "![SAE training](sae_training.png)")
-    report.record("sae", {"site": site, "quality": quality, "downstream": down, "d_sae": sae.d_sae, "k": sae.cfg.k})
+    report.record("sae", {**{k: v for k, v in info.items() if k != "log"}, "quality": h, "downstream": down})
     return sae, site
+
+
+def find_culture_units(model, sae, site: str, probe, cfg: AnalysisConfig, out: Path, report: Report):
+    """WFS culture units of the SAE latents (decision 6: K from the elbow of the positive part of
+    each culture's sorted curve, and where K came from), on the probe nouns only."""
+    import sae as saelib
+    from circuits import runner
+    from circuits.units import culture_units, sae_basis
+
+    units = culture_units(model, sae_basis(sae, site), probe, rho=cfg.rho, k_max=cfg.k_max, select=cfg.unit_select,
+                          min_drop=cfg.elbow_min_drop)
+    units.save(out / "units")
+    units.plot(out)
+    report.add(runner.units_markdown(units).replace("## Culture units", "## 4. Culture units"))
+    report.record("units", units)
+    report.record("k_sources", runner.k_sources(units))
+    saelib.export_features(sae, [i for u in units.cultures.values() for i in u.indices],
+                           [u.culture for u in units.cultures.values() for _ in u.indices], out / "features",
+                           scores=[s for u in units.cultures.values() for s in u.scores], site=site)
+    return units
+
+
+def _validation_row(name: str, v: Any, units: Any = None) -> str:
+    """One row of the basis comparison from a `Validation` or its JSON record."""
+    from circuits.results import jsonable
+
+    d = jsonable(v) if not isinstance(v, dict) else v
+    pct = lambda r: f"{100 * r['mean']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"  # noqa: E731
+    n = "–" if units is None else f"{sum(len(u.indices) for u in units.cultures.values()) / len(units.cultures):.1f}"
+    act = (d.get("controls") or {}).get("activity")
+    matched = "–" if not act else f"{100 * act['mean']:.1f} ± {100 * act['sd']:.1f} ({act['k']} draws)"
+    return (f"| {name} | {n} | {pct(d['baseline'])} | {pct(d['masked'])} | "
+            f"{100 * d['random_mean']:.1f} ± {100 * d['random_sd']:.1f} ({d.get('n_random', '?')} draws) | {matched} |")
+
+
+def attention_basis(model, layer: int, probe, test, judge, cfg: AnalysisConfig, out: Path, report: Report,
+                    sae_units: Any = None, neuron_units: Any = None) -> dict:
+    """Decision 9, the paper-literal basis: a Top-K SAE on the culture layer's self-attention
+    output (`hook_attn_out`), WFS units of its latents, masked vs random on the test nouns --
+    reported beside the residual-stream SAE and the MLP neurons."""
+    from circuits import runner
+    from circuits.units import culture_units, sae_basis
+    from circuits.validate import reference_activity, validate_units
+
+    site = f"text.blocks.{layer}.hook_attn_out"
+    sae, info = train_site_sae(model, site, cfg.attn_sae_tokens, cfg, out, "sae_attn")
+    units = culture_units(model, sae_basis(sae, site), probe, rho=cfg.rho, k_max=cfg.k_max, select=cfg.unit_select,
+                          min_drop=cfg.elbow_min_drop)
+    units.save(out / "units_attn")
+    # One uniform draw (the paper's control; near-silent on SAE latents) and `attn_validation`
+    # activity-matched draws (decision 10), as for the main basis.
+    reference = reference_activity(model, units, [p.concept_prompt for p in probe])
+    val = validate_units(model, units, test, judge, n_random=1, seed=cfg.seed, n_boot=cfg.n_boot,
+                         batch_size=cfg.batch_size, n_matched=cfg.attn_validation, reference=reference)
+    val.save(out / "validation_attn.json")
+    rows = [f"| unit basis (layer {layer}) | units per culture | baseline | Top-K masked | uniform random masked | "
+            "activity-matched random masked |", "|---|---|---|---|---|---|"]
+    if "validation_sae" in report.results:
+        rows.append(_validation_row(f"SAE latents of `hook_resid_post` (main)", report.results["validation_sae"], sae_units))
+    if "validation_neurons" in report.results:
+        rows.append(_validation_row("MLP neurons (`mlp.hook_post`)", report.results["validation_neurons"], neuron_units))
+    rows.append(_validation_row("SAE latents of `hook_attn_out` (paper-literal)", val, units))
+    src = ", ".join(f"{k}: {v}" for k, v in sorted(runner.k_sources(units).items()))
+    report.add(
+        f"## 5b. The paper-literal basis: the layer's self-attention output\n\n"
+        f"PAPER.md decision 9: the paper's SAE reads \"attention features\" of the culture layer. A Top-K SAE on "
+        f"`{site}` (same settings as section 3, {cfg.attn_sae_tokens:,} training tokens, probe and train nouns only; "
+        f"{_fvu(info)}), its culture units by the same WFS, elbow (K from: {src}) and noun filter, masked on the "
+        f"test nouns' modifier prompts:\n\n" + "\n".join(rows) + "\n\n" + val.table())
+    report.record("attn_basis", {"sae": {k: v for k, v in info.items() if k != "log"}, "units": units,
+                                 "validation": val, "k_sources": runner.k_sources(units)})
+    return {"sae": sae, "site": site, "units": units, "validation": val}
+
+
+def same_basis_sweep(model, probe, test, judge, layer: int, sae: Any, cfg: AnalysisConfig, out: Path,
+                     report: Report):
+    """The exhaustive causal sweep in the basis detection uses (decision 9): a Top-K SAE on
+    every layer's residual stream, all trained alike (`sweep_sae_tokens` each, on the same
+    prompts; with `sweep_sae_tokens=None` they get the main SAE's budget and the culture layer
+    reuses the main SAE), the top units per culture masked at each layer."""
+    from circuits import runner
+    from circuits.sweep import causal_sweep
+
+    if cfg.sweep_basis not in ("sae", "neuron"):
+        raise ValueError(f"AnalysisConfig.sweep_basis must be 'sae' or 'neuron'; got {cfg.sweep_basis!r}")
+    n_layers = model.encoders["text"].n_layers
+    tokens = cfg.sweep_sae_tokens or cfg.sae_tokens
+    saes, infos = ({layer: sae} if tokens == cfg.sae_tokens else {}), {}
+    if cfg.sweep_basis == "sae":
+        for l in range(n_layers):
+            if l not in saes:
+                saes[l], infos[l] = train_site_sae(model, f"text.blocks.{l}.hook_resid_post", tokens, cfg, out,
+                                                   f"sae_layers/layer{l}")
+    sweep = causal_sweep(model, probe, test, judge, n_units=cfg.sweep_units, chosen=layer, rho=cfg.rho,
+                         seed=cfg.seed, n_boot=cfg.n_boot, batch_size=cfg.batch_size,
+                         basis_for=saes if cfg.sweep_basis == "sae" else None)
+    sweep.save(out / "causal_sweep.json")
+    sweep.plot(out / "causal_sweep.png")
+    text = runner.causal_markdown(sweep).replace("## Exhaustive", "## 6. Exhaustive")
+    if infos:
+        main_fvu = ((report.results.get("sae") or {}).get("quality") or {}).get("fvu", float("nan"))
+        fvus = ", ".join(f"layer {l}: {infos[l]['quality_heldout']['fvu']:.4f}" if l in infos else
+                         f"layer {l}: {main_fvu:.4f} (the main SAE)" for l in range(n_layers))
+        text += (f"\nSame basis as detection: one Top-K SAE per layer ({cfg.sae_latents} latents, k = {cfg.sae_k}, "
+                 f"{tokens:,} training tokens each, probe and train nouns only); "
+                 f"held-out FVU by layer: {fvus}.\n")
+    report.add(text)
+    report.record("causal_sweep", sweep)
+    report.record("sweep_saes", {str(l): {k: v for k, v in i.items() if k != "log"} for l, i in infos.items()})
+    return sweep
 
 
 def appendix_b(model, judge, sae, site, units, cfg: AnalysisConfig, report: Report) -> dict:
@@ -263,15 +432,127 @@ def appendix_b(model, judge, sae, site, units, cfg: AnalysisConfig, report: Repo
                f"'{prompt}' with each culture's SAE latents switched on")
     n = len(seeds) * len(steers)
     rate = hits / max(n, 1)
+    # Fidelity beside the gain: noun kept, and structure against the unsteered image of the same seed.
+    # CIs resample cultures (each culture's seeds move together: they share one intervention).
+    from interp.fidelity import ssim
+
+    steered = [(im, o, seeds[i % len(seeds)]) for i, (im, o) in enumerate(zip(images, owner)) if o is not None]
+    plain = dict(zip(seeds, images_of[None]))
+    nouns = [g == TEST_NOUNS[1] for g in judge.predict_full([im for im, _, _ in steered])["noun"]] \
+        if hasattr(judge, "predict_full") else None
+    sims = ssim([im for im, _, _ in steered], [plain[sd] for _, _, sd in steered]).tolist()
+    grp = [o for _, o, _ in steered]
+    hit_ci = _ci([g == o for g, o in zip(got, owner) if o is not None], cfg, grp)
+    noun_txt = f"noun kept ({TEST_NOUNS[1]}) in {_fmt(_ci(nouns, cfg, grp))} %" if nouns is not None else "noun not judged"
+    sim_ci = _ci(sims, cfg, grp, scale=1.0)
     report.add(f"## 8. Appendix B: one neutral prompt, each culture's units switched on\n\n"
                f"Prompt `{prompt}` (English, no culture word); each culture's detected latents set to their mean "
                f"activation on that culture's probe prompts (SAE error kept). The judge names the intended culture "
-               f"in **{100 * rate:.1f} %** of {n} images (chance 1/15 = 6.7 %).\n\n![Appendix B](appendix_b.png)")
-    report.record("appendix_b", {"prompt": prompt, "hit_rate": rate, "per_culture": per})
+               f"in **{_fmt(hit_ci)} %** of {n} images (chance 1/15 = 6.7 %); {noun_txt}; SSIM against the unsteered "
+               f"image of the same seed {sim_ci[0]:.3f} [{sim_ci[1]:.3f}, {sim_ci[2]:.3f}]. CIs resample the "
+               f"{len(steers)} cultures (a culture's {len(seeds)} seeds together).\n\n![Appendix B](appendix_b.png)")
+    report.record("appendix_b", {"prompt": prompt, "hit_rate": rate, "hit_ci": hit_ci, "per_culture": per,
+                                 "noun_kept": None if nouns is None else _ci(nouns, cfg, grp), "ssim": sim_ci})
     return per
 
 
+def _ci(values: Sequence[Any], cfg: AnalysisConfig, groups: Sequence[Any] | None, scale: float = 100.0) -> list[float]:
+    """[mean, low, high] (× scale) with a bootstrap CI resampling `groups`."""
+    from interp import stats
+
+    iv = stats.bootstrap_ci(np.asarray(values, dtype=np.float64), groups=groups, n_boot=cfg.n_boot, seed=cfg.seed)
+    return [scale * iv.estimate, scale * iv.low, scale * iv.high]
+
+
+def _fmt(ci: Sequence[float]) -> str:
+    return f"{ci[0]:.1f} [{ci[1]:.1f}, {ci[2]:.1f}]"
+
+
+def units_dim(units: Any) -> int:
+    """Number of units in the basis of `units` (d_sae for SAE latents)."""
+    return int(units.basis.sae.d_sae) if units.basis.kind == "sae" else int(len(units.cultures[next(iter(units.cultures))].wfs_cult))
+
+
+def enhancer_table(rows: dict[str, tuple[Any, dict]]) -> str:
+    """The enhancer table with fidelity beside the gain (`circuits.evaluate.summarise` per row)."""
+    f = lambda r: "–" if r is None else r.pct()  # noqa: E731
+    g = lambda r: "–" if r is None else f"{r.mean:.3f} [{r.low:.3f}, {r.high:.3f}]"  # noqa: E731
+    lines = ["## 7b. Layer enhancer", "", "| enhancer | layer | CultureVQA % (noun-only prompts) | noun acc % | "
+             "SSIM vs baseline image |", "|---|---|---|---|---|"]
+    for name, (layer, m) in rows.items():
+        lines.append(f"| {name} | {'–' if layer is None else layer} | {f(m['culture'])} | {f(m['noun'])} | {g(m['ssim'])} |")
+    return "\n".join(lines + [""])
+
+
+def specificity_step(model, judge, units, cfg: AnalysisConfig, out: Path, report: Report, timings: dict,
+                     mode: str = "mask", lam: float | None = None) -> Any:
+    """Culture x culture specificity (circuits.specificity) on the local prompts of `cfg.spec_nouns`,
+    with unit overlap counts (mask mode) for the detected units and for the culture-specific
+    selection (WFS of A minus the max over other cultures)."""
+    from circuits.specificity import overlap_counts, overlap_markdown, specificity_matrix
+
+    t = time.time()
+    pairs = organism_pairs(cfg.spec_nouns)
+    sp = specificity_matrix(model, units, pairs, judge, mode=mode, lam=lam if lam is not None else 6.0, seed=cfg.seed,
+                            batch_size=cfg.batch_size, n_boot=cfg.n_boot, label="detected units")
+    sp.save(out / f"specificity_{mode}.json")
+    sp.plot(out / f"specificity_{mode}.png")
+    n = sum(sp.n_per_culture.values())
+    if mode == "mask":
+        from circuits.units import culture_units
+
+        probe = organism_pairs(PROBE_NOUNS, _en_train())
+        specific = culture_units(model, units.basis, probe, rho=cfg.rho, k_max=cfg.k_max, select="specific")
+        o, o_spec = overlap_counts(units), overlap_counts(specific)
+        text = ("## 5a. Are the units culture-specific?\n\n"
+                f"Culture A's units masked on the modifier prompts of every culture B (local prompts of {cfg.spec_nouns}, "
+                f"{n} prompts, one image each); the specificity index SI = (D − O)/(|D| + |O|) compares the mean "
+                f"CultureVQA drop on A's own prompts (D) with the mean drop on other cultures' prompts (O): 1 = only "
+                f"A's culture is erased, 0 = every culture alike. CI: prompts resampled within each culture.\n\n"
+                + sp.table() + f"\n\n![specificity (mask)](specificity_{mode}.png)\n\n"
+                + overlap_markdown(o, "detected units") + "\n\n"
+                + "Selecting culture-specific units instead (`culture_units(..., select=\"specific\")`: WFS_cult of A "
+                  "minus the largest WFS_cult of any other culture, same elbow and noun filter): "
+                + overlap_markdown(o_spec, "culture-specific units") + "\n")
+        report.record("overlap", {"detected": o, "specific": o_spec})
+    else:
+        text = (f"## 7c. Does a culture's amplifier pull other cultures' prompts to it?\n\n"
+                f"Culture A's units amplified at the chosen λ = {lam:g} on the noun-only prompts of every culture B "
+                f"(local prompts of {cfg.spec_nouns}, {n} prompts); effect = gain in the share of B's images judged as "
+                f"culture A. A large off-diagonal effect means A's units carry A's style into any prompt (steering), "
+                f"not only into A's own.\n\n" + sp.table() + f"\n\n![specificity (amplify)](specificity_{mode}.png)\n")
+    report.add(text)
+    report.record(f"specificity_{mode}", sp)
+    timings[f"specificity_{mode}"] = time.time() - t
+    return sp
+
+
+def _en_train() -> Sequence[str]:
+    from circuits.organism import prompts as op
+
+    return op.EN_MOD_TRAIN
+
+
 # ---- the main job ------------------------------------------------------------------------------
+class _StepTimer(tqdm):
+    """The step counter, also recording each step's wall time (`timings["step N"]`, seconds), so
+    the report shows where the main job's time goes, and writing the report so far after every
+    step (an interrupted run leaves what it measured)."""
+
+    def __init__(self, timings: dict, report: Report | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._timings, self._report, self._last = timings, report, time.time()
+
+    def update(self, n: int = 1) -> Any:
+        now = time.time()
+        self._timings[f"step {self.n + n}"] = now - self._last
+        self._last = now
+        if self._report is not None:
+            self._report.record("timings_seconds", self._timings)
+            self._report.write()
+        return super().update(n)
+
+
 def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Path | None = None,
             judge_dir: str | Path | None = None, cfg: AnalysisConfig | None = None) -> Path:
     """Run every step on the organism and write `out/report.md`, `report.html`, `results.json`."""
@@ -286,7 +567,9 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     from circuits.scan import culture_layer_scan
     from circuits.sweep import causal_sweep
     from circuits.units import culture_units, neuron_basis, sae_basis
-    from circuits.validate import validate_units
+    from circuits.evaluate import score, summarise
+    from circuits.pairs import as_pairs, by_concept
+    from circuits.validate import reference_activity, validate_units
 
     t0 = time.time()
     cfg = cfg or (AnalysisConfig.quick() if quick else AnalysisConfig())
@@ -303,8 +586,10 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
                f"{PROBE_NOUNS} ({len(probe)} pairs, local + English training templates), enhancer training "
                f"{TRAIN_NOUNS}, test {TEST_NOUNS} ({len(test)} pairs: local{' + a held-out English template' if cfg.english_test else ''}). "
                f"CultureVQA = the organism's CNN judge picks the intended culture among 15 + unrecognisable. "
-               f"Brackets are 95 % bootstrap CIs over prompts.")
-    steps = tqdm(total=8, desc="culture analysis", unit="step")
+               f"Brackets are 95 % bootstrap CIs that resample prompts: where several images (seeds) share a prompt, "
+               f"they are resampled together, and paired tests average a prompt's seeds first.")
+    timings: dict[str, float] = {}
+    steps = _StepTimer(timings, report, total=8, desc="culture analysis", unit="step")
 
     organism_quality(model, judge, cfg, report)
     steps.update()
@@ -320,24 +605,22 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     sae, site = train_culture_sae(model, layer, cfg, out, report)
     steps.update()
 
-    units = culture_units(model, sae_basis(sae, site), probe, rho=cfg.rho, k_max=cfg.k_max)
-    units.save(out / "units")
-    units.plot(out)
-    report.add(runner.units_markdown(units).replace("## Culture units", "## 4. Culture units"))
-    report.record("units", units)
-    import sae as saelib
-
-    saelib.export_features(sae, [i for u in units.cultures.values() for i in u.indices],
-                           [u.culture for u in units.cultures.values() for _ in u.indices], out / "features",
-                           scores=[s for u in units.cultures.values() for s in u.scores], site=site)
+    units = find_culture_units(model, sae, site, probe, cfg, out, report)
     steps.update()
 
+    t_step = time.time()
+    reference = reference_activity(model, units, [p.concept_prompt for p in probe])
     val = validate_units(model, units, test, judge, n_random=cfg.n_random, noun_judge=noun_judge, seed=cfg.seed,
-                         n_boot=cfg.n_boot, batch_size=cfg.batch_size)
+                         n_boot=cfg.n_boot, batch_size=cfg.batch_size, n_matched=cfg.n_matched, reference=reference)
     val.save(out / "validation.json")
     val.plot(out / "validation.png")
     text = runner.validation_markdown(val).replace("## Masking", "## 5. Masking")
-    text += f"\nPaper (CultureVQA %): {PAPER['mask']}.\n"
+    text += (f"\nControls (decision 10): the paper's uniform draw over all {units_dim(units)} units of the basis, and "
+             f"an activity-matched draw — per detected unit, a unit whose firing frequency and mean magnitude on the "
+             f"probe prompts' tokens ({reference.shape[0]} tokens) fall in the same quantile bins (5 bins among "
+             f"units that fire; never-firing units form their own bin). \"Site change\" is the L2 change of the "
+             f"culture layer's activation (all positions, the evaluation prompts) relative to masking the Top-K "
+             f"units: a draw at ~0 cannot change any image.\n\nPaper (CultureVQA %): {PAPER['mask']}.\n")
     report.record("validation_sae", val)
     if cfg.neuron_validation:
         n_units = culture_units(model, neuron_basis(layer), probe, rho=cfg.rho, k_max=cfg.k_max)
@@ -347,23 +630,33 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
                  f"{layer} as the unit basis (decision 3):\n\n" + n_val.table() + "\n")
         report.record("validation_neurons", n_val)
     report.add(text)
+    timings["validation"] = time.time() - t_step
+    specificity_step(model, judge, units, cfg, out, report, timings, mode="mask")
     steps.update()
 
-    sweep = causal_sweep(model, probe, test, judge, n_units=cfg.sweep_units, chosen=layer, rho=cfg.rho,
-                         seed=cfg.seed, n_boot=cfg.n_boot, batch_size=cfg.batch_size)
-    sweep.save(out / "causal_sweep.json")
-    sweep.plot(out / "causal_sweep.png")
-    report.add(runner.causal_markdown(sweep).replace("## Exhaustive", "## 6. Exhaustive"))
-    report.record("causal_sweep", sweep)
+    attention_basis(model, layer, probe, test, judge, cfg, out, report, sae_units=units,
+                    neuron_units=n_units if cfg.neuron_validation else None)
+    sweep = same_basis_sweep(model, probe, test, judge, layer, sae, cfg, out, report)
     steps.update()
 
+    t_step = time.time()
+    probe_local = organism_pairs(PROBE_NOUNS)
     lam = lambda_sweep(model, units, test_local, judge, lams=cfg.lams, n_random=cfg.lam_random,
-                       noun_judge=noun_judge, seed=cfg.seed, n_boot=cfg.n_boot, batch_size=cfg.batch_size)
+                       noun_judge=noun_judge, seed=cfg.seed, n_boot=cfg.n_boot, batch_size=cfg.batch_size,
+                       n_matched=cfg.lam_matched, reference=reference, select_on=probe_local,
+                       max_noun_drop=cfg.max_noun_drop)
     lam.save(out / "lambda_sweep.json")
     lam.plot(out / "lambda_sweep.png")
-    report.add(runner.sweep_markdown(lam).replace("## Amplifier", "## 7a. Amplifier") +
-               f"\nOn local noun-only prompts of the test nouns. Paper: {PAPER['lambda']}.\n")
+    sel = lam.selection
+    report.add("## 7a. Amplifier λ sweep\n\n" + lam.table() +
+               f"\n\nλ is chosen on the **probe** nouns {PROBE_NOUNS}' local noun-only prompts (CultureVQA by λ: "
+               f"{[round(100 * x, 1) for x in sel['culture']]}; noun accuracy: "
+               f"{[round(100 * x, 1) for x in sel['noun']] if sel.get('noun') else '–'}) and reported on the test "
+               f"nouns' local noun-only prompts. SSIM is against the unsteered image of the same prompt and seed "
+               f"(1 = same structure). Paper: {PAPER['lambda']}.\n\n![λ sweep](lambda_sweep.png)\n")
     report.record("lambda_sweep", lam)
+    timings["lambda_sweep"] = time.time() - t_step
+    specificity_step(model, judge, units, cfg, out, report, timings, mode="amplify", lam=lam.best_lam)
     steps.update()
 
     rng = np.random.default_rng(cfg.seed)
@@ -371,28 +664,38 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
 
     train = [(r.noun_only, Image.fromarray(render(op.noun_of(r), r.culture, rng)))
              for r in op.records() if op.noun_of(r) in TRAIN_NOUNS for _ in range(cfg.enhancer_renders)]
-    rows = {"none (baseline)": (None, runner.evaluate_enhancer(model, None, test_local, judge, cfg.seed,
-                                                               n_boot=cfg.n_boot, batch_size=cfg.batch_size))}
+    t_step = time.time()
+    groups_local = by_concept(as_pairs(test_local))
+    gen = dict(prompt="noun", noun_judge=noun_judge, seed=cfg.seed, batch_size=cfg.batch_size, keep_images=True)
+    base_s = score(model, groups_local, judge, None, desc="enhancer baseline", **gen)
+    rows = {"none (baseline)": (None, summarise(base_s, base_s, cfg.n_boot, cfg.seed))}
     enh = {}
     control = random_other_layer(model.encoders["text"].n_layers, layer, cfg.seed)
     for name, l in (("culture layer", layer), ("random other layer", control)):
         run = train_enhancer(model, train, layer=l, out=out / f"enhancer_layer{l}", steps=cfg.enhancer_steps,
                              lr=cfg.enhancer_lr, seed=cfg.seed, split=None, progress=False)
         enh[name] = run
-        rows[name] = (l, runner.evaluate_enhancer(model, run.enhancer, test_local, judge, cfg.seed,
-                                                  n_boot=cfg.n_boot, batch_size=cfg.batch_size))
-    report.add(runner.enhancer_markdown(rows).replace("## Layer enhancer", "## 7b. Layer enhancer") +
+        s = score(model, groups_local, judge, lambda c, e=run.enhancer: [e], desc=f"enhancer {name}", **gen)
+        rows[name] = (l, summarise(s, base_s, cfg.n_boot, cfg.seed))
+    report.add(enhancer_table(rows) +
                f"\nTrained on {len(train)} (local noun-only prompt, rendered reference image) pairs of the train "
                f"nouns {TRAIN_NOUNS}, {cfg.enhancer_steps} steps, AdamW {cfg.enhancer_lr:g}, denoising MSE; "
-               f"evaluated on the test nouns' local noun-only prompts.\n")
-    report.record("enhancer", {k: {"layer": l, "culturevqa": r} for k, (l, r) in rows.items()})
+               f"evaluated on the test nouns' local noun-only prompts ({len(base_s.ids)} prompts, one image each). "
+               f"SSIM against the baseline (no enhancer) image of the same prompt and seed.\n")
+    report.record("enhancer", {k: {"layer": l, "culturevqa": m["culture"], "noun": m["noun"], "ssim": m["ssim"]}
+                               for k, (l, m) in rows.items()})
+    timings["enhancer"] = time.time() - t_step
     steps.update()
 
+    t_step = time.time()
     appendix_b(model, judge, sae, site, units, cfg, report)
     gap_figure(model, judge, units, site, sae, lam.best_lam, enh["culture layer"].enhancer, report)
+    timings["appendix_b_and_figure"] = time.time() - t_step
     steps.close()
-    report.add(f"---\nWall time: {time.time() - t0:.0f} s. Reproduce: `culturelens analyze --out {out}"
-               f"{' --quick' if quick else ''}`.")
+    report.record("timings_seconds", timings)
+    report.add(f"---\nWall time: {time.time() - t0:.0f} s (by step, s: "
+               + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) +
+               f"). Reproduce: `culturelens analyze --out {out}{' --quick' if quick else ''}`.")
     report.record("config", dataclasses.asdict(cfg))
     report.record("wall_seconds", time.time() - t0)
     return report.write()

@@ -69,6 +69,9 @@ class Report:
     def write(self) -> Path:
         import markdown
 
+        from interp import distributed
+
+        self.record("world_size", distributed.world_size())  # processes that shared the generation
         md = self.markdown()
         body = markdown.markdown(md, extensions=["tables", "fenced_code"])
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{self.title}</title>"

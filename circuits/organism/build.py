@@ -1,7 +1,7 @@
 """Build the shipped CultureWorld organism: train (resumable), train the judge, export, evaluate.
 
-    culturelens organism-build --out assets/cultureworld --steps 2600
-    python -m circuits.organism.build --out assets/cultureworld --steps 2600
+    culturelens organism-build --out circuits/organism/assets/cultureworld --steps 2600
+    python -m circuits.organism.build --out circuits/organism/assets/cultureworld --steps 2600
 
 Writes `<out>/pipeline/` (diffusers folder, EMA weights), `<out>/judge/`, and
 `<out>/logs/` (train.log, judge.json, eval.json, eval.md, renders.png). Training scratch
@@ -22,6 +22,7 @@ from circuits.organism.cli import add_arguments
 from circuits.organism.evaluate import evaluate_organism
 from circuits.organism.export import pipeline_from_run, save_pipeline
 from circuits.organism.judge import CultureWorldJudge, clean_accuracy, junk_rejection, train_judge
+from circuits.organism.shipped import ORGANISM
 from circuits.organism.render import grid_figure
 from circuits.organism.train import TrainConfig, train
 
@@ -41,7 +42,7 @@ def build_judge(folder: str | Path, resume: bool = True, seed: int = 0) -> tuple
 
 
 def build(
-    out_dir: str | Path = "assets/cultureworld",
+    out_dir: str | Path = ORGANISM,
     steps: int = 2600,
     resume: bool = True,
     run_dir: str | Path = "runs/organism",

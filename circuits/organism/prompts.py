@@ -83,12 +83,18 @@ def noun_of(record: culturebench.Record) -> str:
     return record.id.split("-", 1)[1]
 
 
-def training_corpus() -> list[str]:
-    """Every prompt the training mix can show (the tokenizer's corpus); no held-out template."""
+def training_corpus(nouns: tuple[str, ...] | None = None) -> list[str]:
+    """Every prompt the training mix can show (the tokenizer's corpus); no held-out template.
+    `nouns` keeps only the prompts of these nouns (and the empty prompt)."""
+    nouns = NOUNS if nouns is None else tuple(nouns)
+    unknown = sorted(set(nouns) - set(NOUNS))
+    if unknown:
+        raise ValueError(f"training_corpus: unknown nouns {unknown}; the organism's nouns are {NOUNS}")
     texts = [""]
     for r in _records():
-        texts += [r.noun_only, r.modifier_noun]
-    for n in NOUNS:
+        if noun_of(r) in nouns:
+            texts += [r.noun_only, r.modifier_noun]
+    for n in nouns:
         texts += [english_noun(n, t) for t in EN_NOUN_TRAIN]
         for c in CULTURES:
             texts += [english_modifier(n, c, t) for t in EN_MOD_TRAIN]

@@ -4,6 +4,7 @@ scored at the answer position over the 16 option letters, option order shuffled 
 from __future__ import annotations
 
 import string
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ class VLMJudge(Judge):
         tokenizer = getattr(processor, "tokenizer", processor)
         self.letter_ids = _letter_ids(tokenizer)
         self.offset = 0  # image index of the next call's first image, for per-image orders
+        import inspect
+
+        self.keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def prompt(self, order: Sequence[str]) -> str:
         """The question with options listed in `order`."""
@@ -96,6 +100,8 @@ class VLMJudge(Judge):
         """Logits of the 16 letters (in A..P order) at the answer position: one forward."""
         device = next(self.model.parameters()).device
         enc = {k: v.to(device) if hasattr(v, "to") else v for k, v in self.inputs(image, order).items()}
+        if self.keep_last:  # only the answer position's logits (a 150k-word head over every position is costly)
+            enc["logits_to_keep"] = 1
         logits = self.model(**enc).logits[0, -1].float()
         return torch.stack([torch.logsumexp(logits[ids], 0) for ids in self.letter_ids])
 
@@ -113,6 +119,42 @@ class VLMJudge(Judge):
         return super().__call__(images)
 
 
+def image_text_processor(path: str | Path) -> Any:
+    """The folder's processor class (`processor_class` in preprocessor_config.json) built from its
+    image processor, tokenizer and chat template, with no video processor. transformers 5 builds
+    e.g. Qwen2-VL's video processor on load, and that one needs torchvision; images do not."""
+    import json
+
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    path = Path(path)
+    cfg_file = path / "preprocessor_config.json"
+    name = json.loads(cfg_file.read_text()).get("processor_class") if cfg_file.is_file() else None
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None:
+        raise JudgeError(f"{cfg_file}: no known processor_class ({name!r}) to assemble the processor from")
+    template = None
+    if (path / "chat_template.json").is_file():
+        template = json.loads((path / "chat_template.json").read_text())["chat_template"]
+    elif (path / "chat_template.jinja").is_file():
+        template = (path / "chat_template.jinja").read_text()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    template = template or getattr(tokenizer, "chat_template", None)
+    if template is None:
+        raise JudgeError(f"{path}: no chat template (chat_template.json, chat_template.jinja or the tokenizer's)")
+
+    class WithoutVideo(cls):  # accept the missing video processor; everything else is checked as usual
+        def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
+            if arg is None and attribute_name == "video_processor":
+                return None
+            return super().check_argument_for_proper_class(attribute_name, arg)
+
+    kwargs = {"video_processor": None} if "video_processor" in cls.get_attributes() else {}
+    return WithoutVideo(image_processor=AutoImageProcessor.from_pretrained(path, local_files_only=True),
+                        tokenizer=tokenizer, chat_template=template, **kwargs)
+
+
 def vlm(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32, **kwargs: Any) -> VLMJudge:
     """A VLM judge from a local folder (`AutoModelForImageTextToText` + `AutoProcessor`)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -120,6 +162,13 @@ def vlm(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float3
     path = Path(path)
     if not path.is_dir():
         raise JudgeError(f"VLM folder {path} does not exist")
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    except ImportError as e:
+        if "torchvision" not in str(e).lower():
+            raise
+        processor = image_text_processor(path)
+        warnings.warn(f"{path}: torchvision is not installed, so the processor was assembled without its video "
+                      "processor (the judge only passes images)", stacklevel=2)
     model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype)
     return VLMJudge(model.to(device).eval(), processor, **kwargs)

@@ -1,0 +1,232 @@
+"""Our Top-K SAE trainer against eai-sparsify (and SAELens when available) on the same data.
+
+Both trainers see the same batches (same seeded draws from the same training rows), the same
+SAE shape (d_sae 4096, k 32), batch 1024, Adam(W) lr 4e-4 constant (wd 0), AuxK 1/32 on
+latents dead for `sae.model.dead_tokens_for(budget)` tokens, and are evaluated on the same
+held-out rows. Steps are interleaved (one of ours, one of theirs) so load from other
+processes hits both alike; only the training steps are timed (optimizer construction,
+data-dependent init and evaluation are excluded for both).
+
+Data sets:
+- organism: `text.blocks.0.hook_resid_post` of the shipped CultureWorld organism (d_in 128),
+  training rows from the probe + train nouns' prompts, held out: the test nouns' prompts
+  (as `circuits/analysis/cultureworld.py` builds its SAE store);
+- planted: `sae.synthetic.planted` (d_in 768, 4096 unit atoms, 32 per row, noise 0.01),
+  65,536 training rows, 8,192 held out; planted recovery = atoms whose best decoder row has
+  cosine >= 0.9.
+
+Reported per budget (checkpoints of one run, so FVU vs tokens and vs wall time come from
+the same curve): held-out FVU, seconds per 1M tokens, dead % (no activation in the last
+`dead_tokens` training tokens, counted the same way for both), planted recovery; then ratios
+ours / sparsify. SAELens: set CULTURELENS_SAELENS_PYTHON to an interpreter with sae-lens (it
+cannot live in this venv: it pins transformer-lens 3.x); without it the SAELens column is
+skipped with a message.
+
+Run: python benchmarks/bench_sae_peers.py [--quick] [--big] [--data organism planted]
+     --quick: 0.25M tokens only; default: 0.25M and 1M; --big: also 4M (long on shared CPUs).
+Needs the `bench` extra (eai-sparsify)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sae.model import TopKSAE, dead_tokens_for
+from sae.synthetic import planted, recovery
+from sae.train import make_optimizer, train_step
+
+D_SAE, K, BATCH, LR, AUX = 4096, 32, 1024, 4e-4, 1 / 32
+
+
+def organism_data() -> tuple[torch.Tensor, torch.Tensor, None]:
+    import interp
+    from circuits.analysis.cultureworld import PROBE_NOUNS, TEST_NOUNS, TRAIN_NOUNS
+    from circuits.organism import prompts as op
+    from circuits.organism.shipped import ORGANISM
+    from sae.store import ActivationStore
+
+    model = interp.load(ORGANISM / "pipeline", trust_remote_code=True)
+    site = "text.blocks.0.hook_resid_post"
+    train = sorted(set(op.training_corpus(PROBE_NOUNS + TRAIN_NOUNS)) - {""}) + [""]
+    held = sorted(set(op.training_corpus(TEST_NOUNS)) - {""})
+    with tempfile.TemporaryDirectory() as d:
+        xs = [ActivationStore.build(Path(d) / n, model, p, site, drop="none", progress=False).all()
+              for n, p in (("train", train), ("held", held))]
+    return xs[0], xs[1], None
+
+
+def planted_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, D = planted(65_536 + 8_192, 768, 4096, 32, noise=0.01, seed=0)
+    return x[:65_536], x[65_536:], D
+
+
+class Ours:
+    name = "culturelens"
+
+    def __init__(self, xtr: torch.Tensor, dead_tokens: int, seed: int):
+        self.sae = TopKSAE(xtr.shape[1], D_SAE, K, dead_tokens=dead_tokens, seed=seed)
+        self.sae.init_from_data(xtr[:16 * BATCH])  # what sae.train does before step 1
+        self.opt = make_optimizer(self.sae, LR)
+
+    def step(self, xb: torch.Tensor) -> torch.Tensor:
+        train_step(self.sae, self.opt, xb, AUX)
+        return self.sae.tokens_since_fired == 0  # fired in this batch
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sae(x)
+
+    def decoder(self) -> torch.Tensor:
+        return self.sae.W_dec.detach()
+
+
+class Sparsify:
+    """sparsify's SparseCoder driven the way its Trainer drives it (b_dec = first batch mean,
+    unit decoder before each forward, parallel-gradient removal, fvu + α·auxk), at our
+    constant lr instead of its warmup/decay schedule so the two runs share every setting."""
+
+    name = "sparsify"
+
+    def __init__(self, xtr: torch.Tensor, dead_tokens: int, seed: int):
+        from sparsify import SparseCoder, SparseCoderConfig
+
+        torch.manual_seed(seed)
+        self.sc = SparseCoder(xtr.shape[1], SparseCoderConfig(num_latents=D_SAE, k=K))
+        self.opt = torch.optim.Adam(self.sc.parameters(), lr=LR)
+        self.since = torch.zeros(D_SAE, dtype=torch.long)
+        self.dead_tokens, self.first = dead_tokens, True
+
+    def step(self, xb: torch.Tensor) -> torch.Tensor:
+        sc = self.sc
+        if self.first:
+            sc.b_dec.data = xb.mean(0)
+            self.first = False
+        sc.set_decoder_norm_to_unit_norm()
+        out = sc(xb, dead_mask=self.since > self.dead_tokens)
+        (out.fvu + AUX * out.auxk_loss).backward()
+        sc.remove_gradient_parallel_to_decoder_directions()
+        self.opt.step()
+        self.opt.zero_grad()
+        fired = torch.zeros(D_SAE, dtype=torch.bool)
+        fired[out.latent_indices.flatten()] = True  # sparsify's own did_fire rule
+        self.since += xb.shape[0]
+        self.since[fired] = 0
+        act = torch.zeros(D_SAE, dtype=torch.bool)
+        act[out.latent_indices[out.latent_acts > 1e-3]] = True  # our dead_threshold
+        return act
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        self.sc.set_decoder_norm_to_unit_norm()
+        return self.sc(x).sae_out
+
+    def decoder(self) -> torch.Tensor:
+        self.sc.set_decoder_norm_to_unit_norm()
+        return self.sc.W_dec.detach()
+
+
+def held_out_fvu(model, x: torch.Tensor) -> float:
+    sse = sum(float((model.reconstruct(x[i:i + 4096]) - x[i:i + 4096]).pow(2).sum())
+              for i in range(0, x.shape[0], 4096))
+    return sse / float((x - x.mean(0)).pow(2).sum())
+
+
+def run(name: str, budgets: list[int], seed: int = 0) -> dict:
+    xtr, xte, atoms = organism_data() if name == "organism" else planted_data()
+    total = max(budgets)
+    dead_tokens = dead_tokens_for(total, BATCH)
+    trainers = [Ours(xtr, dead_tokens, seed), Sparsify(xtr, dead_tokens, seed)]
+    secs = {t.name: 0.0 for t in trainers}
+    since = {t.name: torch.zeros(D_SAE, dtype=torch.long) for t in trainers}
+    curves = {t.name: [] for t in trainers}
+    g = torch.Generator().manual_seed(seed + 1)
+    marks = {b // BATCH for b in budgets} | {s * total // BATCH // 8 for s in range(1, 9)}
+    for step in range(1, total // BATCH + 1):
+        xb = xtr[torch.randint(0, xtr.shape[0], (BATCH,), generator=g)]
+        for t in trainers:
+            t0 = time.perf_counter()
+            active = t.step(xb)
+            secs[t.name] += time.perf_counter() - t0
+            since[t.name] += BATCH
+            since[t.name][active] = 0
+        if step in marks:
+            for t in trainers:
+                row = {"tokens": step * BATCH, "sec": secs[t.name],
+                       "fvu": held_out_fvu(t, xte),
+                       "dead": float((since[t.name] >= min(dead_tokens, step * BATCH)).float().mean())}
+                if atoms is not None:
+                    row["recovery"] = recovery(t.decoder(), atoms, 0.9)[0]
+                curves[t.name].append(row)
+    return {"data": name, "d_in": xtr.shape[1], "train_rows": xtr.shape[0],
+            "heldout_rows": xte.shape[0], "dead_tokens": dead_tokens, "curves": curves,
+            "budgets": budgets}
+
+
+def saelens_note() -> str:
+    py = os.environ.get("CULTURELENS_SAELENS_PYTHON")
+    if not py:
+        return ("SAELens: skipped (set CULTURELENS_SAELENS_PYTHON to a Python with sae-lens "
+                "installed; it cannot share this venv, sae-lens pins transformer-lens 3.x)")
+    return (f"SAELens: CULTURELENS_SAELENS_PYTHON={py} is set, but this benchmark has no SAELens "
+            "training runner yet (not measured)")
+
+
+def table(res: dict) -> str:
+    out = [f"### {res['data']} (d_in {res['d_in']}, {res['train_rows']:,} training rows, "
+           f"{res['heldout_rows']:,} held out; dead after {res['dead_tokens']:,} tokens)", "",
+           "| tokens | library | held-out FVU | s per 1M tokens | dead % | planted recovered |",
+           "|---|---|---|---|---|---|"]
+    for b in res["budgets"]:
+        for lib, rows in res["curves"].items():
+            r = next(r for r in rows if r["tokens"] == b // BATCH * BATCH)
+            rec = f"{100 * r['recovery']:.1f} %" if "recovery" in r else "–"
+            out.append(f"| {b / 1e6:g}M | {lib} | {r['fvu']:.4f} | {r['sec'] / r['tokens'] * 1e6:.1f} | "
+                       f"{100 * r['dead']:.1f} | {rec} |")
+        o = next(r for r in res["curves"]["culturelens"] if r["tokens"] == b // BATCH * BATCH)
+        s = next(r for r in res["curves"]["sparsify"] if r["tokens"] == b // BATCH * BATCH)
+        out.append(f"| {b / 1e6:g}M | ratio ours/sparsify | {o['fvu'] / s['fvu']:.2f} | "
+                   f"{o['sec'] / s['sec']:.2f} | | |")
+    out += ["", "FVU vs wall time (s): " + "; ".join(
+        f"{lib}: " + ", ".join(f"{r['sec']:.0f}s→{r['fvu']:.4f}" for r in rows)
+        for lib, rows in res["curves"].items())]
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="0.25M tokens only")
+    ap.add_argument("--big", action="store_true", help="also 4M tokens (long on shared CPUs)")
+    ap.add_argument("--data", nargs="+", default=["organism", "planted"],
+                    choices=["organism", "planted"])
+    ap.add_argument("--json", help="write the raw results here")
+    a = ap.parse_args()
+    try:
+        import sparsify
+    except ImportError:
+        print("eai-sparsify is not installed: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    from importlib.metadata import version
+
+    budgets = [250_000] if a.quick else [250_000, 1_000_000] + ([4_000_000] if a.big else [])
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"eai-sparsify {version('eai-sparsify')} ({sparsify.__name__})", flush=True)
+    results = []
+    for name in a.data:
+        res = run(name, budgets)
+        results.append(res)
+        print(table(res) + "\n", flush=True)
+    print(saelens_note())
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
