@@ -12,7 +12,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.errors import CultureLensError
+from interp.errors import CultureLensError, PromptTooLongError
 
 from . import ca as cam
 from .pairs import PromptPair, as_pairs
@@ -153,8 +153,15 @@ def culture_layer_scan(
         bad = [l for l in ls if not 0 <= l < te.n_layers]
         if bad:
             raise CultureLensError(f"culture_layer_scan: layer {bad[0]} outside [0, {te.n_layers}) of encoder {enc!r}")
-        out[enc] = _scan_encoder(model, pairs, enc, te.causal, ls, d, list(seeds), n_boot, ci, margin, batch_size,
-                                 list(interventions), trim)
+        try:
+            out[enc] = _scan_encoder(model, pairs, enc, te.causal, ls, d, list(seeds), n_boot, ci, margin, batch_size,
+                                     list(interventions), trim)
+        except PromptTooLongError as e:
+            # CA needs every modifier and noun token, so truncating would score a different prompt:
+            # the scan offers no truncate= and says so (the tokenizer's own message suggests it).
+            raise PromptTooLongError(f"culture_layer_scan on encoder {enc!r}: {str(e).split(' (pass truncate')[0]}; "
+                                     "the scan needs whole prompts (CA reads the modifier and noun tokens): "
+                                     "shorten or drop that pair") from None
     return LayerScan(out, list(seeds), ci)
 
 

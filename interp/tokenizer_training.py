@@ -107,6 +107,22 @@ _UNIGRAM_SPECIALS = {
 }
 
 
+
+def _canonical_unigram(tok: Tokenizer, n_specials: int, unk: str) -> models.Unigram:
+    """The trained Unigram model with its pieces in a canonical order.
+
+    The `tokenizers` Unigram trainer iterates Rust hash maps seeded per process, so the same
+    corpus gives the same pieces with scores equal to ~1e-12 but in a different id order from one
+    process to the next. Specials keep their ids; the other pieces are sorted by score (rounded
+    to 1e-6) and then by text, so a tokenizer is the same in every process (same seed, same ids)."""
+    import json
+
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    head, rest = vocab[:n_specials], vocab[n_specials:]
+    rest = sorted(((p, round(float(sc), 6)) for p, sc in rest), key=lambda ps: (-ps[1], ps[0]))
+    pieces = [(p, float(sc)) for p, sc in head] + rest
+    return models.Unigram(pieces, unk_id=[p for p, _ in pieces].index(unk), byte_fallback=False)
+
 def train_unigram(
     corpus: Iterable[str],
     vocab_size: int = 800,
@@ -136,6 +152,7 @@ def train_unigram(
         vocab_size=vocab_size, special_tokens=specials, unk_token=unk, show_progress=False, max_piece_length=8
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    tok.model = _canonical_unigram(tok, len(specials), unk)
     if mask is not None:
         tok.add_special_tokens([mask])
     eos_id = tok.token_to_id(eos)

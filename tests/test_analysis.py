@@ -86,3 +86,42 @@ def test_specificity_reported(report: Path) -> None:
         assert -1 <= sp["index"] <= 1 and sp["index_ci"][0] <= sp["index_ci"][1]
     o = res["overlap"]["detected"]
     assert o["n_units"] == sum(len(u["indices"]) for u in res["units"]["cultures"].values())
+
+
+def _numbers(res: dict) -> dict:
+    """results.json without what may differ between runs of the same analysis: timings and the
+    world size (every other number must be equal)."""
+    drop = {"timings_seconds", "wall_seconds", "world_size", "train_seconds"}
+    if isinstance(res, dict):
+        return {k: _numbers(v) for k, v in res.items() if k not in drop}
+    if isinstance(res, list):
+        return [_numbers(v) for v in res]
+    return res
+
+
+def test_torchrun_two_processes_equal_one(report: Path, tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node=2 -m circuits.cli analyze --quick` (gloo, CPU) writes a
+    results.json equal to the single-process run's in every number (timings aside), records
+    world_size 2 (rank 0 writes the report)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "CULTURELENS_RENDEZVOUS_TIMEOUT": "120"})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "circuits.cli", "analyze", "--quick", "--out", str(out)]
+    p = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                       timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    one = json.loads((report / "results.json").read_text())
+    two = json.loads((out / "results.json").read_text())
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert _numbers(two) == _numbers(one)
+    assert (out / "report.md").is_file()

@@ -92,6 +92,10 @@ def test_errors(sd):
         circuits.culture_layer_scan(sd, [])
     with pytest.raises(interp.CultureLensError, match="pair 1 .*modifier 'Dutch'"):
         circuits.culture_layer_scan(sd, [PAIRS[0], ("a box", "a box", "Dutch", "box")])
+    long = ("a Japanese-style box " + "with a lid " * 12, "a box", "Japanese-style", "box", "ja")
+    with pytest.raises(interp.PromptTooLongError, match="the scan needs whole prompts") as err:
+        circuits.culture_layer_scan(sd, [long] + PAIRS, direction="both")
+    assert "truncate=True" not in str(err.value)  # the scan takes no truncate=: it must not suggest it
 
 
 def test_plot(sd, tmp_path):
