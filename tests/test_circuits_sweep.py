@@ -7,6 +7,7 @@ import torch
 
 import circuits
 import interp
+from planted import Planted, marker_tokens
 from circuits.pairs import SplitError
 from circuits.runner import causal_markdown
 from circuits.sweep import rank_layers
@@ -36,31 +37,8 @@ def model():
     return interp.tiny("sd", text_layers=3)
 
 
-class Planted:
-    """+value on chosen MLP neurons of one layer, at every token of a prompt that contains its
-    culture's marker token: the culture signal lives there and nowhere upstream."""
-
-    def __init__(self, model, site, markers, units, value=10.0):
-        self.site, self.markers, self.planted, self.value, self.ids = site, markers, units, value, None
-        model.encoders["text"].module.register_forward_pre_hook(self._grab, with_kwargs=True)
-
-    def _grab(self, mod, args, kwargs):
-        self.ids = args[0] if args else kwargs["input_ids"]
-
-    def apply(self, act):
-        out = act.clone()
-        for c, tok in self.markers.items():
-            rows = (self.ids == tok).any(1)
-            for j in self.planted[c]:
-                out[rows, :, j] += self.value
-        return out
-
-
 def _markers(model):
-    tok = model.encoders["text"].tokenizer
-    ids = {c: set(tok(f"a {n}-style box")["input_ids"]) for c, n in NAMES.items()}
-    common = set.intersection(*ids.values()) | set(tok("a box")["input_ids"])
-    return {c: sorted(ids[c] - common)[0] for c in NAMES}
+    return marker_tokens(model, {c: f"a {n}-style box" for c, n in NAMES.items()}, "a box")
 
 
 class NearestReference:

@@ -8,6 +8,7 @@ import torch
 
 import circuits
 import interp
+from planted import Planted, marker_tokens
 
 CULTURES = {
     "ja": [("a Japanese-style box", "a box", "Japanese-style", "box"),
@@ -28,32 +29,8 @@ def model():
     return interp.tiny("sd", text_layers=4)
 
 
-class Planted:
-    """Adds a fixed vector to chosen MLP neurons of one layer at every token of a prompt that
-    contains its culture's marker token (the test's ground truth)."""
-
-    def __init__(self, model, site, markers, units, value=10.0):
-        self.site, self.markers, self.planted, self.value = site, markers, units, value
-        self.ids = None
-        model.encoders["text"].module.register_forward_pre_hook(self._grab, with_kwargs=True)
-
-    def _grab(self, mod, args, kwargs):
-        self.ids = args[0] if args else kwargs["input_ids"]
-
-    def apply(self, act):
-        out = act.clone()
-        for c, tok in self.markers.items():
-            rows = (self.ids == tok).any(1)
-            for j in self.planted[c]:
-                out[rows, :, j] += self.value
-        return out
-
-
 def _markers(model):
-    tok = model.encoders["text"].tokenizer
-    ids = {c: set(tok(v[0][0])["input_ids"]) for c, v in CULTURES.items()}
-    common = set.intersection(*ids.values()) | set(tok(CULTURES["ja"][0][1])["input_ids"])
-    return {c: sorted(ids[c] - common)[0] for c in CULTURES}
+    return marker_tokens(model, {c: v[0][0] for c, v in CULTURES.items()}, CULTURES["ja"][0][1])
 
 
 @pytest.fixture(scope="module")
