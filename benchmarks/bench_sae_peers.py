@@ -17,10 +17,15 @@ Data sets:
 
 Reported per budget (checkpoints of one run, so FVU vs tokens and vs wall time come from
 the same curve): held-out FVU, seconds per 1M tokens, dead % (no activation in the last
-`dead_tokens` training tokens, counted the same way for both), planted recovery; then ratios
-ours / sparsify. SAELens: set CULTURELENS_SAELENS_PYTHON to an interpreter with sae-lens (it
-cannot live in this venv: it pins transformer-lens 3.x); without it the SAELens column is
-skipped with a message.
+`dead_tokens` training tokens, counted the same way for all), silent % (active on none of the
+training rows with the weights at that checkpoint: a latent AuxK keeps reviving for a few
+batches is not dead but may be silent), planted recovery; then ratios ours / each peer. SAELens: set CULTURELENS_SAELENS_PYTHON to an interpreter with sae-lens (it
+cannot live in this venv: it pins transformer-lens 3.x); `saelens_runner.py` then trains its
+TopKTrainingSAE on the same batches the way SAETrainer steps it (Adam, grad clip 1.0, its own
+init and un-normalised MSE + α·AuxK) in that interpreter, saves it with SAELens's
+`save_inference_model` at every checkpoint, and this process loads those folders with
+`sae.load_saelens` and evaluates them like the others (its seconds are measured in its own
+process, not interleaved). Without the variable the SAELens rows are skipped with a message.
 
 Run: python benchmarks/bench_sae_peers.py [--quick] [--big] [--data organism planted]
      --quick: 0.25M tokens only; default: 0.25M and 1M; --big: also 4M (long on shared CPUs).
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +49,8 @@ from sae.synthetic import planted, recovery
 from sae.train import make_optimizer, train_step
 
 D_SAE, K, BATCH, LR, AUX = 4096, 32, 1024, 4e-4, 1 / 32
+ACTIVE = 1e-3  # a latent above this in a batch is active there (our SAEConfig.dead_threshold)
+SAELENS_ENV = "CULTURELENS_SAELENS_PYTHON"
 
 
 def organism_data() -> tuple[torch.Tensor, torch.Tensor, None]:
@@ -67,24 +75,36 @@ def planted_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x[:65_536], x[65_536:], D
 
 
-class Ours:
+class SAEView:
+    """Evaluation face of one of our `TopKSAE`s (trained here, or loaded from SAELens's files)."""
+
+    def __init__(self, sae: TopKSAE):
+        self.sae = sae
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sae(x)
+
+    @torch.no_grad()
+    def code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes, _ = self.sae.encode_sparse(x)
+        return codes.values, codes.indices
+
+    def decoder(self) -> torch.Tensor:
+        return self.sae.W_dec.detach()
+
+
+class Ours(SAEView):
     name = "culturelens"
 
     def __init__(self, xtr: torch.Tensor, dead_tokens: int, seed: int):
-        self.sae = TopKSAE(xtr.shape[1], D_SAE, K, dead_tokens=dead_tokens, seed=seed)
+        super().__init__(TopKSAE(xtr.shape[1], D_SAE, K, dead_tokens=dead_tokens, seed=seed))
         self.sae.init_from_data(xtr[:16 * BATCH])  # what sae.train does before step 1
         self.opt = make_optimizer(self.sae, LR)
 
     def step(self, xb: torch.Tensor) -> torch.Tensor:
         train_step(self.sae, self.opt, xb, AUX)
         return self.sae.tokens_since_fired == 0  # fired in this batch
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sae(x)
-
-    def decoder(self) -> torch.Tensor:
-        return self.sae.W_dec.detach()
 
 
 class Sparsify:
@@ -119,13 +139,19 @@ class Sparsify:
         self.since += xb.shape[0]
         self.since[fired] = 0
         act = torch.zeros(D_SAE, dtype=torch.bool)
-        act[out.latent_indices[out.latent_acts > 1e-3]] = True  # our dead_threshold
+        act[out.latent_indices[out.latent_acts > ACTIVE]] = True  # our dead_threshold
         return act
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         self.sc.set_decoder_norm_to_unit_norm()
         return self.sc(x).sae_out
+
+    @torch.no_grad()
+    def code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.sc.set_decoder_norm_to_unit_norm()
+        out = self.sc.encode(x)
+        return out.top_acts, out.top_indices
 
     def decoder(self) -> torch.Tensor:
         self.sc.set_decoder_norm_to_unit_norm()
@@ -138,6 +164,49 @@ def held_out_fvu(model, x: torch.Tensor) -> float:
     return sse / float((x - x.mean(0)).pow(2).sum())
 
 
+def silent_fraction(model, x: torch.Tensor) -> float:
+    """Latents that are active (> ACTIVE) on none of the rows x, with the weights as they are now.
+    Unlike `dead` (no activation during the last dead_tokens of training), this does not count a
+    latent that AuxK revived for a few batches as alive."""
+    fired = torch.zeros(D_SAE, dtype=torch.bool)
+    for i in range(0, x.shape[0], 4096):
+        values, indices = model.code(x[i:i + 4096])
+        fired[indices[values > ACTIVE]] = True
+    return float((~fired).float().mean())
+
+
+def evaluate(model, tokens: int, sec: float, since: torch.Tensor, dead_tokens: int,
+             xtr: torch.Tensor, xte: torch.Tensor, atoms: torch.Tensor | None) -> dict:
+    """One curve point, computed the same way for every library."""
+    row = {"tokens": tokens, "sec": sec, "fvu": held_out_fvu(model, xte),
+           "dead": float((since >= min(dead_tokens, tokens)).float().mean()),
+           "silent": silent_fraction(model, xtr)}
+    if atoms is not None:
+        row["recovery"] = recovery(model.decoder(), atoms, 0.9)[0]
+    return row
+
+
+def saelens_curve(python: str, xtr: torch.Tensor, index: torch.Tensor, marks: list[int],
+                  dead_tokens: int, seed: int, xte: torch.Tensor, atoms: torch.Tensor | None
+                  ) -> tuple[list[dict], str]:
+    """SAELens trained by `saelens_runner.py` under `python`, read back with our SAELens loader."""
+    from sae.saelens import load_saelens
+
+    runner = Path(__file__).with_name("saelens_runner.py")
+    with tempfile.TemporaryDirectory() as d:
+        job = Path(d) / "job.pt"
+        torch.save({"x": xtr, "index": index, "marks": marks, "d_sae": D_SAE, "k": K, "lr": LR,
+                    "aux": AUX, "dead_tokens": dead_tokens, "threshold": ACTIVE, "seed": seed}, job)
+        done = subprocess.run([python, str(runner), str(job), d], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{SAELENS_ENV}={python}: {runner.name} failed "
+                               f"(exit {done.returncode}):\n{done.stderr[-3000:]}")
+        res = torch.load(Path(d) / "result.pt")
+        rows = [evaluate(SAEView(load_saelens(Path(d) / f"step_{r['step']}")), r["step"] * BATCH,
+                         r["sec"], r["since"], dead_tokens, xtr, xte, atoms) for r in res["rows"]]
+    return rows, res["version"]
+
+
 def run(name: str, budgets: list[int], seed: int = 0) -> dict:
     xtr, xte, atoms = organism_data() if name == "organism" else planted_data()
     total = max(budgets)
@@ -147,9 +216,11 @@ def run(name: str, budgets: list[int], seed: int = 0) -> dict:
     since = {t.name: torch.zeros(D_SAE, dtype=torch.long) for t in trainers}
     curves = {t.name: [] for t in trainers}
     g = torch.Generator().manual_seed(seed + 1)
-    marks = {b // BATCH for b in budgets} | {s * total // BATCH // 8 for s in range(1, 9)}
+    index = torch.stack([torch.randint(0, xtr.shape[0], (BATCH,), generator=g)
+                         for _ in range(total // BATCH)])
+    marks = sorted({b // BATCH for b in budgets} | {s * total // BATCH // 8 for s in range(1, 9)})
     for step in range(1, total // BATCH + 1):
-        xb = xtr[torch.randint(0, xtr.shape[0], (BATCH,), generator=g)]
+        xb = xtr[index[step - 1]]
         for t in trainers:
             t0 = time.perf_counter()
             active = t.step(xb)
@@ -158,41 +229,44 @@ def run(name: str, budgets: list[int], seed: int = 0) -> dict:
             since[t.name][active] = 0
         if step in marks:
             for t in trainers:
-                row = {"tokens": step * BATCH, "sec": secs[t.name],
-                       "fvu": held_out_fvu(t, xte),
-                       "dead": float((since[t.name] >= min(dead_tokens, step * BATCH)).float().mean())}
-                if atoms is not None:
-                    row["recovery"] = recovery(t.decoder(), atoms, 0.9)[0]
-                curves[t.name].append(row)
+                curves[t.name].append(evaluate(t, step * BATCH, secs[t.name], since[t.name],
+                                               dead_tokens, xtr, xte, atoms))
+    versions = {}
+    if os.environ.get(SAELENS_ENV):
+        curves["sae-lens"], versions["sae-lens"] = saelens_curve(
+            os.environ[SAELENS_ENV], xtr, index, marks, dead_tokens, seed, xte, atoms)
     return {"data": name, "d_in": xtr.shape[1], "train_rows": xtr.shape[0],
             "heldout_rows": xte.shape[0], "dead_tokens": dead_tokens, "curves": curves,
-            "budgets": budgets}
+            "budgets": budgets, "versions": versions}
 
 
-def saelens_note() -> str:
-    py = os.environ.get("CULTURELENS_SAELENS_PYTHON")
+def saelens_note(results: list[dict]) -> str:
+    py = os.environ.get(SAELENS_ENV)
     if not py:
-        return ("SAELens: skipped (set CULTURELENS_SAELENS_PYTHON to a Python with sae-lens "
-                "installed; it cannot share this venv, sae-lens pins transformer-lens 3.x)")
-    return (f"SAELens: CULTURELENS_SAELENS_PYTHON={py} is set, but this benchmark has no SAELens "
-            "training runner yet (not measured)")
+        return (f"SAELens: skipped (set {SAELENS_ENV} to a Python with sae-lens installed; it "
+                "cannot share this venv, sae-lens pins transformer-lens 3.x)")
+    version = results[0]["versions"].get("sae-lens", "?")
+    return (f"SAELens {version} ({py}): trained by benchmarks/saelens_runner.py in its own process "
+            "(its seconds are not interleaved with the others'), saved by SAELens, loaded by "
+            "sae.load_saelens and evaluated here")
 
 
 def table(res: dict) -> str:
     out = [f"### {res['data']} (d_in {res['d_in']}, {res['train_rows']:,} training rows, "
            f"{res['heldout_rows']:,} held out; dead after {res['dead_tokens']:,} tokens)", "",
-           "| tokens | library | held-out FVU | s per 1M tokens | dead % | planted recovered |",
-           "|---|---|---|---|---|---|"]
+           "| tokens | library | held-out FVU | s per 1M tokens | dead % | silent on training rows % | planted recovered |",
+           "|---|---|---|---|---|---|---|"]
     for b in res["budgets"]:
         for lib, rows in res["curves"].items():
             r = next(r for r in rows if r["tokens"] == b // BATCH * BATCH)
             rec = f"{100 * r['recovery']:.1f} %" if "recovery" in r else "–"
             out.append(f"| {b / 1e6:g}M | {lib} | {r['fvu']:.4f} | {r['sec'] / r['tokens'] * 1e6:.1f} | "
-                       f"{100 * r['dead']:.1f} | {rec} |")
+                       f"{100 * r['dead']:.1f} | {100 * r['silent']:.1f} | {rec} |")
         o = next(r for r in res["curves"]["culturelens"] if r["tokens"] == b // BATCH * BATCH)
-        s = next(r for r in res["curves"]["sparsify"] if r["tokens"] == b // BATCH * BATCH)
-        out.append(f"| {b / 1e6:g}M | ratio ours/sparsify | {o['fvu'] / s['fvu']:.2f} | "
-                   f"{o['sec'] / s['sec']:.2f} | | |")
+        for peer in [lib for lib in res["curves"] if lib != "culturelens"]:
+            p = next(r for r in res["curves"][peer] if r["tokens"] == b // BATCH * BATCH)
+            out.append(f"| {b / 1e6:g}M | ratio ours/{peer} | {o['fvu'] / p['fvu']:.2f} | "
+                       f"{o['sec'] / p['sec']:.2f} | | | |")
     out += ["", "FVU vs wall time (s): " + "; ".join(
         f"{lib}: " + ", ".join(f"{r['sec']:.0f}s→{r['fvu']:.4f}" for r in rows)
         for lib, rows in res["curves"].items())]
@@ -222,7 +296,7 @@ def main() -> int:
         res = run(name, budgets)
         results.append(res)
         print(table(res) + "\n", flush=True)
-    print(saelens_note())
+    print(saelens_note(results))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -5,7 +5,7 @@ Choices compared step by step with eai-sparsify 1.3.3 (`benchmarks/bench_sae_pee
 encoder scale fitted at init (`TopKSAE.init_encoder_scale`, the one that mattered), b_dec at
 the geometric median, FVU loss over the batch, Adam β 0.9/0.999 ε 1e-8 at 4e-4, parallel
 gradient removed before the step and rows renormalised after it, AuxK on latents dead for
-min(10M, budget/10) tokens. Each is commented where it is made."""
+min(10M, budget/10) tokens that can only raise their pre-activations (`sae.model._TopKEncode`). Each is commented where it is made."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def train_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: Float[Tensor, "n d_i
         # Dead latents learn to explain what the live ones missed (target detached). Normalised
         # by the residual's variance as in Gao et al. (sparsify divides by the input's, which
         # makes the same α ~1/FVU times weaker late in training); only dead latents' encoder
-        # columns, their decoder rows and b_dec receive this gradient.
+        # columns (one-sided: sae.model._TopKEncode), their decoder rows and b_dec receive it.
         residual = (x - recon).detach()
         aux = normalized_mse(sae.decode_sparse(aux_codes, bias=False), residual, reduce)
         loss = loss + aux_coef * aux

@@ -74,7 +74,9 @@ def test_encoder_gradient_matches_dense_autograd():
                                   for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
     pre = (x - b_dec) @ W_enc + b_enc
     z = torch.zeros_like(pre).scatter(1, codes.indices, pre.gather(1, codes.indices).clamp_min(0))
-    za = torch.zeros_like(pre).scatter(1, aux.indices, pre.gather(1, aux.indices))
+    aux_vals = pre.gather(1, aux.indices)
+    aux_vals.register_hook(lambda g: g.clamp_max(0))  # AuxK only raises dead latents' values
+    za = torch.zeros_like(pre).scatter(1, aux.indices, aux_vals)
     ref = (z @ W_dec + b_dec).pow(2).sum() + (za @ W_dec).sin().sum()
     ref.backward()
     for a, b in zip(ours, (W_enc.grad, b_enc.grad, W_dec.grad, b_dec.grad)):
