@@ -3,15 +3,15 @@ validation, zero-training amplifier, fine-tuned layer enhancer and the exhaustiv
 
 Every function takes an `interp.Model` and prompt pairs of any concept (modifier + noun)."""
 
-from .wfs import wfs, elbow, noun_filter, select_units
-from .pairs import PromptPair, as_pairs, by_concept
-from .ca import DirectionMaskedError
-from .scan import culture_layer_scan, LayerScan, EncoderScan
-from .units import culture_units, CultureUnits, CultureUnitSet, UnitBasis, neuron_basis, sae_basis, sae_or_neurons
-from .amplify import amplify, lambda_sweep, LambdaSweep, scale_units, Rate
-from .validate import validate_units, Validation
-from .enhancer import LayerEnhancer, train_enhancer, EnhancerRun, random_other_layer
-from .sweep import causal_sweep, CausalSweep
+from circuits.locate.wfs import wfs, elbow, noun_filter, select_units
+from circuits.pairs import PromptPair, as_pairs, by_concept
+from circuits.locate.ca import DirectionMaskedError
+from circuits.locate.scan import culture_layer_scan, LayerScan, EncoderScan
+from circuits.locate.units import culture_units, CultureUnits, CultureUnitSet, UnitBasis, neuron_basis, sae_basis, sae_or_neurons
+from circuits.causal.amplify import amplify, lambda_sweep, LambdaSweep, scale_units, Rate
+from circuits.causal.validate import validate_units, Validation
+from circuits.causal.enhancer import LayerEnhancer, train_enhancer, EnhancerRun, random_other_layer
+from circuits.causal.sweep import causal_sweep, CausalSweep
 
 __all__ = [
     "wfs", "elbow", "noun_filter", "select_units", "PromptPair", "as_pairs", "by_concept",

@@ -29,8 +29,8 @@ def _common(p: argparse.ArgumentParser, judge: bool = False, units: bool = False
 
 
 def _load(args):
-    from .io import load_model, load_records
-    from .pairs import as_pairs
+    from circuits.io import load_model, load_records
+    from circuits.pairs import as_pairs
 
     model = load_model(args.model, args.device, args.trust_remote_code)
     recs = load_records(args.pairs, args.split, args.limit, args.seed)
@@ -43,8 +43,8 @@ def _load(args):
 
 
 def cmd_layer_scan(args) -> int:
-    from .runner import scan_markdown, write_summary
-    from .scan import culture_layer_scan
+    from circuits.runner import scan_markdown, write_summary
+    from circuits.locate.scan import culture_layer_scan
 
     model, _, pairs, out = _load(args)
     scan = culture_layer_scan(model, pairs, direction=args.direction, seeds=args.seeds, n_boot=args.n_boot,
@@ -57,9 +57,9 @@ def cmd_layer_scan(args) -> int:
 
 
 def cmd_find_units(args) -> int:
-    from .io import load_sae
-    from .runner import units_markdown, write_summary
-    from .units import culture_units, neuron_basis, sae_basis
+    from circuits.io import load_sae
+    from circuits.runner import units_markdown, write_summary
+    from circuits.locate.units import culture_units, neuron_basis, sae_basis
 
     model, _, pairs, out = _load(args)
     sae = load_sae(args.sae)
@@ -75,9 +75,9 @@ def cmd_find_units(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .io import load_judge, load_units
-    from .runner import validation_markdown, write_summary
-    from .validate import validate_units
+    from circuits.io import load_judge, load_units
+    from circuits.runner import validation_markdown, write_summary
+    from circuits.causal.validate import validate_units
 
     judge = load_judge(args.judge, args.device)
     units = load_units(args.units, args.sae)
@@ -93,9 +93,9 @@ def cmd_validate(args) -> int:
 
 
 def cmd_amplify(args) -> int:
-    from .amplify import lambda_sweep
-    from .io import load_judge, load_units
-    from .runner import sweep_markdown, write_summary
+    from circuits.causal.amplify import lambda_sweep
+    from circuits.io import load_judge, load_units
+    from circuits.runner import sweep_markdown, write_summary
 
     judge = load_judge(args.judge, args.device)
     units = load_units(args.units, args.sae)
@@ -111,10 +111,10 @@ def cmd_amplify(args) -> int:
 
 
 def cmd_enhance(args) -> int:
-    from .enhancer import random_other_layer, train_enhancer
-    from .io import load_judge
-    from .results import write_json
-    from .runner import enhancer_markdown, evaluate_enhancer, write_summary
+    from circuits.causal.enhancer import random_other_layer, train_enhancer
+    from circuits.io import load_judge
+    from circuits.results import write_json
+    from circuits.runner import enhancer_markdown, evaluate_enhancer, write_summary
 
     model, recs, _, out = _load(args)
     layers = [("culture layer", args.layer)]
@@ -123,7 +123,7 @@ def cmd_enhance(args) -> int:
     rows, runs = {}, {}
     judge = load_judge(args.judge, args.device) if args.judge else None
     if judge is not None:
-        from .pairs import take_split
+        from circuits.pairs import take_split
 
         eval_recs = take_split(recs, args.eval_split, "enhancer evaluation")
         rows["none (baseline)"] = (None, evaluate_enhancer(model, None, eval_recs, judge, args.seed, args.steps,
@@ -144,10 +144,10 @@ def cmd_enhance(args) -> int:
 
 
 def cmd_causal_sweep(args) -> int:
-    from .io import load_judge, load_layer_saes, load_records
-    from .pairs import as_pairs
-    from .runner import causal_markdown, write_summary
-    from .sweep import causal_sweep
+    from circuits.io import load_judge, load_layer_saes, load_records
+    from circuits.pairs import as_pairs
+    from circuits.runner import causal_markdown, write_summary
+    from circuits.causal.sweep import causal_sweep
 
     model, _, pairs, out = _load(args)
     probe = load_records(args.pairs, args.probe_split, args.limit, args.seed)
@@ -165,8 +165,8 @@ def cmd_causal_sweep(args) -> int:
 
 
 def cmd_circuits(args) -> int:
-    from .io import load_judge
-    from .runner import RunConfig, run_all
+    from circuits.io import load_judge
+    from circuits.runner import RunConfig, run_all
 
     model, recs, pairs, out = _load(args)
     kw = dict(sae_path=args.sae, steps=args.steps, seed=args.seed, batch_size=args.batch_size, skip=tuple(args.skip),

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
-from .pairs import PromptPair
+from circuits.pairs import PromptPair
 
 # culture -> interventions for that culture's prompts
 InterventionsFor = Callable[[str], Sequence[Any]]
@@ -105,7 +105,7 @@ def summarise(s: Scored, reference: Scored | None = None, n_boot: int = 1000, se
     without the intervention; both need `keep_images=True`). Values are `Rate`s or None."""
     from interp.fidelity import ssim
 
-    from .amplify import Rate
+    from circuits.causal.amplify import Rate
 
     out = {"culture": Rate.of(s.correct, n_boot, seed),
            "noun": Rate.of(s.noun_correct, n_boot, seed) if s.noun_correct is not None else None, "ssim": None}

@@ -34,7 +34,7 @@ def load_records(spec: str, split: str | None = None, limit: int | None = None, 
     else:
         recs = list(culturebench.load(spec, seed=seed).records)
     if split is not None:
-        from .pairs import take_split
+        from circuits.pairs import take_split
 
         recs = take_split(recs, split, f"from {spec!r}")
     if limit is not None:
@@ -97,7 +97,7 @@ def load_sae(path: str | None) -> Any:
 
 
 def load_units(folder: str, sae_path: str | None = None) -> Any:
-    from .units import CultureUnits
+    from circuits.locate.units import CultureUnits
 
     return CultureUnits.load(folder, sae=load_sae(sae_path))
 

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-from .results import atomic_write_bytes
+from circuits.results import atomic_write_bytes
 
 
 def _plt():

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .results import atomic_write_bytes, write_json
+from circuits.results import atomic_write_bytes, write_json
 
 
 def _pct(r) -> str:
@@ -101,9 +101,9 @@ def write_summary(out: Path, title: str, sections: Sequence[str]) -> None:
 def evaluate_enhancer(model, enhancer, pairs, judge, seed: int = 0, steps: int | None = None, batch_size: int = 8,
                       n_boot: int = 1000):
     """CultureVQA of noun-only prompts with the enhancer installed (None: baseline)."""
-    from .amplify import Rate
-    from .evaluate import score
-    from .pairs import as_pairs, by_concept
+    from circuits.causal.amplify import Rate
+    from circuits.evaluate import score
+    from circuits.pairs import as_pairs, by_concept
 
     s = score(model, by_concept(as_pairs(pairs)), judge, (lambda c: [enhancer]) if enhancer is not None else None,
               "noun", None, seed, steps, batch_size, desc="enhancer")
@@ -172,18 +172,18 @@ def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg
     table) and the train split (enhancer), by `cfg.*_split`. A missing or empty split is an
     error naming it and the counts; probe and evaluation sets that share a prompt are refused
     unless `cfg.allow_overlap` (then the summary says so). Writes `out/` and returns the results."""
-    from . import sae_or_neurons
-    from .amplify import lambda_sweep
-    from .enhancer import random_other_layer, train_enhancer
-    from .scan import culture_layer_scan
-    from .sweep import causal_sweep
-    from .units import culture_units
-    from .validate import validate_units
+    from circuits import sae_or_neurons
+    from circuits.causal.amplify import lambda_sweep
+    from circuits.causal.enhancer import random_other_layer, train_enhancer
+    from circuits.locate.scan import culture_layer_scan
+    from circuits.causal.sweep import causal_sweep
+    from circuits.locate.units import culture_units
+    from circuits.causal.validate import validate_units
 
     cfg = cfg or RunConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from .pairs import check_disjoint, split_counts, take_split
+    from circuits.pairs import check_disjoint, split_counts, take_split
 
     probe = take_split(records, cfg.probe_split, "scan and units")
     test = take_split(records, cfg.eval_split, "evaluation")
@@ -231,7 +231,7 @@ def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg
         write_json(out / "enhancer.json", {k: {"layer": l, "culturevqa": r} for k, (l, r) in rows.items()})
         sections.append(enhancer_markdown(rows))
     if "causal" not in cfg.skip:
-        from .io import load_layer_saes
+        from circuits.io import load_layer_saes
 
         saes = load_layer_saes(list(cfg.sweep_saes))
         res.causal = causal_sweep(model, probe, test, judge, n_units=cfg.sweep_units, chosen=layer, rho=cfg.rho,

@@ -62,7 +62,7 @@ def planted_sae():
 
 @pytest.fixture(scope="module")
 def sae_units(model, planted_sae):
-    from circuits.units import sae_basis
+    from circuits.locate.units import sae_basis
 
     found = circuits.culture_units(model, sae_basis(planted_sae, "text.blocks.1.hook_resid_post"), PAIRS, k=2, rho=100.0)
     assert all(set(u.indices) <= set(range(8)) for u in found.cultures.values())   # only live latents are found
@@ -71,7 +71,7 @@ def sae_units(model, planted_sae):
 
 def test_site_change_sees_silent_and_live_units(model, sae_units):
     from circuits.evaluate import site_change
-    from circuits.validate import masked_interventions
+    from circuits.causal.validate import masked_interventions
 
     groups = circuits.by_concept(circuits.as_pairs(PAIRS))
     live = site_change(model, groups, lambda c: masked_interventions(sae_units, c))
@@ -85,7 +85,7 @@ def test_validate_units_controls_can_fail(model, sae_units):
     """A silent uniform control is visible (site change ~0), the activity-matched one is not, and
     every reported number equals an independent generation with the same interventions."""
     from circuits.evaluate import score
-    from circuits.validate import masked_interventions, reference_activity
+    from circuits.causal.validate import masked_interventions, reference_activity
 
     ref = reference_activity(model, sae_units, [p[0] for p in PAIRS])
     v = circuits.validate_units(model, sae_units, PAIRS, colour_judge, n_random=3, n_matched=2, reference=ref,
@@ -136,7 +136,7 @@ def test_random_units_activity_matched_and_ranked():
 
 
 def test_choose_lambda_respects_the_noun_constraint():
-    from circuits.amplify import choose_lambda
+    from circuits.causal.amplify import choose_lambda
 
     lams, cult = [0, 2, 4, 8], [0.1, 0.3, 0.6, 0.9]
     assert choose_lambda(lams, cult, [0.9, 0.88, 0.86, 0.5], max_noun_drop=0.05)[0] == 4.0
@@ -148,7 +148,7 @@ def test_choose_lambda_respects_the_noun_constraint():
 
 
 def test_lambda_sweep_fidelity_and_selection(model, sae_units, tmp_path):
-    from circuits.validate import reference_activity
+    from circuits.causal.validate import reference_activity
     from interp.fidelity import ssim
 
     ref = reference_activity(model, sae_units, [p[0] for p in PAIRS])
@@ -228,8 +228,8 @@ def test_causal_sweep(model, tmp_path):
     """Each layer's masked accuracy equals an independent masking of the top units found at that
     layer, and the ranking orders the layers by the drops so measured."""
     from circuits.evaluate import score
-    from circuits.sweep import top_n
-    from circuits.validate import masked_interventions
+    from circuits.causal.sweep import top_n
+    from circuits.causal.validate import masked_interventions
 
     sw = circuits.causal_sweep(model, PAIRS, PAIRS, colour_judge, n_units=3, chosen=1, n_boot=100, allow_overlap=True)
     groups = circuits.by_concept(circuits.as_pairs(PAIRS))
@@ -252,7 +252,7 @@ def test_pixel_space_pipeline_conditioning():
 
     om = pytest.importorskip("circuits.organism.model")
     from circuits.organism.pipeline import CultureWorldPipeline
-    from circuits.enhancer import denoising_loss, to_model_space, unet_conditioning
+    from circuits.causal.enhancer import denoising_loss, to_model_space, unet_conditioning
 
     tok = om.build_tokenizer()
     pipe = CultureWorldPipeline(om.build_text_encoder(tok), tok, om.build_unet(), om.build_scheduler())
@@ -271,7 +271,7 @@ def test_score_does_not_depend_on_batching(model, units):
     """Cultures share batches (each its own units via OnRows): per-prompt results equal one
     culture per batch, one prompt per batch."""
     from circuits.evaluate import score
-    from circuits.validate import masked_interventions
+    from circuits.causal.validate import masked_interventions
 
     groups = circuits.by_concept(circuits.as_pairs(PAIRS))
     mask = lambda c: masked_interventions(units, c)  # noqa: E731
@@ -284,7 +284,7 @@ def test_score_does_not_depend_on_batching(model, units):
 def test_specificity_index_on_planted_outcomes():
     """Planted per-prompt outcomes: units that erase only their own culture give SI = 1; units
     that erase every culture alike give SI = 0."""
-    from circuits.specificity import specificity_index
+    from circuits.causal.specificity import specificity_index
 
     n = 3
     base = [np.ones((n, 4)) for _ in range(n)]
@@ -299,8 +299,8 @@ def test_specificity_index_on_planted_outcomes():
 
 def test_specificity_matrix_and_overlap(model, sae_units, tmp_path):
     from circuits.evaluate import score
-    from circuits.specificity import overlap_counts, specificity_matrix
-    from circuits.validate import masked_interventions
+    from circuits.causal.specificity import overlap_counts, specificity_matrix
+    from circuits.causal.validate import masked_interventions
 
     sp = specificity_matrix(model, sae_units, PAIRS, colour_judge, mode="mask", n_boot=50)
     assert sp.cultures == ["ja", "de"] or sp.cultures == ["de", "ja"]

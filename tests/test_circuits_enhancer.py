@@ -6,7 +6,7 @@ import torch
 
 import circuits  # noqa: E402
 import interp  # noqa: E402
-from circuits.enhancer import denoising_loss, to_model_space, unet_conditioning  # noqa: E402
+from circuits.causal.enhancer import denoising_loss, to_model_space, unet_conditioning  # noqa: E402
 
 
 @pytest.mark.parametrize("family", ["sdxl", "altdiffusion"])

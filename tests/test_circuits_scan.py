@@ -7,8 +7,7 @@ import torch
 
 import circuits
 import interp
-from circuits import ca as cam
-
+from circuits.locate import ca as cam
 PAIRS = [
     ("a Japanese-style box", "a box", "Japanese-style", "box", "ja"),
     ("a Chinese-style bowl", "a bowl", "Chinese-style", "bowl", "zh"),
@@ -105,7 +104,7 @@ def test_plot(sd, tmp_path):
 
 
 def test_trimmed_padding_matches_full_length(sd, alt):
-    from circuits.acts import can_trim
+    from circuits.locate.acts import can_trim
 
     cfg = alt.encoders["text"].module.config
     old = getattr(cfg, "use_attention_mask", None)

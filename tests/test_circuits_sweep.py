@@ -10,7 +10,7 @@ import interp
 from planted import Planted, marker_tokens
 from circuits.pairs import SplitError
 from circuits.runner import causal_markdown
-from circuits.sweep import rank_layers
+from circuits.causal.sweep import rank_layers
 from interp.culturebench import LABELS, UNRECOGNISABLE
 
 NAMES = {"ja": "Japanese", "de": "German"}

@@ -1,4 +1,4 @@
-"""circuits.wfs / elbow / noun filter / CA math against direct NumPy computations."""
+"""circuits.locate.wfs / elbow / noun filter / CA math against direct NumPy computations."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 import circuits
-from circuits import ca as cam
-from circuits.wfs import elbow, elbow_k, noun_filter, select_units, specificity
+from circuits.locate import ca as cam
+from circuits.locate.wfs import elbow, elbow_k, noun_filter, select_units, specificity
 from interp.errors import CultureLensError
 
 

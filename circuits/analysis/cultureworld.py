@@ -294,7 +294,7 @@ def find_culture_units(model, sae, site: str, probe, cfg: AnalysisConfig, out: P
     each culture's sorted curve, and where K came from), on the probe nouns only."""
     import sae as saelib
     from circuits import runner
-    from circuits.units import culture_units, sae_basis
+    from circuits.locate.units import culture_units, sae_basis
 
     units = culture_units(model, sae_basis(sae, site), probe, rho=cfg.rho, k_max=cfg.k_max, select=cfg.unit_select,
                           min_drop=cfg.elbow_min_drop)
@@ -328,8 +328,8 @@ def attention_basis(model, layer: int, probe, test, judge, cfg: AnalysisConfig, 
     output (`hook_attn_out`), WFS units of its latents, masked vs random on the test nouns --
     reported beside the residual-stream SAE and the MLP neurons."""
     from circuits import runner
-    from circuits.units import culture_units, sae_basis
-    from circuits.validate import reference_activity, validate_units
+    from circuits.locate.units import culture_units, sae_basis
+    from circuits.causal.validate import reference_activity, validate_units
 
     site = f"text.blocks.{layer}.hook_attn_out"
     sae, info = train_site_sae(model, site, cfg.attn_sae_tokens, cfg, out, "sae_attn")
@@ -368,7 +368,7 @@ def same_basis_sweep(model, probe, test, judge, layer: int, sae: Any, cfg: Analy
     prompts; with `sweep_sae_tokens=None` they get the main SAE's budget and the culture layer
     reuses the main SAE), the top units per culture masked at each layer."""
     from circuits import runner
-    from circuits.sweep import causal_sweep
+    from circuits.causal.sweep import causal_sweep
 
     if cfg.sweep_basis not in ("sae", "neuron"):
         raise ValueError(f"AnalysisConfig.sweep_basis must be 'sae' or 'neuron'; got {cfg.sweep_basis!r}")
@@ -404,7 +404,7 @@ def appendix_b(model, judge, sae, site, units, cfg: AnalysisConfig, report: Repo
     activation in turn. Paper, Appendix B: distinct cultural styles from one prompt."""
     import interp
     import sae as saelib
-    from circuits.units import UnitBasis, unit_rows
+    from circuits.locate.units import UnitBasis, unit_rows
     from interp.culturebench import LABELS
 
     prompt = f"a {TEST_NOUNS[1]}"
@@ -486,10 +486,10 @@ def enhancer_table(rows: dict[str, tuple[Any, dict]]) -> str:
 
 def specificity_step(model, judge, units, cfg: AnalysisConfig, out: Path, report: Report, timings: dict,
                      mode: str = "mask", lam: float | None = None) -> Any:
-    """Culture x culture specificity (circuits.specificity) on the local prompts of `cfg.spec_nouns`,
+    """Culture x culture specificity (circuits.causal.specificity) on the local prompts of `cfg.spec_nouns`,
     with unit overlap counts (mask mode) for the detected units and for the culture-specific
     selection (WFS of A minus the max over other cultures)."""
-    from circuits.specificity import overlap_counts, overlap_markdown, specificity_matrix
+    from circuits.causal.specificity import overlap_counts, overlap_markdown, specificity_matrix
 
     t = time.time()
     pairs = organism_pairs(cfg.spec_nouns)
@@ -499,7 +499,7 @@ def specificity_step(model, judge, units, cfg: AnalysisConfig, out: Path, report
     sp.plot(out / f"specificity_{mode}.png")
     n = sum(sp.n_per_culture.values())
     if mode == "mask":
-        from circuits.units import culture_units
+        from circuits.locate.units import culture_units
 
         probe = organism_pairs(PROBE_NOUNS, _en_train())
         specific = culture_units(model, units.basis, probe, rho=cfg.rho, k_max=cfg.k_max, select="specific")
@@ -558,18 +558,18 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     """Run every step on the organism and write `out/report.md`, `report.html`, `results.json`."""
     import interp
     from circuits import runner
-    from circuits.amplify import lambda_sweep
-    from circuits.enhancer import random_other_layer, train_enhancer
+    from circuits.causal.amplify import lambda_sweep
+    from circuits.causal.enhancer import random_other_layer, train_enhancer
     from circuits.evaluate import noun_judge_from
     from circuits.organism import prompts as op
     from circuits.organism.judge import CultureWorldJudge
     from circuits.organism.render import render
-    from circuits.scan import culture_layer_scan
-    from circuits.sweep import causal_sweep
-    from circuits.units import culture_units, neuron_basis, sae_basis
+    from circuits.locate.scan import culture_layer_scan
+    from circuits.causal.sweep import causal_sweep
+    from circuits.locate.units import culture_units, neuron_basis, sae_basis
     from circuits.evaluate import score, summarise
     from circuits.pairs import as_pairs, by_concept
-    from circuits.validate import reference_activity, validate_units
+    from circuits.causal.validate import reference_activity, validate_units
 
     t0 = time.time()
     cfg = cfg or (AnalysisConfig.quick() if quick else AnalysisConfig())

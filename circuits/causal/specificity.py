@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
-from .pairs import as_pairs, by_concept
-from .results import jsonable, write_json
-from .units import CultureUnits, as_culture_units
+from circuits.pairs import as_pairs, by_concept
+from circuits.results import jsonable, write_json
+from circuits.locate.units import CultureUnits, as_culture_units
 
 MODES = ("mask", "amplify")
 
@@ -80,7 +80,7 @@ class Specificity:
                 ", ".join(f"{a} → {b}: {100 * e:.1f}" for e, a, b in worst) + ".")
 
     def plot(self, path) -> None:
-        from .plots import plot_matrix
+        from circuits.plots import plot_matrix
 
         title = ("mask A's units: CultureVQA drop on B's prompts" if self.mode == "mask"
                  else f"amplify A's units (λ={self.lam:g}): gain in 'judged as A' on B's prompts")
@@ -132,9 +132,9 @@ def specificity_matrix(
     masked (`mode="mask"`, concept prompts) or amplified by (1 + `lam`) (`mode="amplify"`,
     noun-only prompts) on the prompts of every culture B in `pairs`; one unmodified run as the
     baseline. Costs (cultures + 1) x len(pairs) images."""
-    from .amplify import amplify
-    from .evaluate import score
-    from .validate import masked_interventions
+    from circuits.causal.amplify import amplify
+    from circuits.evaluate import score
+    from circuits.causal.validate import masked_interventions
 
     if mode not in MODES:
         raise CultureLensError(f"specificity_matrix: mode {mode!r}; use one of {MODES}")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
-from .results import atomic_write_bytes, save_safetensors, write_json
+from circuits.results import atomic_write_bytes, save_safetensors, write_json
 
 NORMS = ("softrms", "layernorm", "none")
 
@@ -222,7 +222,7 @@ class EnhancerRun:
                 "path": str(self.path) if self.path else None, "steps": self.steps}
 
     def plot(self, path) -> None:
-        from .plots import plot_lines
+        from circuits.plots import plot_lines
 
         xs = list(range(1, len(self.losses) + 1))
         plot_lines(xs, {"loss": (self.losses, self.losses, self.losses)}, path, "step", "MSE", f"enhancer at {self.enhancer.site}")

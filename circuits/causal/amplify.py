@@ -11,10 +11,10 @@ from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
-from .controls import KINDS, LABELS, Control
-from .pairs import as_pairs, by_concept
-from .results import jsonable, write_json
-from .units import CultureUnits, as_culture_units, UnitBasis
+from circuits.causal.controls import KINDS, LABELS, Control
+from circuits.pairs import as_pairs, by_concept
+from circuits.results import jsonable, write_json
+from circuits.locate.units import CultureUnits, as_culture_units, UnitBasis
 
 
 def scale_units(basis: UnitBasis, indices: Sequence[int], lam: float, keep_error: bool = True, label: str | None = None) -> Any:
@@ -41,7 +41,7 @@ def random_indices(basis: UnitBasis, model, indices: Sequence[int], seed: int, m
     """Same count, same site, disjoint from `indices`, seeded (`interp.random_units`). `match`
     None: uniform over the site's units (native neurons) or the SAE's d_sae latents (the
     paper's control); "activity": matched in firing frequency and magnitude on `reference`
-    ([n, M] unit activations, e.g. `circuits.validate.reference_activity`)."""
+    ([n, M] unit activations, e.g. `circuits.causal.validate.reference_activity`)."""
     import interp
 
     u = interp.Units(basis.site, list(indices))
@@ -106,14 +106,14 @@ class Rate:
     def of(cls, correct, n_boot: int = 1000, seed: int = 0, groups: Any = None) -> "Rate":
         """Share of True with a bootstrap CI over prompts (`groups`: a prompt id per sample when
         several images share a prompt; None: each sample its own prompt)."""
-        from .stats_bridge import accuracy_ci
+        from circuits.stats_bridge import accuracy_ci
 
         return cls(*accuracy_ci([bool(x) for x in correct], n_boot=n_boot, seed=seed, groups=groups))
 
     @classmethod
     def of_values(cls, values, n_boot: int = 1000, seed: int = 0, groups: Any = None) -> "Rate":
         """Mean of real values (e.g. SSIM per image) with the same bootstrap CI."""
-        from .stats_bridge import mean_ci
+        from circuits.stats_bridge import mean_ci
 
         return cls(*mean_ci(values, n_boot=n_boot, seed=seed, groups=groups))
 
@@ -178,7 +178,7 @@ class LambdaSweep:
         return "\n".join(lines)
 
     def plot(self, path) -> None:
-        from .plots import plot_lines
+        from circuits.plots import plot_lines
 
         series = {"detected units": tuple([getattr(r, k) for r in self.detected] for k in ("mean", "low", "high"))}
         for kind, cs in self.controls.items():
@@ -239,13 +239,13 @@ def lambda_sweep(
     """Amplify each prompt's culture units (culture from the pair's label) at every lambda and
     judge CultureVQA, noun accuracy and SSIM against the unsteered image; the same with
     `n_random` uniform and `n_matched` activity-matched random unit sets (`reference`: unit
-    activations on the probe prompts, see `circuits.validate.reference_activity`).
+    activations on the probe prompts, see `circuits.causal.validate.reference_activity`).
 
     λ is chosen by `choose_lambda` on `select_on` (e.g. the probe nouns' pairs: a detected-units
     sweep there) under the noun constraint `max_noun_drop`; without `select_on` it is chosen on
     `pairs` themselves and the result says so."""
-    from .controls import run_control
-    from .evaluate import score, site_change, summarise
+    from circuits.causal.controls import run_control
+    from circuits.evaluate import score, site_change, summarise
 
     units = as_culture_units(units)
     groups = by_concept(as_pairs(pairs))

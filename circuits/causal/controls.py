@@ -23,7 +23,7 @@ from torch import Tensor
 
 from interp.errors import CultureLensError
 
-from .results import jsonable
+from circuits.results import jsonable
 
 KINDS = {"uniform": None, "activity": "activity"}   # control name -> interp.random_units(match=...)
 LABELS = {"uniform": "uniform random (paper)", "activity": "activity-matched random"}
@@ -86,7 +86,7 @@ def run_control(
     """Score `k` draws (`score_draw(r)` -> `Scored`, `change_draw(r)` -> per-prompt site change)
     and compare them with the detected condition (`detected`: its `Scored`). `lower_is_extreme`:
     masking (a draw at or below the detected accuracy counts against it); False for amplifying."""
-    from . import stats_bridge as sb
+    from circuits import stats_bridge as sb
 
     if kind not in KINDS:
         raise CultureLensError(f"unknown control {kind!r}; use one of {sorted(KINDS)}")

@@ -15,10 +15,10 @@ from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
-from .pairs import PromptPair, as_pairs, by_concept
-from .results import jsonable, save_safetensors, write_json
-from .tokens import content_mask
-from .wfs import MIN_DROP, select_units, specificity, wfs
+from circuits.pairs import PromptPair, as_pairs, by_concept
+from circuits.results import jsonable, save_safetensors, write_json
+from circuits.locate.tokens import content_mask
+from circuits.locate.wfs import MIN_DROP, select_units, specificity, wfs
 
 POOLS = ("max", "mean", "tokens")
 SELECT = ("wfs", "specific")     # rank by WFS_cult, or by WFS_cult minus the max over other cultures
@@ -88,7 +88,7 @@ def unit_rows(
 ) -> Float[Tensor, "N M"]:
     """Unit activations per prompt (pooled over content tokens) or per content token, with
     `interventions` active (passed to `interp.capture`, so a write at the read site is seen)."""
-    from .acts import encoder_acts
+    from circuits.locate.acts import encoder_acts
 
     if pool not in POOLS:
         raise CultureLensError(f"pool must be one of {POOLS}; got {pool!r}")
@@ -126,7 +126,7 @@ class CultureUnitSet:
     wfs_noun: Float[Tensor, " M"] = field(repr=False, default=None)
     n_concept: int = 0
     n_noun: int = 0
-    k_source: str = "given"            # where K came from: elbow | cap | flat | floor | given | none (circuits.wfs.Elbow)
+    k_source: str = "given"            # where K came from: elbow | cap | flat | floor | given | none (circuits.locate.wfs.Elbow)
     k_elbow: int | None = None         # the rank before the sharpest drop, before the bounds (None when K was given)
     k_drop: float | None = None        # that drop, as a ratio of consecutive scores
     n_positive: int = 0                # units with a positive ranking score (the part the elbow looks at)
@@ -205,7 +205,7 @@ class CultureUnits:
         return cls(basis, cultures, meta["params"])
 
     def plot(self, folder) -> None:
-        from .plots import plot_overlap, plot_wfs_curves
+        from circuits.plots import plot_overlap, plot_wfs_curves
 
         folder = Path(folder)
         plot_wfs_curves({c: u.curve.tolist() for c, u in self.cultures.items()},
@@ -233,10 +233,10 @@ def culture_units(
 ) -> CultureUnits:
     """Per culture: WFS on its concept (modifier+noun) prompts and on its noun-only prompts,
     rank by WFS_cult, elbow K (decision 6: the sharpest drop of at least `min_drop` between
-    consecutive positive scores, `circuits.wfs.elbow_k`), then the noun-side filter (decision 7).
+    consecutive positive scores, `circuits.locate.wfs.elbow_k`), then the noun-side filter (decision 7).
 
     `select="specific"` ranks by WFS_cult(A) minus the largest WFS_cult of any other culture
-    (`circuits.wfs.specificity`): only units that A's prompts drive harder than every other
+    (`circuits.locate.wfs.specificity`): only units that A's prompts drive harder than every other
     culture's can be chosen, so a unit shared by many cultures ("culture in general") is not.
     The elbow then runs on that score's positive part; the noun filter stays on WFS.
 

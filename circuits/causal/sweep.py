@@ -14,10 +14,10 @@ from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
-from .amplify import Rate
-from .pairs import as_pairs, by_concept, check_disjoint
-from .results import jsonable, write_json
-from .units import CultureUnits, UnitBasis, as_basis, culture_units, neuron_basis
+from circuits.causal.amplify import Rate
+from circuits.pairs import as_pairs, by_concept, check_disjoint
+from circuits.results import jsonable, write_json
+from circuits.locate.units import CultureUnits, UnitBasis, as_basis, culture_units, neuron_basis
 
 
 @dataclass
@@ -53,7 +53,7 @@ class CausalSweep:
         write_json(path, self)
 
     def plot(self, path) -> None:
-        from .plots import _plt, _save
+        from circuits.plots import _plt, _save
 
         plt = _plt()
         fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(self.layers) + 2), 3.2))
@@ -112,8 +112,8 @@ def causal_sweep(
     `hook_resid_post` unless the SAE names its own hook) or `UnitBasis`, or a function of the
     layer; default: that layer's MLP neurons. Probe and evaluation pairs that share a prompt
     are refused unless `allow_overlap`."""
-    from .evaluate import score
-    from .validate import masked_interventions
+    from circuits.evaluate import score
+    from circuits.causal.validate import masked_interventions
 
     te = model.encoder(encoder)
     ls = list(range(te.n_layers)) if layers is None else list(layers)

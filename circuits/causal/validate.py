@@ -2,7 +2,7 @@
 random units masked, CultureVQA with CIs. Two controls (decision 10): the paper's uniform draw
 (`n_random` seeded draws) and an activity-matched draw (`n_matched`), each with how much every
 draw changes the site's activation relative to the detected units, the empirical p (floored at
-1/(k+1) by k draws) and a paired per-prompt test against the pooled draws (`circuits.controls`)."""
+1/(k+1) by k draws) and a paired per-prompt test against the pooled draws (`circuits.causal.controls`)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
-from .amplify import Rate, random_indices, scale_units
-from .controls import KINDS, Control, run_control
-from .pairs import as_pairs, by_concept
-from .results import jsonable, write_json
-from .units import CultureUnits, as_culture_units
+from circuits.causal.amplify import Rate, random_indices, scale_units
+from circuits.causal.controls import KINDS, Control, run_control
+from circuits.pairs import as_pairs, by_concept
+from circuits.results import jsonable, write_json
+from circuits.locate.units import CultureUnits, as_culture_units
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Validation:
         write_json(path, self)
 
     def plot(self, path) -> None:
-        from .plots import plot_bars
+        from circuits.plots import plot_bars
 
         labels, vals, lows, highs, scatter = ["baseline", "Top-K masked"], [self.baseline.mean, self.masked.mean], \
             [self.baseline.low, self.masked.low], [self.baseline.high, self.masked.high], {}
@@ -88,7 +88,7 @@ def reference_activity(model, units: CultureUnits, prompts: Sequence[str], batch
                        ) -> Float[Tensor, "n M"]:
     """Unit activations per content token on `prompts` (e.g. the probe pairs' concept prompts):
     the reference for activity-matched controls."""
-    from .units import unit_rows
+    from circuits.locate.units import unit_rows
 
     return unit_rows(model, units.basis, list(prompts), pool="tokens", batch_size=batch_size, desc="reference activity")
 
@@ -96,7 +96,7 @@ def reference_activity(model, units: CultureUnits, prompts: Sequence[str], batch
 def masked_interventions(units: CultureUnits, culture: str, random_seed: int | None = None, model: Any = None,
                          keep_error: bool = True, match: str | None = None, reference: Any = None) -> list[Any]:
     """Mask one culture's units (or a seeded random set of the same size: `match`/`reference` as in
-    `circuits.amplify.random_indices`); SAE latents are zeroed through sae.Steer with the error kept."""
+    `circuits.causal.amplify.random_indices`); SAE latents are zeroed through sae.Steer with the error kept."""
     u = units.cultures.get(culture)
     if u is None:
         raise CultureLensError(f"no units for culture {culture!r}; have {sorted(units.cultures)}")
@@ -125,8 +125,8 @@ def validate_units(
     `interp.Units` of native neurons. `n_random` uniform draws (the paper's control) and
     `n_matched` activity-matched draws (`reference`: unit activations on the probe prompts,
     `reference_activity`). Draw r uses seed `seed + 1 + r`; image noise is the same everywhere."""
-    from . import stats_bridge as sb
-    from .evaluate import score, site_change
+    from circuits import stats_bridge as sb
+    from circuits.evaluate import score, site_change
 
     if n_random < 1:
         raise CultureLensError(f"validate_units: n_random must be >= 1; got {n_random}")

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from interp.errors import CultureLensError
 
-from .pairs import PromptPair
+from circuits.pairs import PromptPair
 
 
 @dataclass

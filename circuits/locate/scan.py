@@ -14,10 +14,10 @@ from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError, PromptTooLongError
 
-from . import ca as cam
-from .pairs import PromptPair, as_pairs
-from .results import jsonable, write_json
-from .tokens import pair_spans
+from circuits.locate import ca as cam
+from circuits.pairs import PromptPair, as_pairs
+from circuits.results import jsonable, write_json
+from circuits.locate.tokens import pair_spans
 
 
 @dataclass
@@ -69,7 +69,7 @@ class LayerScan:
         write_json(path, self)
 
     def plot(self, path) -> None:
-        from .plots import plot_layer_scan
+        from circuits.plots import plot_layer_scan
 
         plot_layer_scan(self, path)
 
@@ -97,7 +97,7 @@ def layer_ca(
     trim: bool = True,
 ) -> Float[Tensor, "N L"]:
     """CA per prompt and layer from captured, head-averaged attention probabilities."""
-    from .acts import encoder_acts
+    from circuits.locate.acts import encoder_acts
 
     sites = _pattern_sites(encoder, layers)
     out = []
@@ -135,7 +135,7 @@ def culture_layer_scan(
     `seeds` seed the bootstrap (CIs with the first; `stability` over all).
     Pairs are put in a canonical order first, so the result does not depend on their order.
     `interventions` are active during the encoder passes. `trim` cuts padding where exact
-    (see `circuits.acts`); the result matches the padded computation to float precision.
+    (see `circuits.locate.acts`); the result matches the padded computation to float precision.
     """
     pairs = sorted(as_pairs(pairs, english=english), key=PromptPair.key)
     if not seeds:
@@ -166,7 +166,7 @@ def culture_layer_scan(
 
 
 def _scan_encoder(model, pairs, enc, causal, layers, direction, seeds, n_boot, ci, margin, batch_size, ivs, trim) -> EncoderScan:
-    from . import stats_bridge as sb
+    from circuits import stats_bridge as sb
 
     sp = pair_spans(model, pairs, enc)
     S = sp.seq_len
