@@ -29,7 +29,7 @@ from circuits.organism.shipped import PIPELINE
 from interp.generation import pipeline_kwargs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_interp import median_times  # noqa: E402  (the shared timing helper of the benchmarks)
+from bench_interp import median_times, print_ratios  # noqa: E402  (the benchmarks' shared timing helpers)
 
 ORGANISM = Path(os.environ.get("CULTURELENS_PIPELINE", PIPELINE))
 CLEAN, CORRUPT = ["a Japanese-style box"], ["a Thai-style box"]
@@ -86,12 +86,7 @@ def main() -> None:
     ]
     print(f"model: organism {model!r}; {steps} steps; torch threads {torch.get_num_threads()}; "
           f"median of {args.repeats}")
-    print(f"{'measure':86s} {'clock':>5s} {'ref s':>7s} {'ours s':>7s} {'ratio':>6s} target")
-    for name, ref, ours, target in rows:
-        for i, clock in enumerate(("wall", "cpu")):
-            ratio = ours[i] / ref[i]
-            goal = "(info)" if target is None else f"<= {target} {'ok' if ratio <= target else 'MISSED'}"
-            print(f"{name:86s} {clock:>5s} {ref[i]:7.3f} {ours[i]:7.3f} {ratio:6.3f} {goal}")
+    print_ratios(rows)
 
 
 if __name__ == "__main__":

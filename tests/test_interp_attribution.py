@@ -10,20 +10,10 @@ import torch.nn.functional as F
 
 import interp
 from interp.attribution import AttributionMaps, EffectMap, attribution, cross_attention_sites, effect_map
+from families import tiny_family
 
 PROMPT, WORDS = "a Japanese-style box", ["Japanese", "box"]
 FAMILIES = ("sd", "sdxl", "altdiffusion", "sd3", "flux")
-
-
-def _family(request, family):
-    from interp.tiny import FAMILIES as BUILT
-
-    if family not in BUILT:
-        pytest.skip(f"interp.tiny has no {family!r} family yet")
-    try:
-        return request.getfixturevalue(f"tiny_{family}")
-    except pytest.FixtureLookupError:
-        return interp.tiny(family, seed=0)
 
 
 def _hook_state(model):
@@ -57,7 +47,7 @@ def test_maps_match_attention_recomputed_from_q_and_k(request, family):
     """softmax(q kᵀ/√d) from captured q/k, conditional branch, summed over steps, the word's
     text keys (image queries only, for MMDiT), each (head, token) map upsampled bicubic and
     clamped, summed: equals `attribution(...).raw`."""
-    model = _family(request, family)
+    model = tiny_family(request, family)
     res = attribution(model, PROMPT, WORDS, seed=0)
     assert res.tokens == {w: _hand_tokens(model, PROMPT, w) for w in WORDS}
     sites = cross_attention_sites(model)
@@ -200,8 +190,8 @@ def test_no_hook_survives_an_exception(tiny_sd):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_effect_map_on_every_family(request, family):
-    model = _family(request, family)
+def test_effect_map_on_everytiny_family(request, family):
+    model = tiny_family(request, family)
     z = next(s for s in model.sites() if s.endswith("hook_z"))
     res = effect_map(model, PROMPT, [interp.Amplify(interp.Units(z, [0]), 3.0, steps=[0])])
     H, W = res.image.shape[:2]

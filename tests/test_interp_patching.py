@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import interp
+from families import tiny_family
 
 CLEAN, CORRUPT = ["a Japanese-style box", "a Thai-style hat"], ["a box", "a hat"]
 
@@ -62,18 +63,6 @@ DENOISER_FAMILIES = ("sd", "sdxl", "altdiffusion", "sd3", "flux")
 D_CLEAN, D_CORRUPT = ["a Japanese-style box"], ["a Thai-style hat"]
 
 
-def _family(request, family):
-    """The session tiny model of `family` (conftest), or one built here for families it lacks."""
-    from interp.tiny import FAMILIES
-
-    if family not in FAMILIES:
-        pytest.skip(f"interp.tiny has no {family!r} family yet")
-    try:
-        return request.getfixturevalue(f"tiny_{family}")
-    except pytest.FixtureLookupError:
-        return interp.tiny(family, seed=0)
-
-
 def _to_clean(model, prompts=D_CLEAN):
     ref = interp.generate(model, prompts, seed=0).latents
     return lambda gen: -(gen.latents - ref).pow(2).mean()
@@ -92,7 +81,7 @@ def _hook_state(model):
 def test_patching_every_cross_attention_output_restores_clean_latents(request, family):
     # SD 1.x / AltDiffusion UNets see the text only through attn2: patching every attn2 output at
     # every step, both CFG branches, makes the corrupt run compute exactly the clean run.
-    model = _family(request, family)
+    model = tiny_family(request, family)
     sites = model.sites("xattn_out")
     clean_lat = interp.generate(model, D_CLEAN, seed=0).latents
     got = []
@@ -106,7 +95,7 @@ def test_patching_every_cross_attention_output_restores_clean_latents(request, f
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "altdiffusion"])
 def test_all_heads_at_hook_z_equal_hook_out_and_one_head_one_step_less(request, family):
-    model = _family(request, family)
+    model = tiny_family(request, family)
     out_site = model.sites("xattn_out")[0]
     z_site = out_site.replace("hook_out", "hook_z")
     metric = _to_clean(model)
@@ -125,8 +114,8 @@ def test_all_heads_at_hook_z_equal_hook_out_and_one_head_one_step_less(request, 
 
 
 @pytest.mark.parametrize("family", DENOISER_FAMILIES)
-def test_head_step_grid_runs_on_every_family(request, family):
-    model = _family(request, family)
+def test_head_step_grid_runs_on_everytiny_family(request, family):
+    model = tiny_family(request, family)
     z = next(s for s in model.sites() if s.endswith("hook_z"))
     res = interp.patch(model, D_CLEAN, D_CORRUPT, [z], _to_clean(model), steps="each", heads=[0, 1])
     assert [(r["step"], r["head"]) for r in res.rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
