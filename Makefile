@@ -33,4 +33,19 @@ bench: $(VENV)/.installed
 bench-realsize: $(VENV)/.installed
 	$(PY) benchmarks/bench_realsize.py
 
-.PHONY: install demo demo-quick test bench bench-realsize
+# The SAE-dependent rows of the main job over SAE seeds 0 1 2 (seed 0 read from $(REPORT)/: run make demo first;
+# about 10 min per extra seed on 2 idle cores) -> $(REPORT)/spread/spread.md
+spread: $(VENV)/.installed
+	$(PY) -m circuits.cli spread --main $(REPORT) --out $(REPORT)/spread --seeds 0 1 2
+
+# The test suite under other CPU kernels (ATen's vectorised kernels off, MKL/oneDNN on older ISAs): reading a
+# site must stay bit-exact and no test may depend on one CPU's float rounding.
+KERNELS_ENV := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
+test-kernels: $(VENV)/.installed
+	$(KERNELS_ENV) $(PY) -m pytest -q -n 2 --dist loadfile
+
+# The quick analysis under those kernels vs the default ones: SAE-free rows identical, SAE rows within the spread.
+check-kernels: $(VENV)/.installed
+	$(PY) benchmarks/check_kernels.py --out runs/kernels
+
+.PHONY: install demo demo-quick test test-kernels bench bench-realsize spread check-kernels

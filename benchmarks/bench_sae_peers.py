@@ -27,8 +27,17 @@ init and un-normalised MSE + α·AuxK) in that interpreter, saves it with SAELen
 `sae.load_saelens` and evaluates them like the others (its seconds are measured in its own
 process, not interleaved). Without the variable the SAELens rows are skipped with a message.
 
+Width sweep (`--widths 4096 16384 65536 --steps 12`): the planted rows (d_in 768), k 32,
+batch 1024, one SAE per library per width, the same batches, steps interleaved (ours, then
+sparsify, one step each); reports the median seconds per step, ours / sparsify, each library's
+growth from the narrowest width against the growth in d_sae (at most linear: growth ≤ width
+ratio), and held-out FVU after the steps (equal FVU: ratio ≈ 1). A latent counts as dead after
+steps/2 batches without firing: the first half of the steps runs without AuxK, the second half
+with it, and both halves' ratios are reported.
+
 Run: python benchmarks/bench_sae_peers.py [--quick] [--big] [--data organism planted]
      --quick: 0.25M tokens only; default: 0.25M and 1M; --big: also 4M (long on shared CPUs).
+     python benchmarks/bench_sae_peers.py --widths 4096 16384 65536 [--steps 12]
 Needs the `bench` extra (eai-sparsify)."""
 
 from __future__ import annotations
@@ -97,8 +106,8 @@ class SAEView:
 class Ours(SAEView):
     name = "culturelens"
 
-    def __init__(self, xtr: torch.Tensor, dead_tokens: int, seed: int):
-        super().__init__(TopKSAE(xtr.shape[1], D_SAE, K, dead_tokens=dead_tokens, seed=seed))
+    def __init__(self, xtr: torch.Tensor, dead_tokens: int, seed: int, d_sae: int = D_SAE):
+        super().__init__(TopKSAE(xtr.shape[1], d_sae, K, dead_tokens=dead_tokens, seed=seed))
         self.sae.init_from_data(xtr[:16 * BATCH])  # what sae.train does before step 1
         self.opt = make_optimizer(self.sae, LR)
 
@@ -114,13 +123,14 @@ class Sparsify:
 
     name = "sparsify"
 
-    def __init__(self, xtr: torch.Tensor, dead_tokens: int, seed: int):
+    def __init__(self, xtr: torch.Tensor, dead_tokens: int, seed: int, d_sae: int = D_SAE):
         from sparsify import SparseCoder, SparseCoderConfig
 
         torch.manual_seed(seed)
-        self.sc = SparseCoder(xtr.shape[1], SparseCoderConfig(num_latents=D_SAE, k=K))
+        self.d_sae = d_sae
+        self.sc = SparseCoder(xtr.shape[1], SparseCoderConfig(num_latents=d_sae, k=K))
         self.opt = torch.optim.Adam(self.sc.parameters(), lr=LR)
-        self.since = torch.zeros(D_SAE, dtype=torch.long)
+        self.since = torch.zeros(d_sae, dtype=torch.long)
         self.dead_tokens, self.first = dead_tokens, True
 
     def step(self, xb: torch.Tensor) -> torch.Tensor:
@@ -134,11 +144,11 @@ class Sparsify:
         sc.remove_gradient_parallel_to_decoder_directions()
         self.opt.step()
         self.opt.zero_grad()
-        fired = torch.zeros(D_SAE, dtype=torch.bool)
+        fired = torch.zeros(self.d_sae, dtype=torch.bool)
         fired[out.latent_indices.flatten()] = True  # sparsify's own did_fire rule
         self.since += xb.shape[0]
         self.since[fired] = 0
-        act = torch.zeros(D_SAE, dtype=torch.bool)
+        act = torch.zeros(self.d_sae, dtype=torch.bool)
         act[out.latent_indices[out.latent_acts > ACTIVE]] = True  # our dead_threshold
         return act
 
@@ -273,6 +283,60 @@ def table(res: dict) -> str:
     return "\n".join(out)
 
 
+def widths_sweep(widths: list[int], steps: int, seed: int = 0) -> list[dict]:
+    """Seconds per step and held-out FVU per width, ours and sparsify's, steps interleaved.
+
+    A latent is dead after steps/2 batches without firing, so the first half runs without AuxK
+    and the second half with it (on the latents that stayed silent): both regimes of a run."""
+    import statistics
+
+    xtr, xte, _ = planted_data()
+    half = max(2, steps // 2)
+    dead_tokens = BATCH * half
+    g = torch.Generator().manual_seed(seed + 1)
+    index = torch.randint(0, xtr.shape[0], (steps, BATCH), generator=g)
+    rows = []
+    for w in widths:
+        trainers = [Ours(xtr, dead_tokens, seed, w), Sparsify(xtr, dead_tokens, seed, w)]
+        secs: dict[str, list[float]] = {t.name: [] for t in trainers}
+        for step in range(steps):
+            xb = xtr[index[step]]
+            for t in trainers:
+                t0 = time.perf_counter()
+                t.step(xb)
+                secs[t.name].append(time.perf_counter() - t0)
+        row = {"d_sae": w, "steps": steps, "dead_tokens": dead_tokens}
+        for t in trainers:
+            s_ = secs[t.name]
+            # step 1 allocates the optimiser state: left out for both
+            row[f"{t.name}_sec"] = statistics.median(s_[1:] or s_)
+            row[f"{t.name}_sec_noaux"] = statistics.median(s_[1:half] or s_[:1])
+            row[f"{t.name}_sec_aux"] = statistics.median(s_[half:] or s_[-1:])
+            row[f"{t.name}_fvu"] = held_out_fvu(t, xte)
+        rows.append(row)
+        print(f"  d_sae {w:,}: ours {row['culturelens_sec']:.3f} s/step, sparsify "
+              f"{row['sparsify_sec']:.3f} s/step, ratio {row['culturelens_sec'] / row['sparsify_sec']:.2f}",
+              flush=True)
+        del trainers
+    return rows
+
+
+def widths_table(rows: list[dict]) -> str:
+    base = rows[0]
+    out = ["| d_sae | ours s/step | sparsify s/step | ours/sparsify | ours/sparsify before AuxK | "
+           "ours/sparsify with AuxK | width × | ours growth × | sparsify growth × | FVU ours | "
+           "FVU sparsify | FVU ratio |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o, p = r["culturelens_sec"], r["sparsify_sec"]
+        out.append(f"| {r['d_sae']:,} | {o:.3f} | {p:.3f} | {o / p:.2f} | "
+                   f"{r['culturelens_sec_noaux'] / r['sparsify_sec_noaux']:.2f} | "
+                   f"{r['culturelens_sec_aux'] / r['sparsify_sec_aux']:.2f} | "
+                   f"{r['d_sae'] / base['d_sae']:g} | {o / base['culturelens_sec']:.2f} | "
+                   f"{p / base['sparsify_sec']:.2f} | {r['culturelens_fvu']:.4f} | "
+                   f"{r['sparsify_fvu']:.4f} | {r['culturelens_fvu'] / r['sparsify_fvu']:.2f} |")
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="0.25M tokens only")
@@ -280,6 +344,9 @@ def main() -> int:
     ap.add_argument("--data", nargs="+", default=["organism", "planted"],
                     choices=["organism", "planted"])
     ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--widths", nargs="+", type=int,
+                    help="width sweep instead of the budgets: seconds per step at these d_sae")
+    ap.add_argument("--steps", type=int, default=12, help="steps per width in the sweep")
     a = ap.parse_args()
     try:
         import sparsify
@@ -288,6 +355,15 @@ def main() -> int:
         return 2
     from importlib.metadata import version
 
+    if a.widths:
+        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, eai-sparsify "
+              f"{version('eai-sparsify')}; d_in 768, k {K}, batch {BATCH}, {a.steps} steps per "
+              f"width (median of steps 2..{a.steps}), interleaved", flush=True)
+        rows = widths_sweep(a.widths, a.steps)
+        print(widths_table(rows))
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=1))
+        return 0
     budgets = [250_000] if a.quick else [250_000, 1_000_000] + ([4_000_000] if a.big else [])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"eai-sparsify {version('eai-sparsify')} ({sparsify.__name__})", flush=True)

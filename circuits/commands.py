@@ -6,23 +6,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from interp.cli import positive_int
+
 
 def _common(p: argparse.ArgumentParser, judge: bool = False, units: bool = False) -> None:
     p.add_argument("--model", required=True, help="pipeline folder, or tiny:<family>[:<layers>]")
     p.add_argument("--pairs", default="bundled", help="bundled | bundled_ood | CultureBench folder or samples file")
     p.add_argument("--split", default=None, help="use only this split (train/test/probe)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many records per culture")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many records per culture")
     p.add_argument("--english", action="store_true", help="use the English prompts")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow a pipeline folder that ships its own pipeline.py (e.g. the CultureWorld organism)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--n-boot", type=int, default=1000)
+                   help="allow a pipeline folder that ships its own pipeline.py (only for folders you trust; the "
+                        "shipped CultureWorld organism's code is recognised by its fingerprint and needs no flag)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--n-boot", type=positive_int, default=1000)
     if judge:
         p.add_argument("--judge", required=True, help="clip:PATH | vlm:PATH | py:FILE.py:FACTORY | module:FACTORY")
-        p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+        p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
     if units:
         p.add_argument("--units", required=True, help="folder written by find-units")
         p.add_argument("--sae", default=None, help="SAELens folder, when the units are SAE latents")
@@ -131,7 +134,7 @@ def cmd_enhance(args) -> int:
     for name, l in layers:
         run = train_enhancer(model, recs, layer=l, out=out / f"enhancer_layer{l}", steps=args.train_steps, lr=args.lr,
                              batch_size=args.train_batch, objective=args.objective, seed=args.seed,
-                             checkpoint_every=args.checkpoint_every, split=args.train_split)
+                             checkpoint_every=args.checkpoint_every, split=args.train_split, resume=not args.restart)
         runs[name] = run.to_json()
         run.plot(out / f"enhancer_layer{l}" / "loss.png")
         if judge is not None:
@@ -195,35 +198,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, default=0.0)
     p.add_argument("--beta", type=float, default=1e-6)
     p.add_argument("--rho", type=float, default=0.5)
-    p.add_argument("--k", type=int, default=None, help="fixed K instead of the elbow")
-    p.add_argument("--k-max", type=int, default=64)
+    p.add_argument("--k", type=positive_int, default=None, help="fixed K instead of the elbow")
+    p.add_argument("--k-max", type=positive_int, default=64)
     p.add_argument("--select", default="wfs", choices=["wfs", "specific"],
                    help="rank by WFS_cult, or by WFS_cult minus the max over the other cultures (culture-specific)")
     p.set_defaults(func=cmd_find_units)
 
     p = sub.add_parser("validate-units", help="baseline vs Top-K masked vs random masked (CultureVQA)")
     _common(p, judge=True, units=True)
-    p.add_argument("--n-random", type=int, default=10)
+    p.add_argument("--n-random", type=positive_int, default=10)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("amplify-sweep", help="zero-training amplifier: CultureVQA per λ vs random units")
     _common(p, judge=True, units=True)
     p.add_argument("--lams", type=float, nargs="+", default=[0, 2, 4, 6, 7, 8])
-    p.add_argument("--n-random", type=int, default=3)
+    p.add_argument("--n-random", type=positive_int, default=3)
     p.add_argument("--replace", action="store_true", help="paper-literal F' = decode(Z_enh) (drop the SAE error)")
     p.set_defaults(func=cmd_amplify)
 
     p = sub.add_parser("train-enhancer", help="fine-tuned layer enhancer (+ random-layer control)")
     _common(p)
     p.add_argument("--judge", default=None, help="evaluate with this judge (see validate-units)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps for evaluation")
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps for evaluation")
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--control", action="store_true", help="also train at a random other layer")
-    p.add_argument("--train-steps", type=int, default=2000)
-    p.add_argument("--train-batch", type=int, default=1)
+    p.add_argument("--train-steps", type=positive_int, default=2000)
+    p.add_argument("--train-batch", type=positive_int, default=1)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--objective", default="denoise", choices=["denoise", "pixel"])
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=positive_int, default=100)
+    p.add_argument("--restart", action="store_true",
+                   help="start the enhancer training over instead of resuming its checkpoint in --out")
     p.add_argument("--train-split", default="train")
     p.add_argument("--eval-split", default="test")
     p.set_defaults(func=cmd_enhance)
@@ -231,7 +236,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("causal-sweep", help="mask top units at every layer: the causal ground truth for the scan")
     _common(p, judge=True)
     p.add_argument("--probe-split", default="probe", help="split to find units on (default: probe)")
-    p.add_argument("--n-units", type=int, default=8)
+    p.add_argument("--n-units", type=positive_int, default=8)
     p.add_argument("--chosen", type=int, default=None, help="the ΔCA-chosen layer to rank")
     p.add_argument("--rho", type=float, default=0.5)
     p.add_argument("--sae", action="append", default=None, metavar="LAYER=PATH",
@@ -256,7 +261,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_circuits)
 
     from circuits.organism.cli import register_organism
-    from circuits.analysis.cli import register_analysis
+    from circuits.analysis.cli import register_analysis, register_spread
 
     register_organism(sub)
     register_analysis(sub)
+    register_spread(sub)

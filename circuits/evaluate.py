@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-from tqdm.auto import tqdm
+from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
 
@@ -78,7 +78,7 @@ def score(
 
     mine = distributed.shard(items, "prompts")
     correct, nouns, preds, images = [], [], [], []
-    for s in tqdm(range(0, len(mine), batch_size), desc=desc, leave=False):
+    for s in bar(range(0, len(mine), batch_size), desc=desc, leave=False):
         batch = mine[s : s + batch_size]
         cultures = [c for c, _, _ in batch]
         texts = [p.concept_prompt if prompt == "concept" else p.noun_prompt for _, _, p in batch]

@@ -4,22 +4,51 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any, Callable
 
+import interp
 from interp.errors import CultureLensError
+
+from interp.tiny import parse_spec as parse_tiny_spec
+
+from circuits.organism.shipped import is_shipped_code
+
+
+def load_pipeline(path: str | Path, device: str = "cpu", trust_remote_code: bool = False) -> Any:
+    """`interp.load` of a pipeline folder, running a folder's own pipeline.py only by opt-in.
+
+    The shipped organism, or any folder whose code is byte-identical to it
+    (`circuits.organism.shipped.is_shipped_code`), loads without the flag; any other folder that
+    brings code needs `trust_remote_code=True` (`--trust-remote-code`)."""
+    path = Path(path)
+    trusted = trust_remote_code or is_shipped_code(path)
+    if not trusted and _brings_code(path):
+        raise CultureLensError(f"{path}: this pipeline folder brings its own Python code "
+                               f"({', '.join(sorted(str(p.relative_to(path)) for p in path.rglob('*.py'))) or 'model_index.json names a custom class'}) "
+                               f"that differs from the shipped organism's; pass --trust-remote-code "
+                               f"(trust_remote_code=True) to run it, only for folders you trust")
+    return interp.load(path, device=device, trust_remote_code=trusted)
+
+
+def _brings_code(path: Path) -> bool:
+    """A custom pipeline class in model_index.json, or any .py file in the folder."""
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # interp.load reports a missing or broken index with its own message
+    return (isinstance(index, dict) and isinstance(index.get("_class_name"), list)) or any(path.rglob("*.py"))
 
 
 def load_model(spec: str, device: str = "cpu", trust_remote_code: bool = False) -> Any:
-    """`tiny:<family>[:<layers>]` (a random offline pipeline) or a pipeline folder (one that ships
-    its own pipeline.py, like the CultureWorld organism, needs `trust_remote_code`)."""
-    import interp
-
+    """`tiny:<family>[:<layers>]` (a random offline pipeline) or a pipeline folder (see
+    `load_pipeline`: a folder with its own code needs `trust_remote_code` unless it is the
+    shipped organism's)."""
     if spec.startswith("tiny:"):
-        parts = spec.split(":")
-        layers = int(parts[2]) if len(parts) > 2 else 2
-        return interp.tiny(parts[1], text_layers=layers)
-    return interp.load(spec, device=device, trust_remote_code=trust_remote_code)
+        family, layers = parse_tiny_spec(spec)
+        return interp.tiny(family, text_layers=layers)
+    return load_pipeline(spec, device, trust_remote_code)
 
 
 def load_records(spec: str, split: str | None = None, limit: int | None = None, seed: int = 0) -> list[Any]:

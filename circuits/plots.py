@@ -18,6 +18,11 @@ def _plt():
     return plt
 
 
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend, for figures outside this module."""
+    return _plt()
+
+
 def _save(fig, path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")

@@ -16,12 +16,21 @@ def _pct(r) -> str:
     return f"{100 * r.mean:.1f}% [{100 * r.low:.1f}, {100 * r.high:.1f}]"
 
 
+def _sensitivity(e) -> str:
+    """Why the chosen layer is (not) called sensitive."""
+    if e.chosen_is_sensitive:
+        return "sensitive"
+    if e.n_pairs < getattr(e, "min_pairs", 0):
+        return f"too few usable pairs to call a layer sensitive: {e.n_pairs} < min_pairs {e.min_pairs}"
+    return "no layer clears the neighbour-peak CI"
+
+
 def scan_markdown(scan) -> str:
     lines = ["## Culture-layer scan (ΔCA)", ""]
     for name, e in scan.encoders.items():
         lines += [f"- `{name}` ({e.direction}, {e.n_pairs} pairs{', ' + str(e.n_masked) + ' masked' if e.n_masked else ''}): "
                   f"chosen layer **{e.chosen}** (ΔCA {e.delta[e.layers.index(e.chosen)]:.4g}, "
-                  f"{'sensitive' if e.chosen_is_sensitive else 'no layer clears the neighbour-peak CI'}; "
+                  f"{_sensitivity(e)}; "
                   f"bootstrap stability {e.stability[e.layers.index(e.chosen)]:.2f}); sensitive layers: {e.sensitive}"]
     return "\n".join(lines + ["", "![ΔCA by layer](layer_scan.png)", ""])
 

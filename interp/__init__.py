@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+import logging as _logging
+
+
+class _QuietTorchvisionFallback(_logging.Filter):
+    """transformers 5 says, on every import of a pipeline, that CLIP/SigLIP image processors fall
+    back to their PIL versions without torchvision. culturelens never feeds images through them
+    (they belong to safety checkers and IP adapters), so the notice is noise; other messages pass."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return "requires torchvision (not installed); falling back" not in record.getMessage()
+
+
+_logging.getLogger("transformers.utils.import_utils").addFilter(_QuietTorchvisionFallback())
+
 from .capture import capture, encoder_output, mean_activation
 from .errors import (CultureLensError, NotAPipelineError, PromptTooLongError, SiteError,
                      UnsupportedModelError)

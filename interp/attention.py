@@ -2,17 +2,22 @@
 
 Why our own: SDPA never forms the attention probabilities and the per-head output exists only
 inside the processor, so q/k/v/z/pattern sites need the computation in our hands. Each class
-below reproduces one diffusers processor line for line (AttnProcessor2_0 for UNet attention,
-JointAttnProcessor2_0 for SD3, FluxAttnProcessor for FLUX) and calls `edit(hook, act)` at each
-hook point; `edit` returns its argument itself when nothing acts there, so the math (and SDPA)
-sees the very same tensors.
+below reproduces one diffusers processor line for line (diffusers 0.42.1: AttnProcessor2_0 for
+UNet attention, JointAttnProcessor2_0 for SD3, FluxAttnProcessor for FLUX) and calls
+`edit(hook, act)` at each hook point.
 
 A processor is installed only on the modules a session names and only for the session (see
-interp/hooks.py). At a call where no recorder and no intervention of that module acts
-(`wanted` is empty: other steps, other branch), it hands the call to the original processor,
-so such a call is bit-identical to running without culturelens. When the pattern is read or
-written, the attention is computed eagerly (softmax(q kᵀ / √d) v), which agrees with SDPA to
-float rounding; otherwise SDPA runs as in diffusers.
+interp/hooks.py). Per call, `wanted()` says which hooks are read and which are written
+(`hook + WRITES`); three cases:
+- nothing acts at this call (other steps, other branch): the original processor runs alone;
+- hooks are only **read** (recorders, read-only interventions such as attribution's
+  accumulators): the module's output is the original processor's output, computed by the very
+  kernel it would use without culturelens, and q/k/v/pattern/z are formed on the side for the
+  readers. So reading any site changes nothing, bit for bit, on any CPU and any kernel selection
+  (reproducing the math is not enough: an eager softmax(q kᵀ) v and SDPA round differently);
+- a hook is **written**: the output comes from our reproduction with the edited tensor; where the
+  pattern is written the attention is computed eagerly (softmax(q kᵀ / √d) v, which agrees with
+  SDPA to float rounding, not bit for bit), elsewhere SDPA runs as in diffusers.
 
 Hooked layouts: q, k, v, z as [B, S, H, d]; pattern as [B, H, Q, K].
 """
@@ -30,8 +35,14 @@ from .errors import UnsupportedModelError
 
 Edit = Callable[[str, torch.Tensor], torch.Tensor]
 Wanted = Callable[[], set[str]]
-# In a `wanted` set: an intervention edits the pattern at this call (else it is only read).
-WRITES_PATTERN = "hook_pattern!"
+# In a `wanted` set, `hook + WRITES`: an intervention edits that hook at this call (a hook present
+# without it is only read).
+WRITES = "!"
+
+
+def writes_any(want: set[str]) -> bool:
+    """Whether any hook in `want` is written (else the call only reads)."""
+    return any(w.endswith(WRITES) for w in want)
 
 # Processor classes whose math we reproduce, per style.
 SUPPORTED = {
@@ -56,20 +67,22 @@ def check_supported(style: str, processor: Any, where: str) -> None:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, edit: Edit, want: set[str],
-            sdpa: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """[B, H, Q, d] x [B, H, K, d] -> [B, H, Q, d]. When the pattern is edited: eagerly from the
-    (edited) probabilities. When it is only read: the probabilities are formed for the reader and
-    the output still comes from `sdpa()`, so reading changes nothing."""
-    if "hook_pattern" not in want:
-        return sdpa()
-    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    probs = scores.softmax(dim=-1).to(q.dtype)
-    edited = edit("hook_pattern", probs)
-    if edited is probs and WRITES_PATTERN not in want:
-        return sdpa()
-    return edited @ v
+            sdpa: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+    """[B, H, Q, d] x [B, H, K, d] -> [B, H, Q, d]. When the pattern is written: eagerly from the
+    edited probabilities. When it is only read: the probabilities are formed for the reader and
+    the output comes from `sdpa()`. In a read-only call nobody needs the output unless z is read:
+    then None."""
+    if "hook_pattern" in want:
+        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        probs = scores.softmax(dim=-1).to(q.dtype)
+        edited = edit("hook_pattern", probs)
+        if "hook_pattern" + WRITES in want:
+            return edited @ v
+    if not writes_any(want) and "hook_z" not in want:
+        return None
+    return sdpa()
 
 
 def _heads_in(edit: Edit, hook: str, x: torch.Tensor) -> torch.Tensor:
@@ -112,10 +125,18 @@ class UNetAttnProcessor(HookedAttnProcessor):
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                  *args: Any, **kwargs: Any) -> torch.Tensor:
         want = self.wanted()
-        if not want:
+        if not writes_any(want):
             extra = {"temb": temb} if temb is not None else {}
-            return self.original(attn, hidden_states, *args, encoder_hidden_states=encoder_hidden_states,
-                                 attention_mask=attention_mask, **extra, **kwargs)
+            out = self.original(attn, hidden_states, *args, encoder_hidden_states=encoder_hidden_states,
+                                attention_mask=attention_mask, **extra, **kwargs)
+            if want:  # readers only: the output above stands; form what they read on the side
+                self._math(attn, hidden_states, encoder_hidden_states, attention_mask, temb, want)
+            return out
+        return self._math(attn, hidden_states, encoder_hidden_states, attention_mask, temb, want)
+
+    def _math(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+              attention_mask: torch.Tensor | None, temb: torch.Tensor | None, want: set[str]) -> torch.Tensor | None:
+        """AttnProcessor2_0 with hook points; None once the readers of a read-only call are served."""
         edit = self.edit
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -145,7 +166,11 @@ class UNetAttnProcessor(HookedAttnProcessor):
                                                                ("hook_v", value)))
         hidden_states = _attend(query, key, value, attention_mask, edit, want, lambda: F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False))
+        if hidden_states is None:
+            return None
         z = edit("hook_z", hidden_states.transpose(1, 2))
+        if not writes_any(want):
+            return None
         hidden_states = z.reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
@@ -165,8 +190,16 @@ class SD3AttnProcessor(HookedAttnProcessor):
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
         want = self.wanted()
-        if not want:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        if not writes_any(want):
+            out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+            if want:  # readers only: the output above stands; form what they read on the side
+                self._math(attn, hidden_states, encoder_hidden_states, want)
+            return out
+        return self._math(attn, hidden_states, encoder_hidden_states, want)
+
+    def _math(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+              want: set[str]) -> Any:
+        """JointAttnProcessor2_0 with hook points; None once the readers of a read-only call are served."""
         edit = self.edit
         residual = hidden_states
         batch_size = hidden_states.shape[0]
@@ -190,7 +223,11 @@ class SD3AttnProcessor(HookedAttnProcessor):
                                                                ("hook_v", value)))
         hidden_states = _attend(query, key, value, None, edit, want, lambda: F.scaled_dot_product_attention(
             query, key, value, dropout_p=0.0, is_causal=False))
+        if hidden_states is None:
+            return None
         z = edit("hook_z", hidden_states.transpose(1, 2))
+        if not writes_any(want):
+            return None
         hidden_states = z.reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
         if encoder_hidden_states is not None:
@@ -213,8 +250,16 @@ class FluxAttnProcessor(HookedAttnProcessor):
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb: torch.Tensor | None = None) -> Any:
         want = self.wanted()
-        if not want:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if not writes_any(want):
+            out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            if want:  # readers only: the output above stands; form what they read on the side
+                self._math(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, want)
+            return out
+        return self._math(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, want)
+
+    def _math(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+              attention_mask: torch.Tensor | None, image_rotary_emb: Any, want: set[str]) -> Any:
+        """FluxAttnProcessor with hook points; None once the readers of a read-only call are served."""
         from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.embeddings import apply_rotary_emb
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
@@ -248,8 +293,12 @@ class FluxAttnProcessor(HookedAttnProcessor):
                 parallel_config=getattr(self.original, "_parallel_config", None)).transpose(1, 2)
 
         hidden_states = _attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask,
-                                edit, want, sdpa).transpose(1, 2)
-        hidden_states = edit("hook_z", hidden_states)
+                                edit, want, sdpa)
+        if hidden_states is None:
+            return None
+        hidden_states = edit("hook_z", hidden_states.transpose(1, 2))
+        if not writes_any(want):
+            return None
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.to(query.dtype)
         if encoder_hidden_states is not None:

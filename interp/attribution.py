@@ -29,8 +29,6 @@ image size (clamped at 0); the aggregate is the mean over steps.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,61 +36,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
 from .errors import CultureLensError, SiteError
+from .heatmaps import figure, grid, image_tensor, mass_share, overlay, upsample
 from .interventions import Intervention, OnRows
 from .result_io import load_result, save_result
 
 
 # -- result objects ----------------------------------------------------------------------------
 
-def _image_tensor(image: Any) -> Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
-
-
-def _overlay(ax: Any, image: Tensor, heat: Tensor, title: str, vmax: float | None = None) -> None:
-    ax.imshow(image.numpy())
-    top = float(heat.max()) if vmax is None else vmax
-    ax.imshow(heat.numpy(), cmap="jet", alpha=0.5, vmin=0.0, vmax=max(top, 1e-12),
-              extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
-    ax.set_title(title, fontsize=8)
-    ax.axis("off")
-
-
-def _figure(images: list[tuple[Tensor, str]], overlays: list[tuple[Tensor, str]], base: Tensor, path: Any,
-            vmax: float | None = None) -> Any:
-    """Plain images first, then heat maps over `base`; saved to `path` if given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(images) + len(overlays)
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), layout="constrained", squeeze=False)
-    for ax, (img, title) in zip(axes[0], images):
-        ax.imshow(img.numpy())
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    for ax, (heat, title) in zip(axes[0][len(images):], overlays):
-        _overlay(ax, base, heat, title, vmax)
-    if path is not None:
-        with warnings.catch_warnings():  # prompt words in scripts the default font lacks (CJK, Thai)
-            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-            fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return fig
-
-
-def _mass_share(m: Tensor, q: float = 0.1) -> float:
-    """Share of the map's total mass on its top `q` fraction of pixels (1 = concentrated)."""
-    flat = m.flatten().double()
-    if float(flat.sum()) <= 0:
-        return math.nan
-    k = max(1, int(round(q * flat.numel())))
-    return float(flat.topk(k).values.sum() / flat.sum())
+# The shared heat-map helpers (also used by `sae.feature_maps`), under this module's old names.
+_image_tensor, _overlay, _figure, _mass_share = image_tensor, overlay, figure, mass_share
 
 
 @dataclass
@@ -250,6 +206,7 @@ class _Accumulate(Intervention):
     columns over the steps it sees: `total` [B, H, Q_img, K_text]."""
 
     branch = "both"  # sees every row; keeps the conditional ones itself
+    reads_only = True  # returns act itself: the traced image is the plain one, bit for bit
 
     def __init__(self, site: str, queries: Any, keys: Any, steps: Sequence[int] | None) -> None:
         self.site, self.queries, self.keys, self.steps = site, queries, keys, steps
@@ -267,17 +224,10 @@ class _Accumulate(Intervention):
 
 def _grid(n_queries: int, height: int, width: int, where: str) -> tuple[int, int]:
     """The feature-map shape (h, w) of `n_queries` positions for an image of height × width."""
-    f = math.sqrt(height * width / n_queries)
-    h, w = round(height / f), round(width / f)
-    if h * w != n_queries:
-        raise CultureLensError(f"attribution: {where}: {n_queries} query positions do not tile a "
-                               f"{height}x{width} image")
-    return h, w
+    return grid(n_queries, height, width, f"attribution: {where}")
 
 
-def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """[N, h, w] -> [N, H, W], bicubic, clamped at 0 (DAAM's undershoot fix)."""
-    return F.interpolate(maps[:, None].float(), size=size, mode="bicubic", align_corners=False)[:, 0].clamp_(min=0)
+_upsample = upsample
 
 
 def attribution(model: Any, prompt: str, words: str | Sequence[str], seed: int = 0, steps: Sequence[int] | None = None,

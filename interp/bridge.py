@@ -1,7 +1,9 @@
 """transformer_lens `TransformerBridge` over a pipeline's text encoder, for encoder-only analysis.
 
-transformer_lens 4 has no adapter for CLIP's text tower or for AltDiffusion's XLM-R
-(`RobertaSeriesModelWithTransformation`, which has no LM head), so this module registers two small
+transformer_lens 4 has no adapter for CLIP's text tower, for AltDiffusion's XLM-R
+(`RobertaSeriesModelWithTransformation`, which has no LM head) or for a bare BERT-family encoder
+(`BertModel` such as multilingual-e5-small, `XLMRobertaModel`: its BERT adapter expects
+`BertForMaskedLM`'s `bert.` root and head), so this module registers small
 architecture adapters and boots a bridge on a *deep copy* of the encoder: booting swaps modules in
 place, and the pipeline must keep its own untouched modules. Use it for `run_with_cache`-style
 work with standard hook names (`blocks.{l}.hook_resid_post`, `blocks.{l}.attn.hook_pattern`, ...);
@@ -21,6 +23,7 @@ from .errors import UnsupportedModelError
 
 CLIP_ARCH = "CultureLensCLIPText"
 XLMR_ARCH = "CultureLensXLMR"
+BERT_ARCH = "CultureLensBERTFamily"
 _registered = False
 
 
@@ -48,6 +51,7 @@ def _register() -> None:
         AttentionBridge, BlockBridge, EmbeddingBridge, LinearBridge, MLPBridge, NormalizationBridge,
         PosEmbedBridge,
     )
+    from transformer_lens.model_bridge.supported_architectures.bert import BertArchitectureAdapter
     from transformer_lens.model_bridge.supported_architectures.roberta import RobertaArchitectureAdapter
 
     class CLIPTextAdapter(ArchitectureAdapter):
@@ -101,13 +105,32 @@ def _register() -> None:
             table = hf_model.roberta.embeddings.position_embeddings
             self.cfg.n_ctx = table.num_embeddings - ((table.padding_idx or 0) + 1)
 
+    class BertFamilyAdapter(BertArchitectureAdapter):
+        """A bare BERT-family encoder (`BertModel`, e.g. multilingual-e5-small, or `XLMRobertaModel`):
+        BERT's blocks at the root (`encoder.layer`, no `bert.` prefix), no MLM head."""
+
+        def __init__(self, cfg: Any) -> None:
+            super().__init__(cfg)
+            for key in ("mlm_head", "unembed", "ln_final"):
+                self.component_mapping.pop(key, None)
+            for comp in self.component_mapping.values():
+                if comp.name.startswith("bert."):
+                    comp.name = comp.name[len("bert."):]
+
+        def prepare_model(self, hf_model: Any) -> None:
+            # No `bert.` heads to adjust (the parent looks for them). XLM-R reserves padding_idx + 1
+            # position rows (its positions start there); BERT's start at 0.
+            table = hf_model.embeddings.position_embeddings
+            offset = (table.padding_idx or 0) + 1 if hf_model.config.model_type in ("xlm-roberta", "roberta") else 0
+            self.cfg.n_ctx = table.num_embeddings - offset
+
     class CLIPTextWithProjectionAdapter(CLIPTextAdapter):
         """`CLIPTextModelWithProjection` keeps the same tower under `text_model.`."""
 
         root = "text_model."
 
     for name, cls in ((CLIP_ARCH, CLIPTextAdapter), (CLIP_ARCH + "WithProjection", CLIPTextWithProjectionAdapter),
-                      (XLMR_ARCH, XLMRAdapter)):
+                      (XLMR_ARCH, XLMRAdapter), (BERT_ARCH, BertFamilyAdapter)):
         factory.SUPPORTED_ARCHITECTURES[name] = cls
         factory.ArchitectureAdapterFactory.register_adapter(name, cls)
     _registered = True
@@ -118,9 +141,12 @@ def bridge(model: Any, encoder: str = "text") -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
     enc = model.encoder(encoder)
-    arch = {"clip": CLIP_ARCH, "xlmr": XLMR_ARCH}.get(enc.arch)
+    arch = {"clip": CLIP_ARCH, "xlmr": XLMR_ARCH, "bert": BERT_ARCH}.get(enc.arch)
     if arch is None:
-        raise UnsupportedModelError(f"no TransformerBridge adapter for {encoder} ({enc.arch}); CLIP and XLM-R have one")
+        raise UnsupportedModelError(f"no TransformerBridge adapter for {encoder} ({enc.arch}); CLIP, XLM-R and BERT "
+                                    "have one")
+    if enc.arch == "xlmr" and not hasattr(enc.module, "roberta"):
+        arch = BERT_ARCH  # a bare XLMRobertaModel (encoder-only folder): BERT's layout at the root
     _register()
     hf = copy.deepcopy(enc.module).eval()
     # The bridge re-creates a tokenizer "with BOS" from its hub name unless told it already adds one.
@@ -141,7 +167,7 @@ def run_with_cache(model: Any, prompts: str | Sequence[str], encoder: str = "tex
     enc = model.encoder(encoder)
     batch = model.tokenize(prompts, encoder)
     kwargs: dict[str, Any] = {}
-    if enc.uses_attention_mask or enc.arch == "xlmr":
+    if enc.uses_attention_mask or enc.arch in ("xlmr", "bert"):
         kwargs["attention_mask"] = batch["attention_mask"]
     filt = (lambda n: n in set(names)) if names is not None else None
     with torch.no_grad():

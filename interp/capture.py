@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .checks import prompt_list
 from .errors import CultureLensError, SiteError
 from .hooks import resolve_intervention
 from .interventions import apply_all
@@ -128,7 +129,7 @@ def capture(model: Any, prompts: str | Sequence[str], sites: Sequence[str], inte
     `interventions` on text sites are applied first (later sites see their effect)."""
     from tqdm.auto import tqdm
 
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = prompt_list(prompts, "capture")
     parsed = [parse(model, s) for s in sites]
     for s in parsed:
         if s.denoiser:
@@ -154,7 +155,7 @@ def encoder_output(model: Any, prompts: str | Sequence[str], encoder: str = "tex
     pooled output, returned as one token [B, 1, d]), with interventions."""
     from .hooks import HookSession
 
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = prompt_list(prompts, "encoder_output")
     enc = model.encoder(encoder)
     batch = model.tokenize(prompts, encoder, truncate=truncate)
     mine = [iv for iv in interventions if parse(model, iv.site).encoder == encoder]
@@ -175,7 +176,7 @@ def mean_activation(model: Any, prompts: str | Sequence[str], site: str, truncat
     if isinstance(site, (list, tuple)) and isinstance(prompts, str) and _is_site(model, prompts):
         raise CultureLensError(f"mean_activation(model, prompts, site): got the site {prompts!r} as prompts and a "
                                "list as site; the order is (model, prompts, site), as in capture")
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = prompt_list(prompts, "mean_activation")
     s = parse(model, site)
     if s.kind not in ("resid_post", "attn_out", "mlp_post"):
         raise SiteError(f"mean_activation: {site!r} is not a per-token vector site")

@@ -5,13 +5,25 @@ from __future__ import annotations
 import argparse
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (the message names the value; argparse adds the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
     import interp
     from interp.demo import run_demo
 
-    model = interp.load(args.model, device=args.device, dtype=getattr(torch, args.dtype)) if args.model else None
+    model = interp.load(args.model, device=args.device, dtype=getattr(torch, args.dtype),
+                        trust_remote_code=args.trust_remote_code) if args.model else None
     report = run_demo(args.out, model=model, family=args.family, seed=args.seed, steps=args.steps, k=args.k)
     print(f"wrote {report}")
     return 0
@@ -24,9 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="a local diffusers pipeline folder (default: a tiny random one)")
     p.add_argument("--family", default="sd", choices=["sd", "sdxl", "altdiffusion", "sd3"],
                    help="family of the tiny pipeline when --model is not given")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a --model folder that ships its own pipeline.py (only for folders you trust)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    p.add_argument("--k", type=int, default=8, help="number of units to mask")
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--k", type=positive_int, default=8, help="number of units to mask")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.set_defaults(func=_demo)

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .checks import describe, finite_number, is_int, positive_int, prompt_list
 from .errors import CultureLensError
 from .hooks import HookSession
 from .interventions import Where
@@ -45,7 +46,14 @@ class Generation:
 def prompt_seeds(seed: int | Sequence[int], n: int) -> list[int]:
     """One noise seed per prompt: `seed + i`, or the given list (one per prompt)."""
     if not isinstance(seed, (Sequence, Tensor)):  # any integer, numpy's included
+        if not is_int(seed):  # int(1.5) would silently be seed 1
+            raise CultureLensError(f"generate: seed must be an integer or one integer per prompt, got {describe(seed)}")
         return [int(seed) + i for i in range(n)]
+    if isinstance(seed, str) or (torch.is_tensor(seed) and seed.ndim == 0):
+        raise CultureLensError(f"generate: seed must be an integer or one integer per prompt, got {describe(seed)}")
+    bad = [i for i, s in enumerate(seed) if not is_int(s)]
+    if bad:
+        raise CultureLensError(f"generate: seed {bad[0]} of the list is {describe(list(seed)[bad[0]])}; seeds are integers")
     seeds = [int(s) for s in seed]
     if len(seeds) != n:
         raise CultureLensError(f"generate: {len(seeds)} seeds for {n} prompts; give one seed per prompt or an int")
@@ -57,11 +65,18 @@ def pipeline_kwargs(model: Any, prompts: list[str], seed: int | Sequence[int], s
                     **extra: Any) -> dict[str, Any]:
     """The exact keyword arguments `generate` passes to the pipeline (also for reference runs)."""
     d = model.defaults
+    # `steps` is a count here (how many denoising steps), unlike an intervention's `steps=`
+    # (which step indices): 0 would divide by zero inside the scheduler, -1 index out of range.
+    n_steps = positive_int(steps if steps is not None else d["steps"],
+                           "generate: steps (the number of denoising steps)")
+    scale = finite_number(guidance if guidance is not None else d["guidance"], "generate: guidance")
+    h = positive_int(height if height is not None else d["height"], "generate: height (pixels)")
+    w = positive_int(width if width is not None else d["width"], "generate: width (pixels)")
     kw: dict[str, Any] = dict(
         prompt=prompts,
-        num_inference_steps=int(steps if steps is not None else d["steps"]),
-        guidance_scale=float(guidance if guidance is not None else d["guidance"]),
-        height=int(height or d["height"]), width=int(width or d["width"]),
+        num_inference_steps=n_steps,
+        guidance_scale=scale,
+        height=h, width=w,
         generator=[torch.Generator("cpu").manual_seed(s) for s in prompt_seeds(seed, len(prompts))],
     )
     if model.family == "sd3":
@@ -80,13 +95,13 @@ def generate(model: Any, prompts: str | Sequence[str], seed: int | Sequence[int]
     `seed`: prompt i gets `seed + i`, or pass one seed per prompt. `record` names sites to capture
     on the way (see `Generation.acts`). `negative_prompt` may be one string (for every prompt) or
     one per prompt."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = prompt_list(prompts, "generate")
     if not prompts:
         raise CultureLensError("generate: no prompts given")
     model.check_prompts(prompts, truncate=truncate)
     neg = pipe_kwargs.get("negative_prompt")
     if neg is not None:
-        neg = [neg] * len(prompts) if isinstance(neg, str) else list(neg)
+        neg = [neg] * len(prompts) if isinstance(neg, str) else prompt_list(neg, "generate: negative_prompt")
         if len(neg) != len(prompts):
             raise CultureLensError(f"generate: {len(neg)} negative prompts for {len(prompts)} prompts; give one "
                                    "string or one per prompt")
@@ -172,7 +187,7 @@ def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[s
     from .errors import SiteError
     from .sites import parse
 
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = prompt_list(prompts, "capture_generation")
     model.check_prompts(prompts, truncate=kwargs.pop("truncate", False))
     parsed = sorted((parse(model, s) for s in sites), key=lambda s: s.order)
     bad = [s.name for s in parsed if s.kind != "xattn_out"]

@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from .attention import PROCESSORS, WRITES_PATTERN, check_supported, style_of
+from .attention import PROCESSORS, WRITES, check_supported, style_of
 from .errors import CultureLensError, SiteError
-from .interventions import BRANCHES, Where, apply_all, check_branch, is_active
+from .interventions import BRANCHES, Where, apply_all, check_branch, check_indexing, is_active
 from .sites import PROC_HOOKS, Site, check_indices, parse, resolve_module
 
 Recorder = Callable[[Site, torch.Tensor, Where], None]
@@ -50,6 +50,7 @@ def resolve_intervention(model: Any, iv: Any) -> Site:
     if not site.writable:
         raise SiteError(f"site {site.name!r} is read-only (text attention patterns cannot be edited)")
     check_branch(iv)
+    check_indexing(iv)  # lists of ints (steps=5 is not a list of step indices), for any intervention
     units = getattr(iv, "units", None)
     if units is not None:
         check_indices(site, units.indices)
@@ -107,8 +108,9 @@ class _Runtime:
         for prefix, enc in model.encoders.items():
             h = enc.module.register_forward_pre_hook(functools.partial(self._text_call, prefix))
             self._undo.append(h.remove)
-        h = model.denoiser.register_forward_pre_hook(self._denoiser_call, with_kwargs=True)
-        self._undo.append(h.remove)
+        if model.has_denoiser:  # an encoder-only model has text sites only
+            h = model.denoiser.register_forward_pre_hook(self._denoiser_call, with_kwargs=True)
+            self._undo.append(h.remove)
 
     def remove(self) -> None:
         for undo in reversed(self._undo):
@@ -269,8 +271,8 @@ class _Runtime:
             del self._procs[site.module_path]
 
     def _wanted(self, path: str) -> set[str]:
-        """The hooks of this attention module that a session reads or edits at the current call
-        (plus WRITES_PATTERN when an intervention edits the pattern)."""
+        """The hooks of this attention module that a session reads or edits at the current call;
+        `hook + WRITES` for each one an intervention may change (all but `reads_only` ones)."""
         want: set[str] = set()
         for sess in self.sessions:
             for hook in PROC_HOOKS:
@@ -278,10 +280,11 @@ class _Runtime:
                 if site is None:
                     continue
                 where = self.where(site, torch.empty(0))
-                if any(is_active(iv, where) for iv in sess.by_site.get(site.name, ())):
-                    want.update((hook, WRITES_PATTERN) if hook == "hook_pattern" else (hook,))
-                elif site.name in sess.record and sess.recorder is not None:
+                active = [iv for iv in sess.by_site.get(site.name, ()) if is_active(iv, where)]
+                if active or (site.name in sess.record and sess.recorder is not None):
                     want.add(hook)
+                if any(not getattr(iv, "reads_only", False) for iv in active):
+                    want.add(hook + WRITES)
         return want
 
     def _proc_edit(self, path: str, stem: str, hook: str, act: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,9 @@ An intervention is any object with a `site: str` and `apply(act) -> act`; option
   call outside a pipeline call counts as the prompt's. Denoiser sites: the rows of each call
   ([uncond; cond] under CFG);
 - `heads`: head indices at sites with heads (q/k/v/z/pattern); the other heads keep their value.
+Positions, steps, heads and unit indices are lists of ints (a lone int, a float or a bool is
+refused, not truncated); unit indices, steps and heads count from 0, positions may count from the
+end (-1 = last) but must lie inside the sequence of the call they edit (checked at each call).
 `sae.Steer` and the circuits enhancer plug in so. An intervention may define
 `apply_at(act, where)` instead of `apply` to see where it acts (`Where`: step, step count, the
 branch of each row), as `Replace` does to take the step and branch row of a captured value.
@@ -17,14 +20,17 @@ branch of each row), as `Replace` does to take the step and branch row of a capt
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .checks import check_range, describe, finite_number, index_list, is_int, positive_int
 from .errors import CultureLensError, SiteError
 from .sites import site_axes
 
@@ -72,12 +78,26 @@ class Units:
     dim: int | None = None
 
     def __post_init__(self) -> None:
-        idx = torch.as_tensor(self.indices, dtype=torch.long).reshape(-1)
-        if idx.numel() != torch.unique(idx).numel():
-            raise CultureLensError(f"Units at {self.site!r}: duplicate indices in {idx.tolist()}")
-        if self.dim is not None and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.dim):
-            raise SiteError(f"Units at {self.site!r}: index out of range 0..{self.dim - 1}: {idx.tolist()}")
-        self.indices = idx
+        what = f"Units at {self.site!r}"
+        if self.dim is not None:
+            self.dim = positive_int(self.dim, f"{what}: dim")
+        raw = self.indices
+        if is_int(raw):  # one unit, e.g. scores.argmax()
+            raw = [int(raw)]
+        elif hasattr(raw, "dtype") and not torch.is_tensor(raw):  # numpy: judge by its dtype
+            raw = torch.as_tensor(raw)
+        idx = index_list(raw, f"{what}: indices")
+        # No negative aliases: -1 and dim-1 name the same unit and would pass the duplicate check.
+        negative = [i for i in idx if i < 0]
+        if negative:
+            raise SiteError(f"{what}: negative indices {negative[:8]}; unit indices count from 0 "
+                            "(0..dim-1), with no negative aliases")
+        dup = sorted(i for i, n in Counter(idx).items() if n > 1)
+        if dup:
+            raise CultureLensError(f"{what}: duplicate indices {dup[:8]}")
+        if self.dim is not None:
+            check_range(idx, self.dim, f"{what}: indices")
+        self.indices = torch.tensor(idx, dtype=torch.long)
 
     def __len__(self) -> int:
         return int(self.indices.numel())
@@ -96,9 +116,43 @@ class Intervention:
     steps: Sequence[int] | None = None
     branch: str = "cond"
     heads: Sequence[int] | None = None
+    # True for an observer that returns `act` itself (e.g. attribution's accumulators): the engine
+    # then computes the module's output exactly as without it (see interp/attention.py).
+    reads_only: bool = False
 
     def apply(self, act: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def __repr__(self) -> str:
+        # Short on purpose: errors quote interventions, and a dataclass repr would print `mean` or
+        # `value` tensors in full.
+        units = getattr(self, "units", None)
+        parts = [repr(units) if units is not None else repr(getattr(self, "site", "?"))]
+        for name in ("mode", "lam"):
+            if hasattr(self, name):
+                parts.append(f"{name}={describe(getattr(self, name))}")
+        for name in ("positions", "steps", "heads"):
+            value = getattr(self, name, None)
+            if value is not None:
+                parts.append(f"{name}={describe(value)}")
+        if getattr(self, "branch", "cond") != "cond":
+            parts.append(f"branch={self.branch!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def check_indexing(iv: Any) -> None:
+    """Refuse `positions`, `steps` and `heads` that are not lists of ints, and negative steps or
+    heads (ranges are checked against the model and the call: heads and steps by the hook engine,
+    positions at each call by `apply_all`)."""
+    for name in ("positions", "steps", "heads"):
+        values = getattr(iv, name, None)
+        if values is None:
+            continue
+        idx = index_list(values, f"{iv!r}: {name}=")
+        if name != "positions" and any(i < 0 for i in idx):
+            noun = "denoising-step indices" if name == "steps" else "head indices"
+            raise CultureLensError(f"{iv!r}: {name}= must be non-negative {noun} (0..n-1), got "
+                                   f"{[i for i in idx if i < 0][:8]}")
 
 
 def _index(act: Tensor, site: str, idx: Tensor) -> tuple:
@@ -106,7 +160,7 @@ def _index(act: Tensor, site: str, idx: Tensor) -> tuple:
     return (slice(None),) * axis + (idx.to(act.device),) if axis >= 0 else (..., idx.to(act.device))
 
 
-@dataclass
+@dataclass(repr=False)
 class Mask(Intervention):
     """Zero- or mean-ablate `units`. `mean` (mode="mean") has one value per unit or per site unit."""
 
@@ -128,6 +182,30 @@ class Mask(Intervention):
             raise CultureLensError(
                 f"Mask(mode='mean') at {self.site!r} needs mean= (e.g. interp.mean_activation(model, prompts, site))"
             )
+        if self.mode == "zero" and self.mean is not None:
+            raise CultureLensError(f"Mask at {self.site!r}: mean= given with mode='zero'; pass mode='mean' to use it")
+        check_indexing(self)
+        if self.mean is not None:
+            self.mean = self._check_mean(self.mean)
+
+    def _check_mean(self, mean: Any) -> Tensor:
+        """One finite value per unit, or per unit of the site (then length `units.dim` when known)."""
+        what = f"Mask(mode='mean') at {self.site!r}: mean"
+        try:
+            m = torch.as_tensor(mean)
+        except (TypeError, ValueError, RuntimeError):
+            raise CultureLensError(f"{what}: expected a vector of numbers, got {describe(mean)}") from None
+        if not (m.is_floating_point() or m.dtype in (torch.int32, torch.int64)):
+            raise CultureLensError(f"{what}: expected real numbers, got a {m.dtype} tensor")
+        m = m.reshape(-1).float() if not m.is_floating_point() else m.reshape(-1)
+        n_bad = int((~torch.isfinite(m)).sum())
+        if n_bad:
+            raise CultureLensError(f"{what}: {n_bad} of its {m.numel()} values are NaN or infinite")
+        dim = self.units.dim
+        if m.numel() != len(self.units) and (dim is not None and m.numel() != dim):
+            raise CultureLensError(f"{what} has {m.numel()} values; expected {len(self.units)} (one per unit) or "
+                                   f"{dim} (one per unit of the site)")
+        return m
 
     def apply(self, act: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
         out = act.clone()
@@ -136,16 +214,23 @@ class Mask(Intervention):
             out[ix] = 0
             return out
         mean = torch.as_tensor(self.mean, dtype=act.dtype, device=act.device).reshape(-1)
-        if mean.numel() != len(self.units):
-            mean = mean[self.units.indices.to(act.device)]
         axis = unit_axis(self.site)
+        if mean.numel() != len(self.units):
+            # Checked here because the site's width is known only now (mean[indices] of a vector of
+            # another length would silently take the wrong values).
+            width = act.shape[axis]
+            if mean.numel() != width:
+                raise CultureLensError(
+                    f"Mask(mode='mean') at {self.site!r}: mean has {mean.numel()} values; expected {len(self.units)} "
+                    f"(one per unit) or {width} (one per unit of the site)")
+            mean = mean[self.units.indices.to(act.device)]
         if axis >= 0:
             mean = mean.view(*([1] * axis), -1, *([1] * (act.ndim - axis - 1)))
         out[ix] = mean.expand_as(out[ix])
         return out
 
 
-@dataclass
+@dataclass(repr=False)
 class Amplify(Intervention):
     """Scale `units` by (1 + lam); lam = 0 is exactly the identity."""
 
@@ -160,6 +245,9 @@ class Amplify(Intervention):
     def __post_init__(self) -> None:
         self.site = self.units.site
         check_branch(self)
+        # NaN or inf would turn every edited activation (and the image) into NaN.
+        self.lam = finite_number(self.lam, f"Amplify at {self.site!r}: lam")
+        check_indexing(self)
 
     def apply(self, act: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
         out = act.clone()
@@ -168,7 +256,7 @@ class Amplify(Intervention):
         return out
 
 
-@dataclass
+@dataclass(repr=False)
 class Replace(Intervention):
     """Set the site's activation to `value`; used by activation patching.
 
@@ -187,6 +275,7 @@ class Replace(Intervention):
 
     def __post_init__(self) -> None:
         check_branch(self)
+        check_indexing(self)
         self.value = torch.as_tensor(self.value)
 
     def apply(self, act: Tensor) -> Tensor:
@@ -249,7 +338,12 @@ class OnRows(Intervention):
 
     def __init__(self, intervention: Any, rows: Sequence[bool]) -> None:
         self.intervention = intervention
-        self.rows = torch.as_tensor(rows, dtype=torch.bool).reshape(-1)
+        flags = rows.reshape(-1).tolist() if torch.is_tensor(rows) else list(rows)
+        # A list of row numbers ([0, 2]) read as a mask would pick other rows without a word.
+        if torch.is_tensor(rows) and rows.dtype != torch.bool or not all(isinstance(f, (bool, np.bool_)) for f in flags):
+            raise CultureLensError(f"OnRows({intervention!r}): rows= takes one bool per prompt, got "
+                                   f"{describe(rows)}; for row numbers use [i in rows for i in range(n)]")
+        self.rows = torch.tensor([bool(f) for f in flags], dtype=torch.bool)
         if not self.rows.numel():
             raise CultureLensError(f"OnRows({intervention!r}): no rows given")
 
@@ -358,10 +452,14 @@ def is_active(iv: Any, where: Where) -> bool:
     return bool((where.branches == BRANCHES[branch]).any())
 
 
-def _merge(act: Tensor, new: Tensor, axis: int, idx: Any) -> Tensor:
-    """`act` with `new`'s entries at indices `idx` along `axis`."""
+def _merge(act: Tensor, new: Tensor, axis: int, idx: Any, what: str, negative: bool) -> Tensor:
+    """`act` with `new`'s entries at indices `idx` along `axis`; an index outside the axis is an
+    error naming `what` (never wrapped around: [16] on 16 tokens is not the BOS token)."""
     axis = axis % act.ndim
-    pos = torch.as_tensor(idx, dtype=torch.long, device=act.device).reshape(-1) % act.shape[axis]
+    idx = index_list(idx, what)
+    n = act.shape[axis]
+    check_range(idx, n, what, negative=negative)
+    pos = torch.tensor(idx, dtype=torch.long, device=act.device) % n
     merged = act.clone()
     merged.index_copy_(axis, pos, new.index_select(axis, pos))
     return merged
@@ -383,10 +481,10 @@ def apply_all(ivs: Sequence[Any], act: Tensor, where: Where | None = None) -> Te
         _, head_axis, pos_axis = site_axes(iv.site)
         positions = getattr(iv, "positions", None)
         if positions is not None:
-            new = _merge(act, new, pos_axis, positions)
+            new = _merge(act, new, pos_axis, positions, f"{iv!r} at {iv.site!r}: positions", negative=True)
         heads = getattr(iv, "heads", None)
         if heads is not None:
-            new = _merge(act, new, head_axis, heads)
+            new = _merge(act, new, head_axis, heads, f"{iv!r} at {iv.site!r}: heads", negative=False)
         act = new
     return act
 

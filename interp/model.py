@@ -2,6 +2,9 @@
 
 A Model knows its family, its text encoders (site prefixes "text", "text_2", "text_3"),
 how each encoder is tokenised exactly as the pipeline does it, and its generation defaults.
+An encoder-only Model (family "encoder": a transformers BERT / XLM-R / CLIP-text / T5-encoder
+folder, e.g. the real multilingual-e5-small of `interp.zoo.e5_small()`) has one encoder "text"
+and no denoiser: text sites, capture, patch and the analyses work; generation raises.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ ARCH_LAYOUT: dict[str, dict[str, Any]] = {
         "attn_out": ("attention.output.dense", "out"),
         "mlp_post": ("intermediate", "out"),
     },
+    # BertModel (e.g. multilingual-e5-small, interp.zoo.e5_small): XLM-R's layer, no `roberta.` root.
+    "bert": {
+        "layers": ("encoder.layer", "bert.encoder.layer"),
+        "resid_post": ("", "out"),
+        "pattern": ("attention.self", "out1"),
+        "attn_out": ("attention.output.dense", "out"),
+        "mlp_post": ("intermediate", "out"),
+    },
     "t5": {
         "layers": ("encoder.block",),
         "resid_post": ("", "out0"),
@@ -54,6 +65,22 @@ _ARCH_OF_CLASS = {
     "XLMRobertaModel": "xlmr",
     "T5EncoderModel": "t5",
 }
+# An encoder-only Model also opens a bare BertModel (no T2I pipeline here conditions on one).
+_ENCODER_ONLY_ARCH_OF_CLASS = {**_ARCH_OF_CLASS, "BertModel": "bert"}
+
+# Encoder-only folders (a transformers text-encoder folder, no pipeline): config `model_type` ->
+# the class that opens it. A full T5 checkpoint opens as its encoder half, as SD3 uses it.
+ENCODER_CLASS_OF_TYPE = {
+    "bert": "BertModel",
+    "xlm-roberta": "XLMRobertaModel",
+    "clip_text_model": "CLIPTextModel",
+    "t5": "T5EncoderModel",
+}
+ENCODER_ONLY = "encoder"  # Model.family of an encoder-only model
+# The length an encoder-only model pads prompts to unless told otherwise: what the T2I pipelines
+# here pad to (CLIP, AltDiffusion: 77). Padding to a BERT's 512 would make every captured
+# attention pattern 44x larger for the same short prompts; pass max_length= for longer texts.
+ENCODER_MAX_LENGTH = 77
 
 _PREFIX_OF_COMPONENT = {"text_encoder": "text", "text_encoder_2": "text_2", "text_encoder_3": "text_3"}
 
@@ -83,10 +110,14 @@ class TextEncoder:
     max_length: int
     causal: bool
     layers_path: str
+    attention_mask: bool | None = None  # None: as the pipeline does (the config says); encoder-only: True
 
     @property
     def uses_attention_mask(self) -> bool:
-        """Whether the pipeline passes the attention mask to this encoder."""
+        """Whether the pipeline passes the attention mask to this encoder (an encoder-only model
+        always does: padding then changes no real token's activations)."""
+        if self.attention_mask is not None:
+            return self.attention_mask
         return bool(getattr(self.module.config, "use_attention_mask", False))
 
     @property
@@ -113,10 +144,11 @@ class TextEncoder:
 
 def _text_encoder(prefix: str, component: str, module: Any, tokenizer: Any, family: str) -> TextEncoder:
     cls = type(module).__name__
-    arch = _ARCH_OF_CLASS.get(cls)
+    archs = _ENCODER_ONLY_ARCH_OF_CLASS if family == ENCODER_ONLY else _ARCH_OF_CLASS
+    arch = archs.get(cls)
     if arch is None:
         raise UnsupportedModelError(
-            f"pipeline component {component!r} is a {cls}; supported text encoders: {', '.join(_ARCH_OF_CLASS)}"
+            f"pipeline component {component!r} is a {cls}; supported text encoders: {', '.join(archs)}"
         )
     cfg = module.config
     layout = ARCH_LAYOUT[arch]
@@ -169,12 +201,113 @@ def family_of(pipe: Any) -> str:
     )
 
 
+def no_generation(path: str | None) -> str:
+    """Why an encoder-only model cannot do what needs a denoiser (one message for every path)."""
+    where = f" (loaded from {path})" if path else ""
+    return (f"this Model is a text encoder only{where}: it has no denoiser, so it cannot generate images "
+            "(interp.generate, capture_generation, denoiser sites, patch on denoiser sites need a pipeline). "
+            "Use interp.capture / interp.patch / interventions on its text sites, or load a diffusers pipeline folder")
+
+
+class NoGenerationDefaults(dict):
+    """`Model.defaults` of an encoder-only model: empty, and asking for a generation default
+    (steps, guidance, height, width: what generation reads first) raises the clear error."""
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+
+    def __missing__(self, key: str) -> Any:
+        raise UnsupportedModelError(f"no generation default {key!r}: " + no_generation(self.path))
+
+
+class EncoderOnly:
+    """What stands where a diffusers pipeline stands in an encoder-only `Model`: the encoder and its
+    tokenizer under the pipeline's attribute names, `.device`, `.to()`, `save_pretrained()`. Calling
+    it (generation) raises `UnsupportedModelError`."""
+
+    def __init__(self, text_encoder: torch.nn.Module, tokenizer: Any, path: str | None = None) -> None:
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.path = path
+
+    @property
+    def components(self) -> dict[str, Any]:
+        return {"text_encoder": self.text_encoder, "tokenizer": self.tokenizer}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.text_encoder.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.text_encoder.parameters()).dtype
+
+    def to(self, *args: Any, **kwargs: Any) -> "EncoderOnly":
+        self.text_encoder.to(*args, **kwargs)
+        return self
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Nothing to configure (a pipeline method that code written for pipelines may call)."""
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """The encoder and tokenizer in one transformers folder (what `interp.load` opens)."""
+        self.text_encoder.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsupportedModelError(no_generation(self.path))
+
+    def __repr__(self) -> str:
+        return f"EncoderOnly({type(self.text_encoder).__name__}, path={self.path!r})"
+
+
+def is_encoder_folder(path: Path) -> bool:
+    """A transformers model folder (config.json, no model_index.json): opened as encoder-only."""
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "model_index.json").exists()
+
+
+def load_encoder_folder(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                        text_attention: str | None = "eager", max_length: int | None = None) -> "Model":
+    """Open a transformers text-encoder folder (BERT, XLM-R, CLIP text, T5 encoder: config.json,
+    weights, tokenizer files) as an encoder-only `Model` (see `Model.from_encoder`)."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    cfg_file = path / "config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise UnsupportedModelError(f"{cfg_file}, line {e.lineno}: invalid JSON ({e.msg})") from e
+    archs = [a for a in cfg.get("architectures") or [] if a in _ENCODER_ONLY_ARCH_OF_CLASS]
+    mtype = cfg.get("model_type")
+    cls_name = archs[0] if archs else ENCODER_CLASS_OF_TYPE.get(mtype)
+    if cls_name is None or cls_name == "RobertaSeriesModelWithTransformation":
+        raise UnsupportedModelError(
+            f"{cfg_file}: model_type {mtype!r} (architectures {cfg.get('architectures')}) is not a supported text "
+            f"encoder; supported model types: {', '.join(ENCODER_CLASS_OF_TYPE)}")
+    cls = getattr(transformers, cls_name)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if text_attention is not None:
+        kwargs["attn_implementation"] = text_attention
+    if cls_name == "BertModel":
+        kwargs["add_pooling_layer"] = False  # a pooler, if the folder has one, is no site and no output here
+    module = cls.from_pretrained(path, **kwargs).to(device).eval()
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UnsupportedModelError(f"{path}: no tokenizer that transformers can open ({e})") from e
+    return Model.from_encoder(module, tok, path=str(path), max_length=max_length)
+
+
 @dataclass
 class Model:
-    """A loaded pipeline with named sites. Build with `interp.load` or `interp.tiny`."""
+    """A loaded pipeline with named sites. Build with `interp.load` or `interp.tiny`; a transformers
+    text-encoder folder loads as an encoder-only Model (`pipe` is then an `EncoderOnly`)."""
 
     pipe: Any
-    family: str  # "sd" (SD 1.x/2.x and the organism), "sdxl", "altdiffusion", "sd3", "flux"
+    family: str  # "sd" (SD 1.x/2.x and the organism), "sdxl", "altdiffusion", "sd3", "flux"; "encoder" (no denoiser)
     encoders: dict[str, TextEncoder]
     defaults: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
@@ -201,7 +334,30 @@ class Model:
         merged.update(defaults or {})
         return cls(pipe=pipe, family=family, encoders=encoders, defaults=merged, path=path)
 
+    @classmethod
+    def from_encoder(cls, module: torch.nn.Module, tokenizer: Any, path: str | None = None,
+                     max_length: int | None = None) -> "Model":
+        """An encoder-only Model (family "encoder") around a transformers text encoder: the same
+        text sites (prefix "text"), capture, patch, interventions and analyses as a pipeline's
+        encoder, no denoiser (generation is an UnsupportedModelError). Prompts are padded to
+        `max_length` (default min(the tokenizer's model_max_length, 77)) and the attention mask is
+        always passed, so padding changes no real token's activations."""
+        enc = _text_encoder("text", "text_encoder", module, tokenizer, ENCODER_ONLY)
+        limit = int(getattr(tokenizer, "model_max_length", ENCODER_MAX_LENGTH))
+        limit = min(limit, int(getattr(module.config, "max_position_embeddings", limit)))
+        n = min(limit, ENCODER_MAX_LENGTH) if max_length is None else int(max_length)
+        if not 1 <= n <= limit:
+            raise UnsupportedModelError(f"max_length={max_length}: this {enc.arch} encoder takes 1..{limit} tokens")
+        enc.max_length, enc.attention_mask = n, True
+        return cls(pipe=EncoderOnly(module, tokenizer, path), family=ENCODER_ONLY, encoders={"text": enc},
+                   defaults=NoGenerationDefaults(path), path=path)
+
     # -- facts -----------------------------------------------------------------------------
+    @property
+    def has_denoiser(self) -> bool:
+        """False for an encoder-only model (`Model.from_encoder`)."""
+        return self.family != ENCODER_ONLY
+
     @property
     def device(self) -> torch.device:
         return self.pipe.device
@@ -212,7 +368,10 @@ class Model:
 
     @property
     def denoiser(self) -> torch.nn.Module:
-        """The UNet (SD, SDXL, AltDiffusion) or the MMDiT transformer (SD3, FLUX)."""
+        """The UNet (SD, SDXL, AltDiffusion) or the MMDiT transformer (SD3, FLUX); an encoder-only
+        model raises UnsupportedModelError."""
+        if not self.has_denoiser:
+            raise UnsupportedModelError(no_generation(self.path))
         return self.pipe.unet if hasattr(self.pipe, "unet") else self.pipe.transformer
 
     def joint_positions(self, height: int | None = None, width: int | None = None) -> dict[str, range]:
@@ -284,9 +443,12 @@ class Model:
 
     # -- persistence -----------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Save the pipeline folder and this model's generation defaults (culturelens.json)."""
+        """Save the pipeline folder and this model's generation defaults (culturelens.json); an
+        encoder-only model saves its transformers folder (encoder + tokenizer)."""
         path = Path(path)
         self.pipe.save_pretrained(path)
+        if not self.has_denoiser:  # a transformers folder: no generation defaults to keep
+            return path
         tmp = path / (DEFAULTS_FILE + ".tmp")
         tmp.write_text(json.dumps(self.defaults, indent=2, sort_keys=True))
         os.replace(tmp, path / DEFAULTS_FILE)

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -64,25 +64,36 @@ class PatchResult:
     def matrix(self, rows: str = "site", cols: str = "position") -> tuple[list[Any], list[Any], Tensor]:
         """(row labels, column labels, effect [n_rows, n_cols]) for plotting; `rows`/`cols` are
         "site", "step", "head" or "position". Conditions that share a cell (e.g. the heads of a
-        site × step map) are averaged, NaNs ignored."""
+        site × step map) are averaged, NaNs ignored. Heads belong to their site: with several
+        sites and no "site" axis, a "head" label is (site, head), so head h of one site is never
+        averaged with head h of another."""
         for k in (rows, cols):
             if k not in self.KEYS:
                 raise CultureLensError(f"PatchResult.matrix: {k!r} is not a table key; use one of {self.KEYS}")
-        rl = list(dict.fromkeys(r.get(rows) for r in self.rows))
-        cl = list(dict.fromkeys(r.get(cols) for r in self.rows))
+        per_site = "site" not in (rows, cols) and len({_hashable(r.get("site")) for r in self.rows}) > 1
+
+        def key(r: dict[str, Any], k: str) -> Any:
+            if k == "head" and per_site and r.get("head") is not None:
+                return SiteHead(_hashable(r.get("site")), _hashable(r["head"]))
+            return _hashable(r.get(k))
+
+        rl = list(dict.fromkeys(key(r, rows) for r in self.rows))
+        cl = list(dict.fromkeys(key(r, cols) for r in self.rows))
         total = torch.zeros(len(rl), len(cl), dtype=torch.float64)
         count = torch.zeros_like(total)
         for r in self.rows:
             if not math.isnan(r["effect"]):
-                i, j = rl.index(r.get(rows)), cl.index(r.get(cols))
+                i, j = rl.index(key(r, rows)), cl.index(key(r, cols))
                 total[i, j] += r["effect"]
                 count[i, j] += 1
         return rl, cl, torch.where(count > 0, total / count.clamp(min=1), torch.nan).float()
 
     def plot(self, path: str | Path | None = None, title: str = "activation patching", rows: str = "site",
-             cols: str | None = None) -> Any:
+             cols: str | None = None, vmin: float | None = None, vmax: float | None = None) -> Any:
         """Heat map of the normalised effect, `rows` × `cols` (default: sites × steps for denoiser
-        results, sites × token positions for text); e.g. rows="step", cols="head"."""
+        results, sites × token positions for text); e.g. rows="step", cols="head". The colour
+        scale is symmetric around 0 and fits the data (single-head effects of 1e-4 stay visible)
+        unless `vmin`/`vmax` are given."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -92,7 +103,11 @@ class PatchResult:
             cols = "step" if self.meta.get("kind") == "denoiser" else "position"
         rl, cl, m = self.matrix(rows, cols)
         fig, ax = plt.subplots(figsize=(4.0 + 0.4 * len(cl), 1.5 + 0.35 * len(rl)), layout="constrained")
-        im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        finite = m[~torch.isnan(m)]
+        top = float(finite.abs().max()) if finite.numel() else 1.0
+        top = top if top > 0 else 1.0
+        im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-top if vmin is None else vmin,
+                       vmax=top if vmax is None else vmax, aspect="auto")
         ax.set_yticks(range(len(rl)), [_label(x) for x in rl], fontsize=7)
         ax.set_xticks(range(len(cl)), [_label(x) for x in cl], fontsize=7)
         ax.set_xlabel({"position": "token position", "step": "denoising step"}.get(cols, cols))
@@ -126,9 +141,22 @@ class PatchResult:
         return cls(rows=rows, clean_value=cc[0], corrupt_value=cc[1], meta=meta["meta"])
 
 
+class SiteHead(NamedTuple):
+    """A head label that keeps its site (`PatchResult.matrix` with several sites)."""
+
+    site: Any
+    head: Any
+
+
+def _hashable(x: Any) -> Any:
+    return tuple(x) if isinstance(x, list) else x
+
+
 def _label(x: Any) -> str:
     if x is None:
         return "all"
+    if isinstance(x, SiteHead):
+        return f"{_label(x.site)} head {_label(x.head)}"
     if isinstance(x, (tuple, list)) and x and isinstance(x[0], str):  # a group of sites patched together
         return " + ".join(x) if len(x) <= 2 else f"{len(x)} sites: {x[0]} … {x[-1]}"
     if isinstance(x, (tuple, list)):
@@ -139,7 +167,22 @@ def _label(x: Any) -> str:
 
 
 def _scalar(value: Any) -> float:
-    return float(torch.as_tensor(value, dtype=torch.float64).mean())
+    """The metric's one number; a vector is refused (averaging it silently would hide which
+    element moved)."""
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if t.numel() != 1:
+        raise CultureLensError(f"patch: the metric returned {t.numel()} values (shape {list(t.shape)}); it must "
+                               "return one number: reduce it yourself (e.g. .mean() or one element)")
+    return float(t.reshape(()))
+
+
+def _check_contrast(clean: float, corrupt: float) -> None:
+    """Warn when the metric does not tell the clean run from the corrupt one: every effect,
+    (value − corrupt) / (clean − corrupt), is then NaN or float noise."""
+    if abs(clean - corrupt) <= 1e-6 * max(abs(clean), abs(corrupt), 1e-12):
+        warnings.warn(f"patch: the metric gives the clean and corrupt runs the same value ({clean:.6g} vs "
+                      f"{corrupt:.6g}); the effects are meaningless: choose prompts or a metric that differ",
+                      stacklevel=4)
 
 
 def _effect(value: float, clean: float, corrupt: float, where: str) -> float:
@@ -231,6 +274,7 @@ def _patch_text(model: Any, clean: list[str], corrupt: list[str], parsed: list[S
             _, x_out = trace_encoder(model, s.encoder, model.tokenize(corrupt, s.encoder, truncate=truncate), [], {},
                                      want_output=True)
             outputs[s.encoder] = (_scalar(metric(c_out)), _scalar(metric(x_out)))
+            _check_contrast(*outputs[s.encoder])
         c_val, x_val = outputs[s.encoder]
         batch = model.tokenize(corrupt, s.encoder, truncate=truncate)
         if positions is not None:
@@ -334,6 +378,7 @@ def _patch_denoiser(model: Any, clean: list[str], corrupt: list[str], groups: li
     clean_gen = capture_generation(model, clean, [s.name for s in parsed], seed=seeds, **gen_kw)
     corrupt_gen = generate(model, corrupt, seed=seeds, **gen_kw)
     c_val, x_val = _scalar(metric(clean_gen)), _scalar(metric(corrupt_gen))
+    _check_contrast(c_val, x_val)
     acts = clean_gen.acts
     first = acts[parsed[0].name]
     if first.shape[0] != T:

@@ -207,7 +207,10 @@ def mmdit_sites(model: "Model") -> list[Site]:
 
 
 def denoiser_sites(model: "Model") -> list[Site]:
-    """All denoiser sites, cached per denoiser module (real SDXL has over a thousand)."""
+    """All denoiser sites, cached per denoiser module (real SDXL has over a thousand); none for an
+    encoder-only model."""
+    if not model.has_denoiser:
+        return []
     den = model.denoiser
     cache = model.__dict__.get("_denoiser_sites")
     if cache is None or cache[0] is not den:
@@ -257,7 +260,8 @@ def parse(model: "Model", name: str) -> Site:
         f"unknown site {name!r} for this {model.family} model. Text sites: " + ", ".join(texts)
         + " (and the same hooks for every layer). "
         + (("Denoiser sites near it: " if near else "Denoiser sites: ") + ", ".join(listed) + more if den
-           else "This model names no denoiser sites.")
+           else "This model names no denoiser sites" + (" (a text encoder only: it has no denoiser)."
+                                                         if not model.has_denoiser else "."))
     )
 
 

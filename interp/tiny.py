@@ -12,8 +12,31 @@ from typing import Any
 
 import torch
 
+from .checks import is_int, positive_int
+from .errors import CultureLensError
+
 FAMILIES = ("sd", "sdxl", "altdiffusion", "sd3", "flux")
 _ALIASES = {"sd15": "sd", "sd1": "sd", "sd2": "sd", "alt": "altdiffusion"}
+SPEC_PREFIX = "tiny:"
+
+
+def parse_spec(spec: str) -> tuple[str, int]:
+    """`tiny:<family>[:<layers>]` -> (family, text layers, default 2); a clear error otherwise
+    (`tiny:sd:abc`, `tiny:sd:0`, `tiny:nope`, `tiny:sd:2:x`)."""
+    from .errors import CultureLensError
+
+    parts = spec[len(SPEC_PREFIX):].split(":") if spec.startswith(SPEC_PREFIX) else None
+    usage = f"use tiny:<family>[:<layers>] with a family in {', '.join(FAMILIES + tuple(_ALIASES))} and layers ≥ 1"
+    if parts is None or not 1 <= len(parts) <= 2:
+        raise CultureLensError(f"model spec {spec!r}: {usage}")
+    family = parts[0]
+    if _ALIASES.get(family, family) not in FAMILIES:
+        raise CultureLensError(f"model spec {spec!r}: unknown family {family!r}; {usage}")
+    if len(parts) == 1:
+        return family, 2
+    if not (parts[1].isascii() and parts[1].isdigit()) or int(parts[1]) < 1:  # no sign, no decimal point
+        raise CultureLensError(f"model spec {spec!r}: layers {parts[1]!r} is not an integer ≥ 1; {usage}")
+    return family, int(parts[1])
 
 # A small corpus with scripts the project cares about (CJK, Thai, Cyrillic, Arabic, Latin).
 CORPUS = [
@@ -202,6 +225,11 @@ def tiny(family: str = "sd", seed: int = 0, *, text_layers: int = 2, d_text: int
     """
     from .model import Model
 
+    if not isinstance(family, str):
+        raise CultureLensError(f"tiny: family must be a string (one of {', '.join(FAMILIES)}), got {family!r}")
+    if not is_int(seed):
+        raise CultureLensError(f"tiny: seed must be an integer, got {seed!r}")
+    positive_int(text_layers, "tiny: text_layers")
     pipe = build_pipeline(family, seed, text_layers=text_layers, d_text=d_text, **sizes)
     pipe.set_progress_bar_config(disable=True)
     defaults: dict[str, Any] = {"steps": 2, "guidance": 7.5}

@@ -4,37 +4,67 @@ from __future__ import annotations
 
 import argparse
 
+from interp.cli import positive_int
+from sae.errors import SAEError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's sub-commands to the `culturelens` parser."""
     p = sub.add_parser("sae-train", help="train a Top-K SAE on a text site of a local pipeline; "
                        "writes a SAELens folder, metrics log and plot")
     p.add_argument("--model", required=True, help="local diffusers pipeline folder")
-    p.add_argument("--prompts", required=True, help="text file, one prompt per line")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a --model folder that ships its own pipeline.py, e.g. the CultureWorld organism "
+                        "(only for folders you trust)")
+    p.add_argument("--prompts", required=True, help="text file (UTF-8), one prompt per line")
     p.add_argument("--site", required=True, help="e.g. text.blocks.9.hook_resid_post")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--d-sae", type=int, default=4096)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--tokens", type=int, default=None, help="token budget (default 10 passes)")
+    p.add_argument("--d-sae", type=positive_int, default=4096)
+    p.add_argument("--k", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=4096)
+    p.add_argument("--tokens", type=positive_int, default=None, help="token budget (default 10 passes)")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--aux-coef", type=float, default=1 / 32)
-    p.add_argument("--dead-tokens", type=int, default=None,
+    p.add_argument("--dead-tokens", type=positive_int, default=None,
                    help="tokens without firing before a latent counts as dead "
                         "(default min(10M, tokens / 10), see sae.model.dead_tokens_for)")
     p.add_argument("--drop", choices=["special", "padding", "none"], default="special")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--checkpoint-every", type=positive_int, default=500)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out/checkpoints (refused if the settings differ); otherwise start over")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_train_cmd)
 
+    p = sub.add_parser("browse", help="static HTML feature browser (opens from disk) and Neuronpedia-style "
+                       "JSON for an SAE: top examples, histogram, density, optional steering previews")
+    p.add_argument("--sae", required=True, help="SAELens folder (sae-train's OUT/sae)")
+    p.add_argument("--model", required=True, help="local diffusers pipeline folder")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a --model folder that ships its own pipeline.py (only folders you trust)")
+    p.add_argument("--prompts", required=True, help="text file (UTF-8), one prompt per line: the examples")
+    p.add_argument("--out", required=True, help="output folder (open OUT/index.html)")
+    p.add_argument("--site", default=None, help="default: the SAE's hook_name")
+    p.add_argument("--top-k", type=positive_int, default=10, help="examples per latent")
+    p.add_argument("--per-page", type=positive_int, default=256, help="latents per index page")
+    p.add_argument("--drop", choices=["special", "padding", "none"], default="special",
+                   help="text sites: positions left out, as sae-train's store")
+    p.add_argument("--steer", type=int, default=0, metavar="N",
+                   help="steering previews (ablated, amplified) for the N densest latents; costly: "
+                        "N x (1 + len(--lams)) generations")
+    p.add_argument("--lams", type=float, nargs="+", default=[1.0, 4.0], help="amplify by (1 + λ)")
+    p.add_argument("--steer-prompt", default=None, help="default: the first prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_browse_cmd)
+
 
 def _read_prompts(path: str) -> list[str]:
-    from sae.errors import SAEError
-
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM must not become part of prompt 1
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise SAEError(f"--prompts {path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from e
     except OSError as e:
         raise SAEError(f"--prompts {path}: {e.strerror}") from e
     prompts = [ln.strip() for ln in lines if ln.strip()]
@@ -48,13 +78,14 @@ def _train_cmd(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import interp
+    from interp import distributed
     from sae import ActivationStore, TopKSAE, downstream_error, evaluate, save_saelens, train
     from sae.plot import plot_metrics
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = _read_prompts(args.prompts)
-    model = interp.load(args.model, device=args.device)
+    model = interp.load(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     store = ActivationStore.build(out / "store", model, prompts, args.site, drop=args.drop)
     batch = min(args.batch_size, store.n_tokens)
     if batch < args.batch_size:
@@ -67,8 +98,6 @@ def _train_cmd(args: argparse.Namespace) -> int:
     sae.eval()
     quality = evaluate(sae, store.sample(min(store.n_tokens, 65_536), seed=args.seed + 7))
     quality["downstream"] = downstream_error(model, sae.to(args.device), args.site, prompts[:32])
-    from interp import distributed
-
     if not distributed.is_main():  # under torchrun every rank holds the same SAE; rank 0 writes it
         return 0
     save_saelens(sae, out / "sae", hook_name=args.site, model_name=Path(args.model).name,
@@ -79,4 +108,35 @@ def _train_cmd(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(quality, indent=2))
     print(json.dumps(quality, indent=2))
     print(f"wrote {out / 'sae'} (SAELens), {out / 'checkpoints' / 'metrics.jsonl'}, {out / 'metrics.png'}")
+    return 0
+
+
+def _browse_cmd(args: argparse.Namespace) -> int:
+    import interp
+    from sae.browser import build_browser, denoiser_activations, steering_previews, text_activations
+    from sae.saelens import load_saelens
+    from interp.sites import DENOISER_PREFIXES
+
+    sae = load_saelens(args.sae, device=args.device)
+    site = args.site or sae.saelens_cfg.get("metadata", {}).get("hook_name")
+    if not site:
+        raise SAEError(f"--sae {args.sae}: cfg.json names no hook_name; pass --site")
+    prompts = _read_prompts(args.prompts)
+    model = interp.load(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    if site.split(".", 1)[0] in DENOISER_PREFIXES:
+        acts = denoiser_activations(model, sae, site, prompts, seed=args.seed)
+    else:
+        acts = text_activations(model, sae, prompts, site, drop=args.drop)
+    previews = {}
+    if args.steer > 0:
+        from sae.browser import latent_stats
+
+        dens = sorted(latent_stats(acts, 1, 1), key=lambda s: (-s.frac_nonzero, s.index))[:args.steer]
+        previews = steering_previews(model, sae, site, [s.index for s in dens], args.steer_prompt or prompts[0],
+                                     seed=args.seed, lams=args.lams)
+    built = build_browser(acts, args.out, title=f"SAE {site}", site=site, top_k=args.top_k,
+                          per_page=args.per_page, steering=previews,
+                          meta={"model": str(args.model), "sae": str(args.sae), "k": sae.k})
+    print(f"wrote {built.index} ({len(built.latent_pages)} latent pages, {len(built.index_pages)} index pages) "
+          f"and {built.features_json}")
     return 0

@@ -10,29 +10,43 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sae.errors import SAEError
 from sae.model import TopKSAE
 from sae.steer import splice
+from sae.store import ActivationStore
 
 
 @torch.no_grad()
-def evaluate(sae: TopKSAE, x: Float[Tensor, "n d_in"], batch_size: int = 4096) -> dict[str, float]:
+def evaluate(sae: TopKSAE, x: Float[Tensor, "n d_in"] | ActivationStore, batch_size: int = 4096) -> dict[str, float]:
     """Pooled FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over all tokens (not a per-dimension
     average); explained_variance = 1 − FVU; l0 = mean active latents per token;
-    dead_fraction = latents never above the dead threshold on these tokens."""
-    x = x.to(sae.W_dec.dtype)
-    mean = x.mean(0)
+    dead_fraction = latents never above the dead threshold on these tokens. `x`: a tensor of
+    rows, or an `ActivationStore` (read shard by shard, twice: the mean first)."""
+    if isinstance(x, ActivationStore):
+        if x.d != sae.cfg.d_in:
+            raise SAEError(f"evaluate: the store at {x.path} has d = {x.d}, the SAE d_in = {sae.cfg.d_in}")
+        parts: Any = x.shard_rows
+        n = x.n_tokens
+        mean = sum(p.to(sae.W_dec.dtype).sum(0) for p in parts()) / max(n, 1)
+    elif isinstance(x, Tensor):
+        x = x.to(sae.W_dec.dtype)
+        parts, n, mean = (lambda: [x]), int(x.shape[0]), x.mean(0)
+    else:
+        raise SAEError(f"evaluate: x must be a [n, d_in] tensor or an ActivationStore, not {type(x).__name__}")
     sse = sst = l0 = 0.0
     fired = torch.zeros(sae.d_sae, dtype=torch.bool)
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size]
-        codes, _ = sae.encode_sparse(xb)
-        sse += float((sae.decode_sparse(codes) - xb).pow(2).sum())
-        sst += float((xb - mean).pow(2).sum())
-        l0 += float((codes.values > 0).sum())
-        fired[codes.indices[codes.values > sae.cfg.dead_threshold].cpu()] = True
+    for part in parts():
+        part = part.to(sae.W_dec.dtype)
+        for i in range(0, part.shape[0], batch_size):
+            xb = part[i:i + batch_size]
+            codes, _ = sae.encode_sparse(xb)
+            sse += float((sae.decode_sparse(codes) - xb).pow(2).sum())
+            sst += float((xb - mean).pow(2).sum())
+            l0 += float((codes.values > 0).sum())
+            fired[codes.indices[codes.values > sae.cfg.dead_threshold].cpu()] = True
     fvu = sse / max(sst, 1e-12)
-    return {"fvu": fvu, "explained_variance": 1 - fvu, "l0": l0 / x.shape[0],
-            "dead_fraction": float((~fired).float().mean()), "n_tokens": int(x.shape[0])}
+    return {"fvu": fvu, "explained_variance": 1 - fvu, "l0": l0 / max(n, 1),
+            "dead_fraction": float((~fired).float().mean()), "n_tokens": n}
 
 
 def _rel(a: Tensor, b: Tensor) -> float:

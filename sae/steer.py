@@ -1,36 +1,66 @@
-"""SAE interventions for `interp`: splice the SAE into a site, or steer chosen latents."""
+"""SAE interventions for `interp`: splice the SAE into a site, or steer chosen latents, at text
+or denoiser sites; and what splicing does to the image (`splice_fidelity`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+import interp
+from interp.fidelity import ssim
+from interp.interventions import check_branch
 from sae.errors import SAEError
+from sae.layout import as_rows, from_rows
 from sae.model import TopKSAE
 
 
 class Steer:
     """An `interp` intervention on `site`: encode the activation, scale latents by (1+λ)
-    (or set them to `value`), decode. Optional `positions` / `steps` as in interp.
+    (or set them to `value`), decode; or, with `add`, add add·W_dec[j] without encoding
+    (SDXL-unbox's steering; the only form for SAEs trained on a residual update).
 
     keep_error=True returns act + (steered − plain reconstruction): the SAE's error is kept
     and λ = 0 is exactly the identity (the two decodes are the same float ops). With
     keep_error=False the activation is replaced by the (steered) reconstruction; with no
-    latents that is the plain splice decode(encode(x))."""
+    latents that is the plain splice decode(encode(x)).
+
+    Where, as interp's interventions: `steps` (denoising steps; None = all), `branch` ("cond",
+    the default, "uncond" or "both"), `positions` (tokens, pixels of a UNet feature map in
+    raster order, MMDiT patches: the SAE rows of `sae.layout`), `head` (the head an SAE at a
+    q/k/v/z site was trained on)."""
 
     def __init__(self, sae: TopKSAE, site: str, latents: Sequence[int] = (), lam: float = 0.0,
                  keep_error: bool = True, value: float | Sequence[float] | Tensor | None = None,
-                 positions: Sequence[int] | None = None, steps: Sequence[int] | None = None):
+                 positions: Sequence[int] | None = None, steps: Sequence[int] | None = None, *,
+                 add: float | Sequence[float] | Tensor | None = None, branch: str = "cond",
+                 head: int | None = None, residual: bool = False):
         self.sae, self.site, self.lam, self.keep_error, self.value = sae, site, lam, keep_error, value
-        # interp restricts the edit to these token positions / denoising steps
-        self.positions, self.steps = positions, steps
+        self.add, self.head, self.steps, self.branch = add, head, steps, branch
+        check_branch(self)
+        # Positions are applied here, on the SAE's rows, not by the engine (which has no
+        # position axis at UNet feature maps and reads a pattern's positions as keys); so this
+        # object exposes no `positions` attribute to it.
+        self.rows_at = None if positions is None else torch.tensor([int(p) for p in positions], dtype=torch.long)
         self.latents = torch.tensor([int(j) for j in latents], dtype=torch.long)
         bad = [int(j) for j in self.latents if not 0 <= j < sae.d_sae]
         if bad:
             raise SAEError(f"Steer({site}): latents {bad} outside 0..{sae.d_sae - 1}")
+        if add is not None and value is not None:
+            raise SAEError(f"Steer({site}): give value= (set latents) or add= (add decoder rows), not both")
+        if add is not None and len(self.latents) == 0:
+            raise SAEError(f"Steer({site}): add= needs latents")
+        if residual and add is None:
+            raise SAEError(f"Steer({site}): an SAE on a residual update (output − input) encodes the update, "
+                           "which an output hook does not see; use add= (adds value × W_dec[j] to the output)")
+
+    def __repr__(self) -> str:
+        how = f"add={self.add}" if self.add is not None else f"value={self.value}" if self.value is not None \
+            else f"lam={self.lam}"
+        return f"Steer({self.site!r}, latents={self.latents.tolist()}, {how})"
 
     def delta(self, x: Float[Tensor, "n d_in"]) -> tuple[Tensor, Float[Tensor, "n d_in"]]:
         """(plain reconstruction, change of reconstruction from editing the latents)."""
@@ -48,20 +78,74 @@ class Steer:
             new = torch.as_tensor(self.value, dtype=z.dtype, device=z.device).expand_as(z)
         return recon, (new - z) @ self.sae.W_dec[lat]
 
+    def _edit(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_in"]:
+        if self.add is not None:
+            lat = self.latents.to(x.device)
+            coef = torch.as_tensor(self.add, dtype=x.dtype, device=x.device).expand(len(lat))
+            return x + coef @ self.sae.W_dec[lat]
+        recon, delta = self.delta(x)
+        return x + delta if self.keep_error else recon + delta
+
     @torch.no_grad()
-    def apply(self, act: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
+    def apply(self, act: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
         """The edited activation, same shape, dtype and device as `act`."""
-        if act.shape[-1] != self.sae.d_in:
-            raise SAEError(f"Steer({self.site}): activation last dim {act.shape[-1]} != SAE d_in {self.sae.d_in}")
         if self.sae.W_dec.device != act.device:
             self.sae.to(act.device)
-        x = act.reshape(-1, act.shape[-1]).to(self.sae.W_dec.dtype)
-        recon, delta = self.delta(x)
-        if self.keep_error:
-            return (x + delta).reshape(act.shape).to(act.dtype)
-        return (recon + delta).reshape(act.shape).to(act.dtype)
+        rows = as_rows(self.site, act, self.head)
+        if rows.shape[-1] != self.sae.d_in:
+            raise SAEError(f"Steer({self.site}): activation last dim {rows.shape[-1]} (the rows of an activation "
+                           f"{tuple(act.shape)}, head={self.head}; see sae.layout) != SAE d_in {self.sae.d_in}")
+        if self.rows_at is not None:
+            bad = [int(p) for p in self.rows_at if not 0 <= p < rows.shape[-2]]
+            if bad:
+                raise SAEError(f"Steer({self.site}): positions {bad} out of range 0..{rows.shape[-2] - 1}")
+        sel = rows if self.rows_at is None else rows[..., self.rows_at.to(act.device), :]
+        x = sel.reshape(-1, sel.shape[-1]).to(self.sae.W_dec.dtype)
+        new = self._edit(x).reshape(sel.shape).to(act.dtype)
+        if self.rows_at is not None:
+            full = rows.clone()
+            full[..., self.rows_at.to(act.device), :] = new
+            new = full
+        return from_rows(self.site, new, act, self.head)
 
 
-def splice(sae: TopKSAE, site: str, keep_error: bool = False) -> Steer:
-    """Intervention replacing the site's activation by decode(encode(x)) (+ error if asked)."""
-    return Steer(sae, site, (), 0.0, keep_error=keep_error)
+def splice(sae: TopKSAE, site: str, keep_error: bool = False, *, steps: Sequence[int] | None = None,
+           branch: str = "cond", positions: Sequence[int] | None = None, head: int | None = None) -> Steer:
+    """Intervention replacing the site's activation by decode(encode(x)) (+ error if asked),
+    at the chosen `steps`, `branch`, `positions` and `head` (see `Steer`)."""
+    return Steer(sae, site, (), 0.0, keep_error=keep_error, positions=positions, steps=steps, branch=branch,
+                 head=head)
+
+
+class SpliceFidelity(NamedTuple):
+    """What splicing the SAE in (no error term) does to the images: `ssim` [n] of each spliced
+    image with the plain one (same prompt and seed); `judge_agreement` the share of images whose
+    judge label is unchanged (None without a judge); the labels and images themselves."""
+
+    ssim: Float[Tensor, "n"]
+    mean_ssim: float
+    judge_agreement: float | None
+    labels_plain: list[str] | None
+    labels_spliced: list[str] | None
+    images_plain: list[Any]
+    images_spliced: list[Any]
+
+
+def splice_fidelity(model: Any, sae: TopKSAE, site: str, prompts: Sequence[str], seed: int = 0, *,
+                    judge: Any = None, steps: Sequence[int] | None = None, branch: str = "cond",
+                    positions: Sequence[int] | None = None, head: int | None = None,
+                    num_steps: int | None = None, guidance: float | None = None) -> SpliceFidelity:
+    """Generate `prompts` plain and with `splice(sae, site)` (no error term) at `steps` /
+    `branch` / `positions`; compare the images by SSIM (`interp.fidelity.ssim`) and, with a
+    `judge` (an `interp.judges` judge), by whether its label agrees."""
+    prompts = list(prompts)
+    kw = dict(seed=seed, steps=num_steps, guidance=guidance)
+    plain = interp.generate(model, prompts, **kw).images
+    spliced = interp.generate(model, prompts, interventions=[splice(sae, site, steps=steps, branch=branch,
+                                                                    positions=positions, head=head)], **kw).images
+    s = ssim(spliced, plain)
+    lp = ls = agree = None
+    if judge is not None:
+        lp, ls = judge.predict(plain), judge.predict(spliced)
+        agree = sum(a == b for a, b in zip(lp, ls)) / len(lp)
+    return SpliceFidelity(s, float(s.mean()), agree, lp, ls, list(plain), list(spliced))

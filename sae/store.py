@@ -14,7 +14,14 @@ name different folders, e.g. private scratch folders, each build a whole store o
 works on fixed-size chunks of the global row order (`shard_tokens` rows each), so a store
 written by 2 ranks yields exactly the batches of the same store written by 1. A rank that
 crashed leaves no part file and redoes its share on restart, while finished ranks reuse theirs;
-parts left by a run with other fingerprints or another world size are refused, not mixed."""
+parts left by a run with other fingerprints or another world size are refused, not mixed.
+
+Denoiser sites (`unet.`/`transformer.`) are captured during generation over prompts × seeds
+(`sae.denoiser`: steps, CFG branch, head, residual update, positions); each shard then also holds
+`index` [n, 5] = (prompt, seed, step, branch, position) per row (`ActivationStore.index`). Those
+stores resume within a rank's share: after every shard a progress file records the shards and the
+next generation, so a killed build restarts from the last written shard with no row duplicated or
+missing (shards end on generation boundaries, so a restart regenerates only unwritten rows)."""
 
 from __future__ import annotations
 
@@ -27,16 +34,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.sites import DENOISER_PREFIXES
+from sae import denoiser
+from sae.denoiser import INDEX_COLUMNS, DenoiserCapture
 from sae.errors import SAEError
 
 MANIFEST = "manifest.json"
 PART = "part-{rank:03d}-of-{world:03d}.json"
+PROGRESS = "progress-{rank:03d}-of-{world:03d}.json"
 Drop = Literal["special", "padding", "none"]
 
 
@@ -118,12 +129,13 @@ def _part_name(rank: int, world: int) -> str:
 
 def _check_parts(path: Path, run: dict[str, Any], world: int) -> None:
     """Refuse part files of another run (other fingerprints, settings or world size), naming each."""
-    for f in sorted(path.glob("part-*-of-*.json")):
+    names = {_part_name(r, world) for r in range(world)} | {PROGRESS.format(rank=r, world=world) for r in range(world)}
+    for f in sorted([*path.glob("part-*-of-*.json"), *path.glob("progress-*-of-*.json")]):
         try:
             have = json.loads(f.read_text())["run"]
         except (ValueError, KeyError):
             raise SAEError(f"{f}: unreadable part file of an interrupted store; delete {path} to rebuild") from None
-        if have != run or f.name not in {_part_name(r, world) for r in range(world)}:
+        if have != run or f.name not in names:
             diff = sorted(k for k in set(have) | set(run) if have.get(k) != run.get(k))
             raise SAEError(f"{f}: part of an interrupted store built with other settings ({', '.join(diff) or 'file name'} "
                            f"differ: {', '.join(f'{k}={have.get(k)!r} here {run.get(k)!r}' for k in diff)}); "
@@ -178,6 +190,16 @@ class ActivationStore:
         Under torchrun, when every rank names this folder (`shared(path)`), each passes its own
         share of the rows (rank order is row order) and the same `fingerprints`; ranks that
         disagree on them get an `SAEError`. Otherwise `batches` are all the rows."""
+        def write(run: dict[str, Any], rank: int, world: int, show: bool) -> dict[str, Any]:
+            return cls._write_part(Path(path), batches, run, rank, world, dtype, show)
+
+        return cls._assemble(path, write, fingerprints, shard_tokens, dtype, meta, progress)
+
+    @classmethod
+    def _assemble(cls, path: str | Path, write: Any, fingerprints: dict[str, str], shard_tokens: int,
+                  dtype: torch.dtype, meta: dict | None, progress: bool) -> ActivationStore:
+        """The store protocol around a rank's writer `write(run, rank, world, progress) -> part`:
+        reuse or refuse a finished store, agree on the run across ranks, merge the parts."""
         from interp import distributed
 
         path = Path(path)
@@ -200,7 +222,7 @@ class ActivationStore:
         part_file = path / _part_name(rank, world)
         part = json.loads(part_file.read_text()) if part_file.exists() else None
         if part is None or not _part_valid(path, part):
-            part = cls._write_part(path, batches, run, rank, world, dtype, progress and rank == 0)
+            part = write(run, rank, world, progress and rank == 0)
             _atomic_write_text(part_file, json.dumps(part, indent=1))
         parts = ranks.gather(part)  # every rank checks them, so every rank raises alike
         ds = {p["d"] for p in parts} - {None}
@@ -215,6 +237,7 @@ class ActivationStore:
             _atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1))
             for r in range(world):
                 (path / _part_name(r, world)).unlink()
+                (path / PROGRESS.format(rank=r, world=world)).unlink(missing_ok=True)
         ranks.barrier()
         return cls(path)
 
@@ -258,8 +281,13 @@ class ActivationStore:
     def build(cls, path: str | Path, model: Any, prompts: Sequence[str], site: str,
               batch_size: int = 16, drop: Drop = "special", special_ids: Iterable[int] | None = None,
               shard_tokens: int = 65_536, dtype: torch.dtype = torch.float32,
-              progress: bool = True) -> ActivationStore:
+              progress: bool = True, *, seeds: Sequence[int] = (0,), capture: DenoiserCapture | None = None,
+              interventions: Sequence[Any] = ()) -> ActivationStore:
         """Capture `site` over `prompts` with `interp.capture`, `batch_size` prompts at a time.
+
+        Denoiser sites: one generation per `batch_size` prompts and seed (prompt p with seed s is
+        `interp.generate(model, [p], seed=s)`), rows chosen by `capture` (default: every step,
+        conditional branch, every position) with `interventions` active; see `_build_denoiser`.
 
         Text sites [B, S, d]: positions are filtered by `drop` using the pipeline's own
         tokenization (`model.tokenize`) and the tokenizer's special ids (override with
@@ -271,6 +299,9 @@ class ActivationStore:
 
         if not prompts:
             raise SAEError(f"ActivationStore.build({site}): empty prompt list")
+        if site.split(".", 1)[0] in DENOISER_PREFIXES:
+            return cls._build_denoiser(path, model, prompts, site, seeds, capture or DenoiserCapture(),
+                                       interventions, batch_size, shard_tokens, dtype, progress)
         encoder = site.split(".", 1)[0]
         enc = model.encoders.get(encoder) if hasattr(model, "encoders") else None
         if enc is None:
@@ -297,6 +328,96 @@ class ActivationStore:
         meta = {"n_prompts": len(prompts), "encoder": encoder}
         return cls.from_batches(path, rows(), fps, shard_tokens, dtype, meta, progress)
 
+    @classmethod
+    def _build_denoiser(cls, path: str | Path, model: Any, prompts: Sequence[str], site: str,
+                        seeds: Sequence[int], cap: DenoiserCapture, interventions: Sequence[Any],
+                        batch_size: int, shard_tokens: int, dtype: torch.dtype, progress: bool) -> ActivationStore:
+        """A denoiser store: generations of `batch_size` prompts × each seed, in prompt-batch
+        then seed order, rows kept as `cap` says. Under torchrun each rank takes a contiguous
+        share of the prompts. Resumable (module docstring)."""
+        from interp import distributed
+
+        s = denoiser.check_site(model, site, cap)
+        seeds = [int(x) for x in seeds]
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise SAEError(f"ActivationStore.build({site}): seeds {seeds} must be a non-empty list of distinct seeds")
+        model_fp = "+".join([module_fingerprint(model.denoiser)]
+                            + [module_fingerprint(e.module) for _, e in sorted(model.encoders.items())])
+        # interventions by type and site, not repr: a repr may hold a memory address, which would
+        # refuse every resume
+        ivs = [f"{type(iv).__name__}@{getattr(iv, 'site', '?')}" for iv in interventions]
+        fps = {"site": s.name, "model": model_fp, "prompts": prompts_fingerprint(prompts),
+               "capture": _sha(json.dumps([cap.to_dict(), seeds, ivs], sort_keys=True))}
+        mine = distributed.shard_range(len(prompts), "prompts") if shared(path) else range(len(prompts))
+        units = [(start, seed) for start in range(mine.start, mine.stop, batch_size) for seed in seeds]
+
+        def unit(i: int) -> tuple[Tensor, Tensor]:
+            start, seed = units[i]
+            ids = list(range(start, min(start + batch_size, mine.stop)))
+            rows, index, _ = denoiser.capture_rows(model, s.name, [prompts[j] for j in ids], ids, seed, cap,
+                                                   interventions)
+            return rows, index
+
+        def write(run: dict[str, Any], rank: int, world: int, show: bool) -> dict[str, Any]:
+            return cls._write_units(Path(path), len(units), unit, run, rank, world, dtype, show)
+
+        meta = {"n_prompts": len(prompts), "encoder": s.encoder, "site": s.name, "seeds": seeds,
+                "capture": cap.to_dict(), "index_columns": list(INDEX_COLUMNS), "interventions": ivs,
+                "num_steps": int(cap.num_steps or model.defaults["steps"]),
+                "guidance": float(cap.guidance if cap.guidance is not None else model.defaults["guidance"])}
+        return cls._assemble(path, write, fps, shard_tokens, dtype, meta, progress)
+
+    @staticmethod
+    def _write_units(path: Path, n_units: int, unit: Any, run: dict[str, Any], rank: int, world: int,
+                     dtype: torch.dtype, progress: bool) -> dict[str, Any]:
+        """This rank's units (`unit(i) -> (rows, index)`, i < n_units) into shards of at least
+        `shard_tokens` rows that end on unit boundaries, recording progress after each shard, and
+        continuing from a progress file of the same run when one is there."""
+        shard_tokens = run["shard_tokens"]
+        prefix = "" if world == 1 else f"rank{rank:03d}-"
+        prog_file = path / PROGRESS.format(rank=rank, world=world)
+        state = {"run": run, "next": 0, "shards": [], "d": None, "peak": 0}
+        if prog_file.exists():
+            try:
+                old = json.loads(prog_file.read_text())
+            except ValueError:
+                old = None
+            if old is not None and old.get("run") != run:
+                raise SAEError(f"{prog_file}: progress of a store built with other settings; refusing to mix "
+                               f"runs: delete {path} or use another folder")
+            if old is not None and _part_valid(path, old):
+                state = old
+        bufs: list[tuple[Tensor, Tensor]] = []
+        n_buf = 0
+
+        def flush() -> None:
+            nonlocal bufs, n_buf
+            name = f"{prefix}shard_{len(state['shards']):05d}.safetensors"
+            tmp = path / (name + ".tmp")
+            save_file({"acts": torch.cat([r for r, _ in bufs]).contiguous(),
+                       "index": torch.cat([i for _, i in bufs]).contiguous()}, str(tmp))
+            os.replace(tmp, path / name)
+            state["shards"].append({"file": name, "n": n_buf})
+            bufs, n_buf = [], 0
+
+        bar = tqdm(total=n_units, initial=state["next"], desc=f"store {path.name}", unit="gen", disable=not progress)
+        for i in range(state["next"], n_units):
+            rows, index = unit(i)
+            d = state["d"]
+            if rows.ndim != 2 or (d is not None and rows.shape[1] != d):
+                raise SAEError(f"{path}: generation {i} gave rows {tuple(rows.shape)}, expected [n, {d or 'd'}]")
+            state["d"] = rows.shape[1]
+            bufs.append((rows.to("cpu", dtype), index))
+            n_buf += rows.shape[0]
+            state["peak"] = max(state["peak"], n_buf)
+            bar.update(1)
+            if n_buf >= shard_tokens or i == n_units - 1:
+                flush()
+                state["next"] = i + 1
+                _atomic_write_text(prog_file, json.dumps(state, indent=1))
+        bar.close()
+        return {"run": run, "rank": rank, "d": state["d"], "shards": state["shards"], "peak": state["peak"]}
+
     # ---- reading --------------------------------------------------------------------
     def _load(self, shard: _Shard, lo: int = 0, hi: int | None = None) -> Tensor:
         """Rows [lo, hi) of one shard file."""
@@ -322,8 +443,40 @@ class ActivationStore:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def all(self) -> Float[Tensor, "n d"]:
-        """Every row in write order (for small stores and evaluation)."""
+        """Every row in write order (for small stores; `shard_rows` streams)."""
         return torch.cat([self._load(s) for s in self.shards])
+
+    def shard_rows(self) -> Iterator[Float[Tensor, "m d"]]:
+        """Every row in write order, one shard at a time (memory: one shard)."""
+        for s in self.shards:
+            yield self._load(s)
+
+    def _index(self, shard: _Shard) -> Tensor:
+        with safe_open(str(self.path / shard.file), framework="pt") as f:
+            if "index" not in f.keys():
+                raise SAEError(f"{self.path / shard.file}: no row index (only denoiser stores record "
+                               f"{', '.join(INDEX_COLUMNS)} per row)")
+            return f.get_tensor("index")
+
+    def index(self) -> Int[Tensor, "n 5"]:
+        """Denoiser stores: (prompt, seed, step, branch, position) of every row, in write order
+        (`manifest["meta"]["index_columns"]`)."""
+        return torch.cat([self._index(s) for s in self.shards])
+
+    def select(self, prompts: Sequence[int]) -> tuple[Float[Tensor, "m d"], Int[Tensor, "m 5"]]:
+        """Denoiser stores: the rows (and index) of the given prompt indices, read shard by shard
+        (e.g. held-out prompts for FVU: `sae.evaluate(sae, store.select(held_out)[0])`)."""
+        want = torch.tensor(sorted({int(p) for p in prompts}), dtype=torch.long)
+        rows, index = [], []
+        for sh in self.shards:
+            idx = self._index(sh)
+            keep = torch.isin(idx[:, 0], want)
+            if bool(keep.any()):
+                rows.append(self._load(sh)[keep])
+                index.append(idx[keep])
+        if not rows:
+            raise SAEError(f"{self.path}: no rows of prompts {want.tolist()[:8]}")
+        return torch.cat(rows), torch.cat(index)
 
     def sample(self, n: int, seed: int = 0) -> Float[Tensor, "m d"]:
         """First n rows of the seeded shuffle (e.g. to initialise b_dec)."""

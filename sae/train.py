@@ -9,9 +9,10 @@ min(10M, budget/10) tokens that can only raise their pre-activations (`sae.model
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,17 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp import distributed
+from interp.checkpoint import load_checkpoint, refuse_legacy, save_checkpoint, settings_diff
+from interp.folder_lock import lock_folder
 from sae.errors import SAEError
-from sae.model import TopKSAE, dead_tokens_for
+from sae.model import StepBuffers, TopKSAE, dead_tokens_for
 from sae.distributed import StepReduce
 from sae.store import ActivationStore, shared
 
-CHECKPOINT = "last.pt"
+CHECKPOINT = "last.safetensors"  # safetensors + JSON metadata (interp.checkpoint): never a pickle
+LEGACY_CHECKPOINT = "last.pt"  # the old pickle format: refused, never loaded
+CHECKPOINT_KIND = "sae-trainer"
 LOG = "metrics.jsonl"
 
 
@@ -59,8 +65,14 @@ def train_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: Float[Tensor, "n d_i
     rank's slice of the global batch and `reduce` (sae.distributed) sums across ranks."""
     dead = sae.dead_mask()
     any_dead = bool(dead.any()) and aux_coef > 0 and sae.cfg.k_aux > 0
-    codes, aux_codes = sae.encode_sparse(x, dead if any_dead else None)
-    recon = sae.decode_sparse(codes)
+    # Wide SAEs: reuse this optimiser's step buffers and last step's gradient tensors
+    # (sae.model docstring); the gradients of step t are overwritten during step t + 1.
+    buffers = _STEP_BUFFERS.setdefault(opt, StepBuffers())
+    for name in ("W_enc", "W_dec"):
+        if getattr(sae, name).grad is not None:
+            buffers.grads[name] = getattr(sae, name).grad
+    codes, aux_codes = sae.encode_sparse(x, dead if any_dead else None, buffers)
+    recon, aux_recon = sae.decode_pair(codes, aux_codes, buffers)
     fvu = normalized_mse(recon, x, reduce)
     loss = fvu
     aux = torch.zeros(())
@@ -70,10 +82,11 @@ def train_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: Float[Tensor, "n d_i
         # makes the same α ~1/FVU times weaker late in training); only dead latents' encoder
         # columns (one-sided: sae.model._TopKEncode), their decoder rows and b_dec receive it.
         residual = (x - recon).detach()
-        aux = normalized_mse(sae.decode_sparse(aux_codes, bias=False), residual, reduce)
+        aux = normalized_mse(aux_recon, residual, reduce)
         loss = loss + aux_coef * aux
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    buffers.grads.clear()  # a gradient the backward did not need is not kept alive
     if reduce is not None:  # DDP hook: the global gradient on every rank
         reduce.grads(sae)
     # The component along a unit-norm row only changes its norm, which the renormalisation
@@ -102,15 +115,47 @@ def make_optimizer(sae: TopKSAE, lr: float = 4e-4, weight_decay: float = 0.0
     not applied to other widths (a smaller SAE is not obviously better off with a larger
     step), so the default does not change with d_sae."""
     try:
-        return torch.optim.AdamW(sae.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+        return _AdamW(sae.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, ValueError):
-        return torch.optim.AdamW(sae.parameters(), lr=lr, weight_decay=weight_decay)
+        return _AdamW(sae.parameters(), lr=lr, weight_decay=weight_decay)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# Step buffers per optimiser: they live as long as the training run that owns the optimiser.
+_STEP_BUFFERS: "weakref.WeakKeyDictionary[torch.optim.Optimizer, StepBuffers]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _transpose_in_place(p: Tensor, state: dict) -> None:
+    """p, p.grad and p's 2-d optimiser state viewed transposed (same storage, same values)."""
+    g = p.grad
+    p.grad = None
+    p.data = p.data.t()
+    p.grad = g.t()
+    for key, v in state.items():
+        if torch.is_tensor(v) and v.dim() == 2:
+            # a moment loaded in another layout (e.g. contiguous from a checkpoint) is copied
+            # once into p's, so the fused kernel never copies it again
+            state[key] = v.t() if v.t().stride() == p.stride() else v.t().contiguous()
+
+
+class _AdamW(torch.optim.AdamW):
+    """torch's AdamW, stepping a transposed-contiguous parameter (W_enc: [d_in, d_sae] stored as
+    [d_sae, d_in]) through its transposed view. torch's fused CPU kernel copies every
+    non-contiguous tensor in and out (4.7x slower on W_enc at 65k latents); the update is
+    elementwise, so the view gives bit-identical values."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        flip = [p for group in self.param_groups for p in group["params"]
+                if p.grad is not None and p.dim() == 2 and not p.is_contiguous()
+                and p.t().is_contiguous() and p.grad.stride() == p.stride()]
+        for p in flip:
+            _transpose_in_place(p, self.state[p])
+        try:
+            return super().step(closure)
+        finally:
+            for p in flip:
+                _transpose_in_place(p, self.state[p])
 
 
 def _trim_log(log: Path, upto_step: int) -> None:
@@ -130,8 +175,13 @@ def train(sae: TopKSAE, store: ActivationStore, batch_size: int = 4096,
     """Train `sae` in place on `store`; returns the logged metric rows.
 
     Weight decay defaults to 0 (torch's AdamW uses 0.01; decay would shrink the encoder of
-    rarely-used latents towards death). `resume=True` loads `checkpoint_dir/last.pt` (model,
-    optimiser, RNG, data position) and ends with the same weights as an uninterrupted run.
+    rarely-used latents towards death). `resume=True` loads `checkpoint_dir/last.safetensors`
+    (model, optimiser, RNG, data position; no pickle) and ends with the same weights as an
+    uninterrupted run; it refuses a checkpoint made with other settings (SAE config, batch
+    size, seed, lr, AuxK coefficient, weight decay, store fingerprints), naming the fields.
+    A larger `total_tokens` continues the run (the lr is constant, so that equals a longer
+    uninterrupted run); one that ends before the checkpoint is refused. `resume=False`
+    starts over. The checkpoint folder is locked (`interp.folder_lock`) while training.
     `stop_after` ends early after that many steps (to simulate an interruption).
 
     If `sae.cfg.dead_tokens` is None it is set here to `dead_tokens_for(total_tokens,
@@ -144,33 +194,55 @@ def train(sae: TopKSAE, store: ActivationStore, batch_size: int = 4096,
     on its slice of every `batch_size` global batch, weights stay identical across ranks and
     equal one-process training up to float summation order; rank 0 writes checkpoints and log.
     That happens when all ranks name the same store folder (`sae.store.shared`)."""
-    from interp import distributed
     if store.d != sae.d_in:
         raise SAEError(f"store {store.path} has d={store.d}, SAE expects d_in={sae.d_in}")
+    if batch_size <= 0:
+        raise SAEError(f"batch_size={batch_size}: must be a positive number of tokens")
     steps = total_tokens // batch_size
     if steps <= 0:
         raise SAEError(f"total_tokens={total_tokens} < batch_size={batch_size}: no step to run")
     if sae.cfg.dead_tokens is None:
         sae.cfg.dead_tokens = dead_tokens_for(total_tokens, batch_size)
-    opt = make_optimizer(sae, lr, weight_decay)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     # DDP hook: data-parallel when all ranks train from one store folder; then rank 0 alone
     # writes checkpoints and the log (ranks with stores of their own train independently)
     reduce = StepReduce(batch_size) if shared(store.path) else None
     writer = reduce is None or distributed.is_main()
+    # One writer per checkpoint folder: a second job on it fails at once (names the holder's pid).
+    with lock_folder(ckdir, "checkpoint folder") if ckdir and writer else contextlib.nullcontext():
+        return _train(sae, store, batch_size, steps, lr, aux_coef, weight_decay, seed, ckdir, checkpoint_every,
+                      resume, init_from_data, log_every, progress, stop_after, reduce, writer)
+
+
+def _settings(sae: TopKSAE, store: ActivationStore, batch_size: int, lr: float, aux_coef: float,
+              weight_decay: float, seed: int, init_from_data: bool) -> dict[str, Any]:
+    """What determines the trained weights (besides the step count): compared on resume."""
+    return {"cfg": sae.cfg.to_dict(), "batch_size": batch_size, "seed": seed, "lr": lr, "aux_coef": aux_coef,
+            "weight_decay": weight_decay, "init_from_data": init_from_data, "store": dict(store.fingerprints)}
+
+
+def _train(sae: TopKSAE, store: ActivationStore, batch_size: int, steps: int, lr: float, aux_coef: float,
+           weight_decay: float, seed: int, ckdir: Path | None, checkpoint_every: int, resume: bool,
+           init_from_data: bool, log_every: int, progress: bool, stop_after: int | None,
+           reduce: StepReduce | None, writer: bool) -> list[dict]:
+    opt = make_optimizer(sae, lr, weight_decay)
     log = ckdir / LOG if ckdir and writer else None
-    if ckdir and writer:
-        ckdir.mkdir(parents=True, exist_ok=True)
+    settings = _settings(sae, store, batch_size, lr, aux_coef, weight_decay, seed, init_from_data)
     start, rows = 0, []
     if resume:
         if ckdir is None or not (ckdir / CHECKPOINT).exists():
+            if ckdir is not None:
+                refuse_legacy(ckdir / LEGACY_CHECKPOINT)
             raise SAEError(f"resume=True but no checkpoint at {ckdir}/{CHECKPOINT}")
-        ck = torch.load(ckdir / CHECKPOINT, weights_only=False)
-        if (ck["cfg"] != sae.cfg.to_dict() or ck["batch_size"] != batch_size
-                or ck["seed"] != seed or ck["store"] != store.fingerprints):
-            raise SAEError(f"{ckdir / CHECKPOINT}: checkpoint was made with cfg {ck['cfg']}, "
-                           f"batch {ck['batch_size']}, seed {ck['seed']}, store {ck['store']}; "
-                           f"this run differs")
+        ck = load_checkpoint(ckdir / CHECKPOINT, CHECKPOINT_KIND)
+        diff = settings_diff(ck["settings"], settings)
+        if diff:
+            raise SAEError(f"{ckdir / CHECKPOINT}: cannot resume, this run differs from the checkpoint in "
+                           f"{'; '.join(diff)}; resume with the checkpoint's settings, or start over "
+                           f"(resume=False: sae-train without --resume)")
+        if ck["step"] > steps:
+            raise SAEError(f"{ckdir / CHECKPOINT}: checkpoint at step {ck['step']} is past this run's end at step "
+                           f"{steps} (total_tokens // batch_size); give at least {ck['step'] * batch_size} tokens")
         sae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         torch.set_rng_state(ck["rng"])
@@ -201,11 +273,9 @@ def train(sae: TopKSAE, store: ActivationStore, batch_size: int = 4096,
                     f.write(json.dumps(row) + "\n")
         bar.update(1)
         if ckdir is not None and writer and (step % checkpoint_every == 0 or step == end):
-            _atomic_save({"model": sae.state_dict(), "opt": opt.state_dict(),
-                          "rng": torch.get_rng_state(), "step": step, "seed": seed,
-                          "batch_size": batch_size, "cfg": sae.cfg.to_dict(),
-                          "store": store.fingerprints},
-                         ckdir / CHECKPOINT)
+            save_checkpoint(ckdir / CHECKPOINT, {"model": sae.state_dict(), "opt": opt.state_dict(),
+                                                 "rng": torch.get_rng_state(), "step": step,
+                                                 "settings": settings}, CHECKPOINT_KIND)
     bar.close()
     if reduce is not None:  # DDP hook: the last checkpoint exists before any rank moves on
         distributed.barrier()

@@ -125,3 +125,29 @@ def test_torchrun_two_processes_equal_one(report: Path, tmp_path: Path) -> None:
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert _numbers(two) == _numbers(one)
     assert (out / "report.md").is_file()
+
+
+def test_spread_over_sae_seeds(report: Path, tmp_path: Path) -> None:
+    """`culturelens spread`: the SAE-dependent steps rerun with another SAE seed; the SAE moves
+    (its FVU differs), the SAE-independent rows do not, and the main job lies within the spread."""
+    from circuits.analysis.spread import Spread, check_within
+    from circuits.cli import main
+
+    out = tmp_path / "spread"
+    assert main(["spread", "--quick", "--main", str(report), "--out", str(out), "--seeds", "0", "1"]) == 0
+    sp = Spread.load(out)
+    assert sp.seeds == [0, 1] and (out / "spread.md").is_file() and (out / "spread.png").is_file()
+    fvu = sp.row("sae_fvu")
+    assert None not in fvu.values and fvu.values[0] != fvu.values[1] and fvu.low <= fvu.mean <= fvu.high
+    assert len(set(sp.row("lambda").values)) >= 1 and None not in sp.row("mask_topk").values
+    assert sp.independent["layer"][0] == sp.independent["layer"][1]
+    assert sp.independent["mask_baseline"][0] == sp.independent["mask_baseline"][1]
+    rerun = json.loads((out / "sae_seed1" / "results.json").read_text())
+    assert rerun["sae"]["sae_seed"] == 1 and "organism" not in rerun and "enhancer" not in rerun
+    res = json.loads((report / "results.json").read_text())
+    assert all(c.ok for c in check_within(res, sp, reference=res))
+    # a run outside the range is named
+    res["sae"]["quality"]["fvu"] = fvu.high + 1.0
+    assert [c.key for c in check_within(res, sp) if not c.ok] == ["sae_fvu"]
+    assert main(["spread-check", str(report / "results.json"), "--spread", str(out),
+                 "--reference", str(report / "results.json")]) == 0

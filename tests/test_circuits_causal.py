@@ -147,6 +147,29 @@ def test_choose_lambda_respects_the_noun_constraint():
         choose_lambda([2, 4], [0.1, 0.2], [0.9, 0.9])
 
 
+def test_selection_margin_flags_a_choice_decided_by_one_image():
+    """The README's λ flip: at λ = 4 the probe nouns' accuracy was 28 of 30 against a floor of
+    29 (100 % − 5 points), so one image decided between λ = 2 and λ = 4."""
+    from circuits.causal.amplify import margin_text, selection_margin
+
+    n = 30
+    lams, cult = [0, 2, 4, 6, 8], [c / n for c in (2, 9, 14, 15, 16)]
+    m = selection_margin(lams, cult, [c / n for c in (30, 30, 28, 26, 24)], n)
+    assert m["chosen"] == 2.0 and m["images_to_flip"] == 1 and "λ = 4" in m["deciding"]
+    assert m["uncertainty_images"] > 1 and m["fragile"]
+    assert "Fragile choice" in margin_text(m)
+    assert [r["permitted"] for r in m["per_lam"]] == [True, True, False, False, False]
+    # noun accuracy far from the floor: decided by culture hits (λ = 4 trails λ = 6 by one hit and
+    # would win the tie), again within the rule's uncertainty
+    far = selection_margin(lams, [c / n for c in (2, 3, 25, 26, 27)], [c / n for c in (30, 30, 30, 30, 10)], n)
+    assert far["chosen"] == 6.0 and far["images_to_flip"] == 1 and "λ = 4 trails" in far["deciding"]
+    assert far["fragile"]
+    clear = selection_margin([0, 4], [0 / n, 25 / n], [30 / n, 30 / n], n)
+    assert clear["images_to_flip"] == 2 and not clear["fragile"]  # the floor is 29: 2 noun images to fail
+    # and without a noun judge: culture alone decides
+    assert selection_margin([0, 4], [0.1, 0.9], None, 10)["images_to_flip"] == 8  # a tie goes to λ = 0
+
+
 def test_lambda_sweep_fidelity_and_selection(model, sae_units, tmp_path):
     from circuits.causal.validate import reference_activity
     from interp.fidelity import ssim

@@ -16,6 +16,8 @@ import pytest
 
 from interp import distributed
 from interp.distributed import DistributedError
+from interp.checkpoint import load_checkpoint
+from sae.train import CHECKPOINT, CHECKPOINT_KIND
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -205,7 +207,7 @@ def test_crash_of_one_rank_resumes(tmp_path):
                               batch_size=4, shard_tokens=40, progress=False)
     p = torchrun(tmp_path, "store", "sae:kill")
     assert p.returncode != 0 and not (tmp_path / "sae.pt").exists()
-    assert torch.load(tmp_path / "ck" / "last.pt", weights_only=False)["step"] == 10
+    assert load_checkpoint(tmp_path / "ck" / CHECKPOINT, CHECKPOINT_KIND)["step"] == 10
     assert {f.name: f.stat().st_mtime_ns for f in folder.glob("rank000-*")} == kept  # rank 0 not redone
     assert not list(folder.glob("part-*"))
     one = tmp_path / "one"

@@ -188,6 +188,8 @@ def test_nan_effect_warns_naming_the_condition(tiny_sd):
         res = interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, ["unet.down.0.attn.0.attn2.hook_out"], lambda g: 1.0,
                            steps="each")
     assert [str(w.message) for w in caught] == [
+        "patch: the metric gives the clean and corrupt runs the same value (1 vs 1); the effects are "
+        "meaningless: choose prompts or a metric that differ"] + [
         f"patch: effect is NaN for site 'unet.down.0.attn.0.attn2.hook_out', step {t}, head all, position all "
         "(clean and corrupt values are equal)" for t in (0, 1)]
     assert all(math.isnan(r["effect"]) for r in res.rows)
@@ -241,3 +243,33 @@ def test_patch_result_save_load_table_and_plots(tiny_sd, tmp_path):
                            clean_value=1.0, corrupt_value=1.0, meta={"kind": "text"})
     t.save(tmp_path / "t")
     assert math.isnan(interp.PatchResult.load(tmp_path / "t").rows[0]["effect"])
+
+
+def test_metric_must_be_one_number_and_must_tell_clean_from_corrupt(tiny_sd):
+    with pytest.raises(interp.CultureLensError, match=r"the metric returned 4 values \(shape \[4\]\)"):
+        interp.patch(tiny_sd, CLEAN, CORRUPT, ["text.blocks.0.hook_resid_post"], lambda out: out[0, 0, :4])
+    # nearly equal (float noise) warns too, not only exactly equal
+    with pytest.warns(UserWarning, match="same value"):
+        interp.patch(tiny_sd, CLEAN, CORRUPT, ["text.blocks.0.hook_resid_post"],
+                     lambda out: 49.638 + 1e-9 * float(out.mean()))
+
+
+def test_head_matrix_keeps_sites_apart_and_plot_scales_to_the_data(tiny_sd, tmp_path):
+    import matplotlib
+
+    a, b = "unet.up.1.attn.0.attn2.hook_z", "unet.mid.0.attn.0.attn2.hook_z"
+    rows = [{"site": s, "step": t, "head": h, "position": None, "value": 0.0, "effect": e}
+            for s, e in ((a, 1e-4), (b, -3e-4)) for t in (0, 1) for h in (0, 1)]
+    res = interp.PatchResult(rows=rows, clean_value=1.0, corrupt_value=0.0, meta={"kind": "denoiser"})
+    steps, heads, m = res.matrix("step", "head")
+    assert steps == [0, 1] and len(heads) == 4  # head 0 of a and head 0 of b are different rows
+    assert [interp.patching._label(h) for h in heads][:2] == [f"{a} head 0", f"{a} head 1"]
+    assert torch.allclose(m[:, :2], torch.full((2, 2), 1e-4)) and torch.allclose(m[:, 2:], torch.full((2, 2), -3e-4))
+    _, _, by_site = res.matrix("site", "head")
+    assert by_site.shape == (2, 2)  # with a site axis, heads stay plain indices
+    fig = res.plot(rows="step", cols="head")
+    lo, hi = fig.axes[0].images[0].get_clim()
+    assert (lo, hi) == pytest.approx((-3e-4, 3e-4))
+    fig = res.plot(rows="step", cols="head", vmin=-1, vmax=1)
+    assert fig.axes[0].images[0].get_clim() == (-1, 1)
+    matplotlib.pyplot.close("all")

@@ -17,3 +17,6 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
         exec(compile(code, f"README.md python block {i}", "exec"), scope)
     assert (tmp_path / "out" / "sae" / "cfg.json").is_file()
     assert scope["patched"].latents.shape == scope["clean"].latents.shape
+    # the patching example shows a real effect: token by token, not one value everywhere
+    effects = [r["effect"] for r in scope["res"].rows]
+    assert len({round(e, 3) for e in effects}) > 3 and max(effects) > 0.05

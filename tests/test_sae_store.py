@@ -120,3 +120,24 @@ def test_parts_of_another_run_are_refused(tmp_path):
     (tmp_path / "part-000-of-001.json").unlink()
     st = ActivationStore.from_batches(tmp_path / "b", [_rows(10)], {"prompts": "p"}, progress=False)
     assert st.manifest["world_size"] == 1 and not list((tmp_path / "b").glob("part-*"))
+
+
+def test_evaluate_on_a_store_equals_evaluate_on_its_rows(tmp_path):
+    """`sae.evaluate(s, store)` streams the store shard by shard and gives the numbers of
+    `evaluate(s, store.all())`; a wrong width is a clear error."""
+    import sae
+    from sae.errors import SAEError
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(70, 12, generator=g) for _ in range(3)]
+    store = sae.ActivationStore.from_batches(tmp_path / "s", batches, {"data": "randn"}, shard_tokens=64,
+                                             progress=False)
+    assert len(store.shards) > 1
+    s = sae.TopKSAE(12, d_sae=32, k=4, seed=0)
+    a, b = sae.evaluate(s, store), sae.evaluate(s, store.all())
+    assert a["n_tokens"] == b["n_tokens"] == 210 and a["l0"] == b["l0"] and a["dead_fraction"] == b["dead_fraction"]
+    assert abs(a["fvu"] - b["fvu"]) < 1e-5
+    with pytest.raises(SAEError, match="d = 12, the SAE d_in = 8"):
+        sae.evaluate(sae.TopKSAE(8, d_sae=16, k=2), store)
+    with pytest.raises(SAEError, match="not list"):
+        sae.evaluate(s, [1, 2])

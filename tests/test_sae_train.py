@@ -8,7 +8,8 @@ import torch
 from sae import ActivationStore, SAEError, TopKSAE, evaluate, train
 from sae.model import dead_tokens_for
 from sae.synthetic import planted, recovery
-from sae.train import make_optimizer
+from interp.checkpoint import load_checkpoint
+from sae.train import CHECKPOINT, CHECKPOINT_KIND, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_resume_is_bit_for_bit(planted_store, tmp_path):
     train(full, store, checkpoint_dir=tmp_path / "a", **kw)
     part = TopKSAE(32, 96, 4, dead_tokens=500, seed=1)
     train(part, store, checkpoint_dir=tmp_path / "b", stop_after=37, **kw)  # "crash" at 37
-    ck = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    ck = load_checkpoint(tmp_path / "b" / CHECKPOINT, CHECKPOINT_KIND)
     assert ck["step"] == 37
     resumed = TopKSAE(32, 96, 4, dead_tokens=500, seed=99)  # fresh object, other init
     train(resumed, store, checkpoint_dir=tmp_path / "b", resume=True, **kw)

@@ -23,7 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from interp.folder_lock import lock_folder
+from sae.train import CHECKPOINT as SAE_CHECKPOINT
+
+from circuits.analysis import state as run_state
 from circuits.analysis.report import Report, atomic_write_text
+from circuits.io import load_pipeline
 
 from circuits.organism.shipped import ORGANISM as ASSETS  # noqa: E402  (package data; one constant)
 PROBE_NOUNS = ("box", "hat")
@@ -75,6 +80,10 @@ class AnalysisConfig:
     english_test: bool = True      # add held-out English template pairs to the masking test
     batch_size: int = 64           # prompts per generation call (cultures share batches)
     seed: int = 0
+    sae_seed: int | None = None    # the seed of every SAE's init and batch order (None: `seed`); `culturelens
+                                   # spread` reruns the SAE-dependent steps over several of these
+    sae_dependent_only: bool = False  # skip the steps no SAE enters (organism quality, native neurons, enhancer,
+                                      # gap figure): what a spread over SAE seeds needs to rerun
 
     @classmethod
     def quick(cls) -> "AnalysisConfig":
@@ -243,12 +252,13 @@ def train_site_sae(model, site: str, tokens: int, cfg: AnalysisConfig, out: Path
     store = saelib.ActivationStore.build(stores / "train", model, train_corpus, site, drop="none", progress=False)
     held = saelib.ActivationStore.build(stores / "heldout", model, heldout_corpus, site, drop="none", progress=False)
     kw = {} if cfg.sae_dead_tokens is None else {"dead_tokens": cfg.sae_dead_tokens}
-    sae = saelib.TopKSAE(store.d, d_sae=cfg.sae_latents, k=cfg.sae_k, seed=cfg.seed, **kw)
+    sae_seed = cfg.seed if cfg.sae_seed is None else cfg.sae_seed
+    sae = saelib.TopKSAE(store.d, d_sae=cfg.sae_latents, k=cfg.sae_k, seed=sae_seed, **kw)
     ck = out / "sae_checkpoints" / name
     t0 = time.time()
-    log = saelib.train(sae, store, batch_size=cfg.sae_batch, total_tokens=tokens, seed=cfg.seed, checkpoint_dir=ck,
-                       checkpoint_every=200, resume=(ck / "last.pt").exists(), progress=False)
-    info = {"site": site, "name": name, "d_sae": sae.d_sae, "k": sae.cfg.k, "dead_tokens": sae.cfg.dead_tokens,
+    log = saelib.train(sae, store, batch_size=cfg.sae_batch, total_tokens=tokens, seed=sae_seed, checkpoint_dir=ck,
+                       checkpoint_every=200, resume=(ck / SAE_CHECKPOINT).exists(), progress=False)
+    info = {"site": site, "name": name, "sae_seed": sae_seed, "d_sae": sae.d_sae, "k": sae.cfg.k, "dead_tokens": sae.cfg.dead_tokens,
             "train_tokens": tokens, "train_prompts": len(train_corpus), "train_activations": store.n_tokens,
             "heldout_prompts": len(heldout_corpus), "heldout_activations": held.n_tokens,
             "train_nouns": PROBE_NOUNS + TRAIN_NOUNS, "heldout_nouns": TEST_NOUNS,
@@ -554,9 +564,28 @@ class _StepTimer(tqdm):
 
 
 def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Path | None = None,
-            judge_dir: str | Path | None = None, cfg: AnalysisConfig | None = None) -> Path:
-    """Run every step on the organism and write `out/report.md`, `report.html`, `results.json`."""
-    import interp
+            judge_dir: str | Path | None = None, cfg: AnalysisConfig | None = None,
+            trust_remote_code: bool = False, restart: bool = False) -> Path:
+    """Run every step on the organism and write `out/report.md`, `report.html`, `results.json`.
+
+    `out` is locked for the run (a second writer fails at once, naming the holder's pid) and
+    records its settings and input fingerprints (`circuits.analysis.state`): a rerun resumes,
+    a rerun with other settings is refused unless `restart`. A `pipeline` folder with code of
+    its own other than the shipped organism's needs `trust_remote_code`. Until the run ends the
+    folder holds `INCOMPLETE` and the report a banner saying it is partial."""
+    cfg = cfg or (AnalysisConfig.quick() if quick else AnalysisConfig())
+    out = Path(out)
+    pipeline = Path(pipeline or ASSETS / "pipeline")
+    judge_dir = Path(judge_dir or ASSETS / "judge")
+    with lock_folder(out, "report folder"):
+        run_state.prepare(out, run_state.run_settings(dataclasses.asdict(cfg), pipeline, judge_dir), restart)
+        path = _analyze(out, quick, pipeline, judge_dir, cfg, trust_remote_code)
+        run_state.finish(out)
+        return path
+
+
+def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: AnalysisConfig,
+             trust_remote_code: bool) -> Path:
     from circuits import runner
     from circuits.causal.amplify import lambda_sweep
     from circuits.causal.enhancer import random_other_layer, train_enhancer
@@ -576,7 +605,7 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     out = Path(out)
     report = Report(out, "CultureWorld: where culture fades, on the model organism")
     pipeline = Path(pipeline or ASSETS / "pipeline")
-    model = interp.load(pipeline, trust_remote_code=True)
+    model = load_pipeline(pipeline, trust_remote_code=trust_remote_code)
     judge = CultureWorldJudge.load(judge_dir or ASSETS / "judge")
     noun_judge = noun_judge_from(lambda imgs: judge.predict_full(imgs)["noun"], noun_of_pair)
     probe = organism_pairs(PROBE_NOUNS, op.EN_MOD_TRAIN)
@@ -591,7 +620,8 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     timings: dict[str, float] = {}
     steps = _StepTimer(timings, report, total=8, desc="culture analysis", unit="step")
 
-    organism_quality(model, judge, cfg, report)
+    if not cfg.sae_dependent_only:
+        organism_quality(model, judge, cfg, report)
     steps.update()
 
     scan = culture_layer_scan(model, probe, seeds=cfg.scan_seeds, n_boot=cfg.n_boot)
@@ -622,7 +652,8 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
              f"culture layer's activation (all positions, the evaluation prompts) relative to masking the Top-K "
              f"units: a draw at ~0 cannot change any image.\n\nPaper (CultureVQA %): {PAPER['mask']}.\n")
     report.record("validation_sae", val)
-    if cfg.neuron_validation:
+    neurons = bool(cfg.neuron_validation) and not cfg.sae_dependent_only
+    if neurons:
         n_units = culture_units(model, neuron_basis(layer), probe, rho=cfg.rho, k_max=cfg.k_max)
         n_val = validate_units(model, n_units, test, judge, n_random=cfg.neuron_validation, seed=cfg.seed,
                                n_boot=cfg.n_boot, batch_size=cfg.batch_size)
@@ -635,7 +666,7 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     steps.update()
 
     attention_basis(model, layer, probe, test, judge, cfg, out, report, sae_units=units,
-                    neuron_units=n_units if cfg.neuron_validation else None)
+                    neuron_units=n_units if neurons else None)
     sweep = same_basis_sweep(model, probe, test, judge, layer, sae, cfg, out, report)
     steps.update()
 
@@ -659,6 +690,12 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     specificity_step(model, judge, units, cfg, out, report, timings, mode="amplify", lam=lam.best_lam)
     steps.update()
 
+    if cfg.sae_dependent_only:  # no SAE enters the enhancer or the gap figure (which shows it)
+        t_step = time.time()
+        appendix_b(model, judge, sae, site, units, cfg, report)
+        timings["appendix_b"] = time.time() - t_step
+        steps.update(2)
+        return _finish(report, cfg, out, quick, timings, t0, steps)
     rng = np.random.default_rng(cfg.seed)
     from PIL import Image
 
@@ -691,6 +728,12 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     appendix_b(model, judge, sae, site, units, cfg, report)
     gap_figure(model, judge, units, site, sae, lam.best_lam, enh["culture layer"].enhancer, report)
     timings["appendix_b_and_figure"] = time.time() - t_step
+    return _finish(report, cfg, out, quick, timings, t0, steps)
+
+
+def _finish(report: Report, cfg: AnalysisConfig, out: Path, quick: bool, timings: dict, t0: float,
+            steps: _StepTimer) -> Path:
+    """The closing lines of the report (wall time by step, how to reproduce) and the final write."""
     steps.close()
     report.record("timings_seconds", timings)
     report.add(f"---\nWall time: {time.time() - t0:.0f} s (by step, s: "
@@ -698,4 +741,4 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
                f"). Reproduce: `culturelens analyze --out {out}{' --quick' if quick else ''}`.")
     report.record("config", dataclasses.asdict(cfg))
     report.record("wall_seconds", time.time() - t0)
-    return report.write()
+    return report.finish()

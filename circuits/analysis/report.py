@@ -6,6 +6,7 @@ the HTML is rendered from the Markdown with the `markdown` package rather than k
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -16,6 +17,11 @@ from typing import Any
 _CSS = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;line-height:1.45;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
         "th{background:#f3f3f3}img{max-width:100%}code{background:#f4f4f4}")
+
+
+INCOMPLETE_BANNER = ("> **Incomplete report**: this run has not finished (it is still running, or it was "
+                     "interrupted); the sections below are what it measured so far. Rerun the same command to "
+                     "resume.\n\n")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -52,6 +58,7 @@ class Report:
     title: str
     sections: list[str] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False  # until `finish()`, every write carries the "incomplete" banner
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -72,11 +79,25 @@ class Report:
         from interp import distributed
 
         self.record("world_size", distributed.world_size())  # processes that shared the generation
-        md = self.markdown()
-        body = markdown.markdown(md, extensions=["tables", "fenced_code"])
-        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{self.title}</title>"
+        if self.complete:
+            self.results.pop("incomplete", None)
+            md = self.markdown()
+        else:
+            self.results["incomplete"] = True
+            md = INCOMPLETE_BANNER + self.markdown()
+        conv = markdown.Markdown(extensions=["tables", "fenced_code"])
+        # Raw HTML in any section (a --pipeline path, a label) is shown as text, never run as markup.
+        conv.preprocessors.deregister("html_block")
+        conv.inlinePatterns.deregister("html")
+        body = conv.convert(md)
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{_CSS}</style></head><body>{body}</body></html>")
         atomic_write_text(self.out_dir / "report.md", md)
         atomic_write_text(self.out_dir / "report.html", page)
         atomic_write_text(self.out_dir / "results.json", json.dumps(self.results, indent=2, ensure_ascii=False))
         return self.out_dir / "report.md"
+
+    def finish(self) -> Path:
+        """The final write: the report without the "incomplete" banner."""
+        self.complete = True
+        return self.write()

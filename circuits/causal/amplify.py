@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
 
@@ -168,6 +170,8 @@ class LambdaSweep:
         lines = rows + ["",
                         f"Chosen λ = **{self.best_lam:g}**, {sel.get('rule', '')} Chosen on {sel.get('on', '?')}; "
                         f"the table is measured on other prompts ({self.n_prompts} {self.prompt}-only prompts)."]
+        if sel.get("margin"):
+            lines.append(margin_text(sel["margin"]))
         if kinds:
             lines.append(f"Site change of the control draws relative to the detected units (at λ = {self.best_lam:g}, "
                          f"median [min, max] over draws): {ratio}.")
@@ -217,6 +221,77 @@ def choose_lambda(lams: Sequence[float], culture: Sequence[float], noun: Sequenc
     return lams[best], rule
 
 
+def _wilson_half_width(hits: int, n: int, z: float = 1.96) -> float:
+    """Half the width of the 95 % Wilson interval of hits/n, in images (0 < it even at 0 or n)."""
+    if n <= 0:
+        return float("nan")
+    p = hits / n
+    return n * z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+
+
+def selection_margin(lams: Sequence[float], culture: Sequence[float], noun: Sequence[float | None] | None,
+                     n_images: int, max_noun_drop: float = 0.05) -> dict[str, Any]:
+    """How firmly `choose_lambda` decided: the fewest image judgements whose change would choose
+    another λ (`images_to_flip`, and which change: `deciding`), against the rule's own
+    uncertainty there (`uncertainty_images`: half the 95 % Wilson interval, in images, of the
+    rate that decides). `fragile` when the decision turns on fewer images than that.
+
+    Changes counted: the chosen λ's noun accuracy falling below the floor; a λ with higher
+    CultureVQA but excluded by the noun floor rising to it (or the floor, set by λ = 0, falling to
+    it: the same count); CultureVQA of a permitted λ overtaking the chosen one (ties go to the
+    smaller λ). Rates are turned back into counts of the `n_images` selection images."""
+    lams = [float(l) for l in lams]
+    best, rule = choose_lambda(lams, culture, noun, max_noun_drop)
+    b = lams.index(best)
+    C = [round(c * n_images) for c in culture]
+    has_noun = noun is not None and all(x is not None for x in noun)
+    N = [round(x * n_images) for x in noun] if has_noun else None
+    per = []
+    options: list[tuple[int, float, str]] = []   # (images, uncertainty in images, what)
+    thresh = None
+    if has_noun:
+        floor = noun[lams.index(0.0)] - max_noun_drop
+        thresh = math.ceil(n_images * floor - 1e-9)   # fewest noun hits that pass the floor
+    for i, lam in enumerate(lams):
+        ok = thresh is None or N[i] >= thresh
+        per.append({"lam": lam, "culture_hits": C[i], "noun_hits": None if N is None else N[i], "permitted": ok,
+                    "noun_hits_above_floor": None if N is None else N[i] - thresh,
+                    "noun_ci_half_images": None if N is None else _wilson_half_width(N[i], n_images)})
+        if i == b:
+            continue
+        beats = (C[i], -lam) > (C[b], -best)
+        if beats and not ok:   # excluded only by the noun floor
+            options.append((thresh - N[i], _wilson_half_width(N[i], n_images),
+                            f"λ = {lam:g} ({C[i]} vs {C[b]} culture hits) is {thresh - N[i]} noun image(s) short "
+                            f"of the floor"))
+        elif ok and not beats:  # permitted, lower CultureVQA: overtakes after this many culture flips
+            need = C[b] - C[i] + (0 if lam < best else 1)
+            u = math.hypot(_wilson_half_width(C[i], n_images), _wilson_half_width(C[b], n_images))
+            options.append((need, u, f"λ = {lam:g} trails by {C[b] - C[i]} culture hit(s)"))
+    if thresh is not None and best != 0.0:
+        need = N[b] - thresh + 1
+        options.append((need, _wilson_half_width(N[b], n_images),
+                        f"the chosen λ = {best:g} is {need} noun image(s) above failing the floor"))
+    if not options:
+        return {"chosen": best, "rule": rule, "n_images": n_images, "per_lam": per, "images_to_flip": None,
+                "deciding": "no other λ", "uncertainty_images": None, "fragile": False}
+    images, unc, what = min(options, key=lambda o: (o[0], -o[1]))
+    return {"chosen": best, "rule": rule, "n_images": n_images, "per_lam": per, "images_to_flip": int(images),
+            "deciding": what, "uncertainty_images": float(unc), "fragile": bool(images <= unc)}
+
+
+def margin_text(margin: dict[str, Any]) -> str:
+    """One sentence on how firmly λ was chosen (from `selection_margin`), flagged when fragile."""
+    if margin.get("images_to_flip") is None:
+        return "No other λ could be chosen."
+    flag = ("**Fragile choice**: it turns on fewer images than the rule's own uncertainty there"
+            if margin["fragile"] else "A clear choice: more images than the rule's own uncertainty there")
+    return (f"Margin of the choice: {margin['images_to_flip']} of {margin['n_images']} selection image(s) "
+            f"would change it ({margin['deciding']}); the 95 % Wilson half-width there is "
+            f"{margin['uncertainty_images']:.1f} images. {flag}.")
+
+
+@switch
 def lambda_sweep(
     model,
     units: CultureUnits | dict[str, Any],
@@ -235,6 +310,7 @@ def lambda_sweep(
     reference: Any = None,
     select_on: Sequence[Any] | None = None,
     max_noun_drop: float = 0.05,
+    progress: bool = True,
 ) -> LambdaSweep:
     """Amplify each prompt's culture units (culture from the pair's label) at every lambda and
     judge CultureVQA, noun accuracy and SSIM against the unsteered image; the same with
@@ -264,7 +340,7 @@ def lambda_sweep(
     if not (0 in list(lams) and keep_error):
         base = score(model, groups, judge, None, desc="unsteered", **gen)
     det, ssim, ndet, controls = [], [], [], {k: [] for k in kinds}
-    for lam in tqdm(list(lams), desc="λ sweep"):
+    for lam in bar(list(lams), desc="λ sweep"):
         s = score(model, groups, judge, amp(lam), desc=f"λ={lam}", **gen)
         if base is None:
             base = s
@@ -287,16 +363,19 @@ def lambda_sweep(
     if select_on is not None:
         sel_groups = by_concept(as_pairs(select_on))
         sel = [score(model, sel_groups, judge, amp(lam), desc=f"select λ={lam}", **{**gen, "keep_images": False})
-               for lam in tqdm(list(lams), desc="λ selection")]
+               for lam in bar(list(lams), desc="λ selection")]
         sc = [x.correct.double().mean().item() for x in sel]
         sn = [x.noun_correct.double().mean().item() for x in sel] if noun_judge is not None else None
         best, rule = choose_lambda(lams, sc, sn, max_noun_drop)
+        n_sel = int(sel[0].correct.numel())
         selection = {"on": f"the selection prompts ({sum(len(v) for v in sel_groups.values())}, not the table's)",
-                     "rule": rule, "lams": [float(l) for l in lams], "culture": sc, "noun": sn, "chosen": best}
+                     "rule": rule, "lams": [float(l) for l in lams], "culture": sc, "noun": sn, "chosen": best,
+                     "margin": selection_margin(lams, sc, sn, n_sel, max_noun_drop)}
     else:
-        best, rule = choose_lambda(lams, [r.mean for r in det],
-                                   [r.mean for r in ndet] if noun_judge is not None else None, max_noun_drop)
-        selection = {"on": "the evaluation prompts themselves (no selection set given)", "rule": rule, "chosen": best}
+        sc, sn = [r.mean for r in det], ([r.mean for r in ndet] if noun_judge is not None else None)
+        best, rule = choose_lambda(lams, sc, sn, max_noun_drop)
+        selection = {"on": "the evaluation prompts themselves (no selection set given)", "rule": rule, "chosen": best,
+                     "margin": selection_margin(lams, sc, sn, int(base.correct.numel()), max_noun_drop)}
     j = list(lams).index(best)
     paired = {k: cs[j].p_paired for k, cs in controls.items()}
     uni = controls.get("uniform", [])

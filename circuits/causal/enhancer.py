@@ -4,7 +4,8 @@ text-encoder layer, everything else frozen, trained with the denoising MSE on
 
 from __future__ import annotations
 
-import io
+import contextlib
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -20,9 +21,17 @@ from tqdm.auto import tqdm
 
 from interp.errors import CultureLensError
 
-from circuits.results import atomic_write_bytes, save_safetensors, write_json
+import interp
+from interp.checkpoint import ResumeMismatchError, check_settings, load_checkpoint, refuse_legacy, save_checkpoint
+from interp.folder_lock import lock_folder
+from sae.store import module_fingerprint
+
+from circuits.results import save_safetensors, write_json
 
 NORMS = ("softrms", "layernorm", "none")
+CHECKPOINT = "checkpoint.safetensors"  # safetensors + JSON metadata (interp.checkpoint): never a pickle
+LEGACY_CHECKPOINT = "checkpoint.pt"  # the old pickle format: refused, never loaded
+CHECKPOINT_KIND = "layer-enhancer"
 
 
 class SoftRMSNorm(nn.Module):
@@ -289,38 +298,73 @@ def train_enhancer(
     """Train a `LayerEnhancer` at `encoder.blocks.{layer}.hook_resid_post` with AdamW.
 
     `objective`: "denoise" (decision 5) or "pixel" (paper-literal, a `chain_steps` sampling chain).
-    With `out`, checkpoints go to `out/checkpoint.pt` atomically every `checkpoint_every`
-    steps and the result to `out/enhancer.safetensors`; `resume` continues from the checkpoint.
+    With `out`, checkpoints go to `out/checkpoint.safetensors` atomically every `checkpoint_every`
+    steps (safetensors + JSON, no pickle) and the result to `out/enhancer.safetensors`; `out` is
+    locked while training. `resume` (the default) continues from the checkpoint, and refuses one
+    made with other settings (enhancer config, seed, lr, weight decay, batch size, objective,
+    chain steps) or other inputs (training prompts and images, model weights), naming the
+    fields; `resume=False` starts over. A larger `steps` continues a finished run (the lr is
+    constant, so that equals a longer uninterrupted run); a checkpoint past `steps` is refused.
     The data order, timesteps and noise of step i depend only on (seed, i), so a resumed run
     equals an uninterrupted one."""
-    import interp
-
     if objective not in ("denoise", "pixel"):
         raise CultureLensError(f"train_enhancer: objective must be 'denoise' or 'pixel'; got {objective!r}")
     te = model.encoder(encoder)
     if not 0 <= layer < te.n_layers:
         raise CultureLensError(f"train_enhancer: layer {layer} outside [0, {te.n_layers}) of encoder {encoder!r}")
+    out = Path(out) if out is not None else None
+    # One writer per output folder: a second job on it fails at once, naming the holder's pid.
+    with lock_folder(out, "enhancer output folder") if out is not None else contextlib.nullcontext():
+        return _train_enhancer(model, data, layer, encoder, out, steps, lr, batch_size, weight_decay, hidden, norm,
+                               objective, chain_steps, seed, checkpoint_every, resume, split, progress)
+
+
+def _inputs_fingerprint(model, pairs: Sequence[tuple[str, Any]], size: tuple[int, int]) -> dict[str, str]:
+    """Fingerprints of what the enhancer learns from: the (prompt, image) pairs and the frozen model."""
+    h = hashlib.sha256()
+    for prompt, img in pairs:
+        h.update(str(prompt).encode() + b"\0")
+        h.update(load_image(img, size).numpy().tobytes())
+    mods = {n: getattr(model.pipe, n) for n in sorted(getattr(model.pipe, "components", {}))
+            if isinstance(getattr(model.pipe, n, None), nn.Module)}
+    return {"data": h.hexdigest()[:16], "n_pairs": str(len(pairs)),
+            **{f"model.{n}": module_fingerprint(m) for n, m in mods.items()}}
+
+
+def _train_enhancer(model, data: Sequence[Any], layer: int, encoder: str, out: Path | None, steps: int, lr: float,
+                    batch_size: int, weight_decay: float, hidden: int | None, norm: str, objective: str,
+                    chain_steps: int, seed: int, checkpoint_every: int, resume: bool, split: str | None,
+                    progress: bool) -> EnhancerRun:
+    te = model.encoder(encoder)
     pairs = training_pairs(data, split)
     size = _image_size(model)
     enh = LayerEnhancer(f"{encoder}.blocks.{layer}.hook_resid_post", te.d_model, hidden, norm, seed).to(model.device)
     opt = torch.optim.AdamW(enh.parameters(), lr=lr, weight_decay=weight_decay)
     losses: list[float] = []
     start = 0
-    out = Path(out) if out is not None else None
-    ckpt = out / "checkpoint.pt" if out else None
-    if ckpt is not None and resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["config"] != enh.config() or state["seed"] != seed:
-            raise CultureLensError(f"{ckpt}: checkpoint is for {state['config']} seed {state['seed']}, not {enh.config()} seed {seed}")
-        enh.load_state_dict(state["enhancer"])
-        opt.load_state_dict(state["optimizer"])
-        losses, start = state["losses"], state["step"]
+    ckpt = out / CHECKPOINT if out else None
+    settings: dict[str, Any] = {}
+    if ckpt is not None:
+        settings = {"config": enh.config(), "seed": seed, "lr": lr, "weight_decay": weight_decay,
+                    "batch_size": batch_size, "objective": objective,
+                    "chain_steps": chain_steps if objective == "pixel" else None,
+                    "inputs": _inputs_fingerprint(model, pairs, size)}
+    if ckpt is not None and resume:
+        if not ckpt.exists():
+            refuse_legacy(out / LEGACY_CHECKPOINT)
+        else:
+            state = load_checkpoint(ckpt, CHECKPOINT_KIND)
+            check_settings(state["settings"], settings, ckpt, "pass resume=False (train-enhancer --restart)")
+            if state["step"] > steps:
+                raise ResumeMismatchError(f"{ckpt}: checkpoint at step {state['step']} is past this run's steps={steps}; "
+                                          f"give steps >= {state['step']}, or resume=False to start over")
+            enh.load_state_dict(state["enhancer"])
+            opt.load_state_dict(state["optimizer"])
+            losses, start = state["losses"], state["step"]
 
     def save_ckpt(step: int) -> None:
-        buf = io.BytesIO()
-        torch.save({"enhancer": enh.state_dict(), "optimizer": opt.state_dict(), "losses": losses, "step": step,
-                    "config": enh.config(), "seed": seed}, buf)
-        atomic_write_bytes(ckpt, buf.getvalue())
+        save_checkpoint(ckpt, {"enhancer": enh.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
+                               "step": step, "settings": settings}, CHECKPOINT_KIND)
 
     n = len(pairs)
     enh.train()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
 
@@ -115,6 +115,7 @@ def specificity_index(outcome: Sequence[np.ndarray], base: Sequence[np.ndarray],
     return effect, d, o, si, (float(lo), float(hi))
 
 
+@switch
 def specificity_matrix(
     model,
     units: CultureUnits | dict[str, Any],
@@ -127,6 +128,7 @@ def specificity_matrix(
     batch_size: int = 8,
     n_boot: int = 1000,
     label: str = "",
+    progress: bool = True,
 ) -> Specificity:
     """The culture x culture matrix (module docstring): for each culture A with units, its units
     masked (`mode="mask"`, concept prompts) or amplified by (1 + `lam`) (`mode="amplify"`,
@@ -160,7 +162,7 @@ def specificity_matrix(
         for a, ca in enumerate(names):
             for j, x in enumerate(per_b([p == ca for p in base.predicted])):
                 base_ab[j][a] = x
-    for a, ca in enumerate(tqdm(names, desc=f"specificity ({mode})")):
+    for a, ca in enumerate(bar(names, desc=f"specificity ({mode})")):
         ivs = (lambda c, ca=ca: masked_interventions(units, ca)) if mode == "mask" else \
             (lambda c, ca=ca: [amplify(units, lam, culture=ca)])
         s = run(ivs, f"{mode} {ca}")

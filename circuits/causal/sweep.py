@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from tqdm.auto import tqdm
+from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
 
@@ -88,6 +88,7 @@ def rank_layers(layers: Sequence[int], drops: Sequence[float], chosen: int | Non
     return ranking, 1 + sum(x > d for x in drops), sum(x == d for x in drops) - 1
 
 
+@switch
 def causal_sweep(
     model,
     probe_pairs: Sequence[Any],
@@ -104,6 +105,7 @@ def causal_sweep(
     batch_size: int = 8,
     n_boot: int = 1000,
     allow_overlap: bool = False,
+    progress: bool = True,
 ) -> CausalSweep:
     """For each layer: units from `probe_pairs` (all passing the noun filter, ranked by WFS_cult,
     first `n_units` per culture), mask them on `eval_pairs`' concept prompts, judge.
@@ -130,7 +132,7 @@ def causal_sweep(
                                f"({ {l: b.kind for l, b in bases.items()} })")
     base = score(model, groups, judge, None, "concept", None, seed, steps, batch_size, desc="baseline")
     masked, n_masked = [], []
-    for l in tqdm(ls, desc="causal sweep"):
+    for l in bar(ls, desc="causal sweep"):
         b = bases[l]
         if b.layer != l:
             raise CultureLensError(f"causal_sweep: the basis for layer {l} reads {b.site!r} (layer {b.layer})")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
 
@@ -106,6 +106,7 @@ def masked_interventions(units: CultureUnits, culture: str, random_seed: int | N
     return [scale_units(units.basis, idx, -1.0, keep_error, label=f"{culture}:mask")]
 
 
+@switch
 def validate_units(
     model,
     units: CultureUnits | dict[str, Any],
@@ -119,6 +120,7 @@ def validate_units(
     n_boot: int = 1000,
     n_matched: int = 0,
     reference: Any = None,
+    progress: bool = True,
 ) -> Validation:
     """Generate the concept (modifier + noun) prompts under baseline, Top-K masked and the random
     controls, and judge them. `units`: a `CultureUnits` (any basis) or a dict culture ->

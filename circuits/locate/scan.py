@@ -3,6 +3,8 @@ the neighbour-peak rule and the chosen layer, for every encoder of a pipeline.""
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from interp.progress import bar, switch
 
 from interp.errors import CultureLensError, PromptTooLongError
 
@@ -43,6 +45,7 @@ class EncoderScan:
     n_pairs: int
     n_masked: int                   # pairs dropped because their concept block is fully masked
     per_pair: Float[Tensor, "N L"] | None = field(default=None, repr=False)
+    min_pairs: int = 0              # fewer usable pairs than this: no layer is called sensitive
 
     def to_json(self) -> dict[str, Any]:
         d = {k: jsonable(v) for k, v in self.__dict__.items() if k != "per_pair"}
@@ -101,7 +104,7 @@ def layer_ca(
 
     sites = _pattern_sites(encoder, layers)
     out = []
-    for s in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+    for s in bar(range(0, len(prompts), batch_size), desc=desc, leave=False):
         batch = list(prompts[s : s + batch_size])
         acts = encoder_acts(model, batch, sites, encoder, interventions, trim)
         S = acts[sites[0]].shape[-1]
@@ -112,6 +115,7 @@ def layer_ca(
     return torch.cat(out, 0)
 
 
+@switch
 def culture_layer_scan(
     model,
     pairs: Sequence[Any],
@@ -126,6 +130,8 @@ def culture_layer_scan(
     batch_size: int = 16,
     interventions: Sequence[Any] = (),
     trim: bool = True,
+    min_pairs: int = 20,
+    progress: bool = True,
 ) -> LayerScan:
     """Delta-CA (Eq. 1-3) of every layer of each encoder.
 
@@ -136,6 +142,7 @@ def culture_layer_scan(
     Pairs are put in a canonical order first, so the result does not depend on their order.
     `interventions` are active during the encoder passes. `trim` cuts padding where exact
     (see `circuits.locate.acts`); the result matches the padded computation to float precision.
+    With fewer than `min_pairs` usable pairs no layer is called sensitive (a warning says so).
     """
     pairs = sorted(as_pairs(pairs, english=english), key=PromptPair.key)
     if not seeds:
@@ -155,7 +162,7 @@ def culture_layer_scan(
             raise CultureLensError(f"culture_layer_scan: layer {bad[0]} outside [0, {te.n_layers}) of encoder {enc!r}")
         try:
             out[enc] = _scan_encoder(model, pairs, enc, te.causal, ls, d, list(seeds), n_boot, ci, margin, batch_size,
-                                     list(interventions), trim)
+                                     list(interventions), trim, min_pairs)
         except PromptTooLongError as e:
             # CA needs every modifier and noun token, so truncating would score a different prompt:
             # the scan offers no truncate= and says so (the tokenizer's own message suggests it).
@@ -165,7 +172,8 @@ def culture_layer_scan(
     return LayerScan(out, list(seeds), ci)
 
 
-def _scan_encoder(model, pairs, enc, causal, layers, direction, seeds, n_boot, ci, margin, batch_size, ivs, trim) -> EncoderScan:
+def _scan_encoder(model, pairs, enc, causal, layers, direction, seeds, n_boot, ci, margin, batch_size, ivs, trim,
+                  min_pairs: int = 20) -> EncoderScan:
     from circuits import stats_bridge as sb
 
     sp = pair_spans(model, pairs, enc)
@@ -191,6 +199,12 @@ def _scan_encoder(model, pairs, enc, causal, layers, direction, seeds, n_boot, c
     eci = sb.mean_ci_columns(exc, n_boot, ci, seeds[0])
     mean_exc = exc.mean(0)
     sensitive = [layers[j] for j in range(len(layers)) if eci[j, 1] > margin]
+    if sensitive and len(P) < min_pairs:
+        # A CI over a handful of pairs clears the neighbour peak by chance (random weights do, at 8).
+        warnings.warn(f"culture_layer_scan: {enc}: {len(P)} usable pairs, fewer than min_pairs={min_pairs}: no "
+                      f"layer is called sensitive (the CI would clear {sensitive}); the chosen layer is the largest "
+                      "mean excess", stacklevel=3)
+        sensitive = []
     if sensitive:
         j = max((layers.index(l) for l in sensitive), key=lambda j: mean_exc[j].item())
     else:
@@ -210,4 +224,5 @@ def _scan_encoder(model, pairs, enc, causal, layers, direction, seeds, n_boot, c
         excess=mean_exc.tolist(), excess_low=eci[:, 1].tolist(), excess_high=eci[:, 2].tolist(),
         sensitive=sensitive, chosen=layers[j], chosen_is_sensitive=bool(sensitive),
         stability=(counts / counts.sum()).tolist(), n_pairs=len(P), n_masked=len(pairs) - len(P), per_pair=diff,
+        min_pairs=min_pairs,
     )

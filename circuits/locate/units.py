@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
 
@@ -93,7 +93,7 @@ def unit_rows(
     if pool not in POOLS:
         raise CultureLensError(f"pool must be one of {POOLS}; got {pool!r}")
     rows = []
-    for s in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+    for s in bar(range(0, len(prompts), batch_size), desc=desc, leave=False):
         batch = list(prompts[s : s + batch_size])
         acts = encoder_acts(model, batch, [basis.site], basis.encoder, interventions)[basis.site]
         z = basis.encode(acts).to(torch.float64)
@@ -214,6 +214,7 @@ class CultureUnits:
         plot_overlap(names, m, folder / "unit_overlap.png")
 
 
+@switch
 def culture_units(
     model,
     basis: Any,
@@ -230,6 +231,7 @@ def culture_units(
     interventions: Sequence[Any] = (),
     select: str = "wfs",
     min_drop: float = MIN_DROP,
+    progress: bool = True,
 ) -> CultureUnits:
     """Per culture: WFS on its concept (modifier+noun) prompts and on its noun-only prompts,
     rank by WFS_cult, elbow K (decision 6: the sharpest drop of at least `min_drop` between

@@ -18,31 +18,46 @@ from pathlib import Path
 
 import torch
 
+from interp.checkpoint import ResumeMismatchError, check_settings
+from interp.folder_lock import lock_folder
+
 from circuits.organism.cli import add_arguments
 from circuits.organism.evaluate import evaluate_organism
 from circuits.organism.export import pipeline_from_run, save_pipeline
 from circuits.organism.judge import CultureWorldJudge, clean_accuracy, junk_rejection, train_judge
-from circuits.organism.shipped import ORGANISM
 from circuits.organism.render import grid_figure
 from circuits.organism.train import TrainConfig, train
+from circuits.results import write_json
 
 __all__ = ["build", "build_judge", "main"]
 
 
+JUDGE_RUN = "judge_run.json"  # the settings a reusable judge was trained with
+
+
 def build_judge(folder: str | Path, resume: bool = True, seed: int = 0) -> tuple[CultureWorldJudge, dict]:
-    """Train (or reuse) the judge in `folder`; returns it with its clean/junk metrics."""
+    """Train (or reuse) the judge in `folder`; returns it with its clean/junk metrics. A judge is
+    reused only when `folder/judge_run.json` records the same seed (refused otherwise, naming it)."""
     folder = Path(folder)
+    settings = {"seed": seed}
     if resume and (folder / "judge.safetensors").exists():
+        record = folder / JUDGE_RUN
+        if not record.exists():
+            raise ResumeMismatchError(f"{folder}: a judge without {JUDGE_RUN} (settings unknown); delete {folder} "
+                                      f"to train it again, or pass --no-resume")
+        check_settings(json.loads(record.read_text(encoding="utf-8")), settings, record,
+                       f"delete {folder} or pass --no-resume")
         judge = CultureWorldJudge.load(folder)
     else:
         judge = train_judge(seed=seed)
         judge.save(folder)
+        write_json(folder / JUDGE_RUN, settings)
     metrics = {"clean": clean_accuracy(judge), "junk": junk_rejection(judge)}
     return judge, metrics
 
 
 def build(
-    out_dir: str | Path = ORGANISM,
+    out_dir: str | Path,
     steps: int = 2600,
     resume: bool = True,
     run_dir: str | Path = "runs/organism",
@@ -50,8 +65,17 @@ def build(
     seed: int = 0,
     eval_seeds: tuple[int, ...] = (0, 1),
 ) -> dict:
-    """Train the organism and its judge, export both to `out_dir`, evaluate; returns the metrics."""
+    """Train the organism and its judge, export both to `out_dir`, evaluate; returns the metrics.
+
+    `out_dir` has no default: the shipped organism (circuits.organism.shipped.ORGANISM) is
+    rewritten only when named. `out_dir` is locked while building (so is `run_dir`, by `train`)."""
     out_dir, run_dir = Path(out_dir), Path(run_dir)
+    with lock_folder(out_dir, "organism output folder"):
+        return _build(out_dir, steps, resume, run_dir, deadline, seed, eval_seeds)
+
+
+def _build(out_dir: Path, steps: int, resume: bool, run_dir: Path, deadline: str | None, seed: int,
+           eval_seeds: tuple[int, ...]) -> dict:
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     train(run_dir, TrainConfig(steps=steps, deadline=deadline, seed=seed), resume=resume)
     judge, judge_metrics = build_judge(run_dir.parent / (run_dir.name + "_judge"), resume=resume, seed=seed)

@@ -10,6 +10,12 @@ that resumes from its last checkpoint continues exactly where it would have been
 warm-up, so the schedule has not yet depended on the total) it measures seconds per step
 and fixes the total so the run ends by the deadline; the choice is logged and stored in
 the checkpoint, so a resumed run keeps it.
+
+Checkpoints are safetensors + JSON (`interp.checkpoint`), never a pickle. A resume refuses a
+checkpoint made with other settings (every `TrainConfig` field that shapes the weights:
+seed, steps, batch, lr, schedule, ...), naming the fields; `retotal` is the one explicit way
+to change the step count of a run, `resume=False` (`--no-resume`) starts over. The run folder
+is locked while training (`interp.folder_lock`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import copy
 import datetime as dt
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +34,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from interp.checkpoint import check_settings, load_checkpoint as _load_tree, refuse_legacy, save_checkpoint
+from interp.folder_lock import lock_folder
+
 from circuits.organism.model import (
     MAX_LENGTH, TEXT_DIM, build_text_encoder, build_tokenizer, build_unet, train_scheduler,
 )
@@ -37,7 +45,13 @@ from circuits.organism.render import NOUNS, STYLES, render_batch
 
 __all__ = ["TrainConfig", "train", "load_checkpoint", "CKPT"]
 
-CKPT = "ckpt.pt"
+CKPT = "ckpt.safetensors"  # safetensors + JSON metadata (interp.checkpoint): never a pickle
+LEGACY_CKPT = "ckpt.pt"  # the old pickle format: refused, never loaded
+CKPT_KIND = "cultureworld-organism"
+# TrainConfig fields a resume may change: how often to log/checkpoint, `retotal` (the explicit
+# step-count change) and `threads` (speed; refusing a resume on another machine for it would
+# help no one, though a thread count may change float summation order in some kernels).
+_FREE_FIELDS = ("ckpt_every", "log_every", "retotal", "threads")
 
 
 @dataclass
@@ -88,15 +102,17 @@ class _Heads(torch.nn.Module):
         self.style = torch.nn.Linear(TEXT_DIM, len(STYLES))
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def load_checkpoint(run_dir: str | Path) -> dict:
     """The latest checkpoint dict of a run (keys: step, total, te, unet, ema_te, ema_unet, ...)."""
-    return torch.load(Path(run_dir) / CKPT, map_location="cpu", weights_only=False)
+    path = Path(run_dir) / CKPT
+    if not path.exists():
+        refuse_legacy(Path(run_dir) / LEGACY_CKPT)
+    return _load_tree(path, CKPT_KIND)
+
+
+def _settings(cfg: TrainConfig) -> dict:
+    """The config fields that determine the trained weights (compared on resume)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in _FREE_FIELDS}
 
 
 def _log(run_dir: Path, msg: str) -> None:
@@ -110,9 +126,15 @@ def train(run_dir: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = 
     """Train (or resume) in `run_dir`; returns the latest checkpoint dict.
 
     `stop_at` ends the process early after checkpointing at that step, as a kill would
-    (tests use it to check that a resumed run matches an uninterrupted one)."""
+    (tests use it to check that a resumed run matches an uninterrupted one). A resume with
+    other settings is refused (see the module docstring)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per run folder: a second job on it fails at once, naming the holder's pid.
+    with lock_folder(run_dir, "organism run folder"):
+        return _train(run_dir, cfg, resume, device, stop_at)
+
+
+def _train(run_dir: Path, cfg: TrainConfig, resume: bool, device: str | None, stop_at: int | None) -> dict:
     torch.set_num_threads(cfg.threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tok = build_tokenizer()
@@ -124,9 +146,21 @@ def train(run_dir: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = 
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema_te, ema_unet = copy.deepcopy(te).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
     step, total, sizing = 0, cfg.steps, None
+    stored = asdict(cfg)  # the config the checkpoints and config.json record
     ckpt_path = run_dir / CKPT
+    if resume and not ckpt_path.exists():
+        refuse_legacy(run_dir / LEGACY_CKPT)
     if resume and ckpt_path.exists():
         ck = load_checkpoint(run_dir)
+        saved, now = {k: v for k, v in ck["config"].items() if k not in _FREE_FIELDS}, _settings(cfg)
+        if cfg.retotal is not None:  # the explicit way to change the total: `steps` may differ then
+            saved.pop("steps", None)
+            now.pop("steps", None)
+        check_settings(saved, now, ckpt_path, "pass --retotal N to change the step count, or --no-resume "
+                                              "(resume=False)")
+        # Keep the run's own settings (only the free fields are this invocation's): config.json
+        # must never claim a seed or step count the weights were not trained with.
+        stored = {**ck["config"], **{k: v for k, v in asdict(cfg).items() if k in _FREE_FIELDS}}
         te.load_state_dict(ck["te"]), unet.load_state_dict(ck["unet"]), heads.load_state_dict(ck["heads"])
         ema_te.load_state_dict(ck["ema_te"]), ema_unet.load_state_dict(ck["ema_unet"])
         opt.load_state_dict(ck["opt"])
@@ -139,7 +173,7 @@ def train(run_dir: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = 
     else:
         (run_dir / "train.log").unlink(missing_ok=True)
         _log(run_dir, f"start config={json.dumps(asdict(cfg))} device={device} vocab={len(tok)}")
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (run_dir / "config.json").write_text(json.dumps(stored, indent=2))
 
     sched = train_scheduler()
     acp = sched.alphas_cumprod.to(device)
@@ -154,8 +188,8 @@ def train(run_dir: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = 
     def checkpoint() -> dict:
         ck = dict(step=step, total=total, sizing=sizing, te=te.state_dict(), unet=unet.state_dict(),
                   heads=heads.state_dict(), ema_te=ema_te.state_dict(), ema_unet=ema_unet.state_dict(),
-                  opt=opt.state_dict(), config=asdict(cfg))
-        _atomic_save(ck, ckpt_path)
+                  opt=opt.state_dict(), config=stored)
+        save_checkpoint(ckpt_path, ck, CKPT_KIND)
         return ck
 
     noun_idx = {n: i for i, n in enumerate(NOUNS)}

@@ -1,10 +1,19 @@
-"""Read and validate a CultureBench folder (`samples.jsonl` or `samples.csv`)."""
+"""Read and validate a CultureBench folder (`samples.jsonl` or `samples.csv`).
+
+Files are UTF-8 (a byte-order mark is fine: spreadsheet programs write one) unless the caller
+declares another `encoding`; text that does not decode is an error naming the file, line and
+byte, never a silently mangled prompt. Image paths stay inside the dataset folder unless the
+caller allows outside paths (a shared folder should not make us open `/etc/passwd`).
+"""
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -81,33 +90,64 @@ def _find_file(path: Path) -> Path:
     raise DataError(f"{path}: folder has neither {' nor '.join(SAMPLE_FILES)}")
 
 
-def _rows(file: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _read_text(file: Path, encoding: str) -> str:
+    """The file's text: `encoding` (a UTF-8 BOM is dropped); a clear DataError otherwise."""
+    try:
+        codec = codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise DataError(f"{file}: unknown encoding {encoding!r} (e.g. 'utf-8', 'utf-16', 'latin-1')") from None
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise DataError(f"{file}: cannot read ({e.strerror or e})") from None
+    if codec == "utf-8":
+        codec = "utf-8-sig"  # Excel's "CSV UTF-8" starts with a BOM; it must not stick to the first header
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        hint = next((f"; it starts with a {name} byte-order mark: pass encoding={name.split('-sig')[0]!r}"
+                     for bom, name in _BOMS if data.startswith(bom) and name != codec), "")
+        raise DataError(f"{file}, line {line}: not valid {encoding} text (byte {e.start}: {e.reason}){hint}; "
+                        "save the file as UTF-8 or pass load(..., encoding=...) with its encoding") from None
+
+
+def _rows(file: Path, text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(line number, row dict) per row; a string instead of a dict is a parse error."""
     if file.suffix == ".csv":
-        with open(file, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None:
-                return
-            for row in reader:
-                # DictReader puts surplus cells under None; a short row has None values.
-                if None in row:
-                    yield reader.line_num, "parse error: more cells than header columns"
-                    continue
-                yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if reader.fieldnames is None:
+            return
+        names = [n.strip() for n in reader.fieldnames]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:  # DictReader would keep the last column of each name without a word
+            raise DataError(f"{file}, line 1: duplicate header columns {dup}")
+        reader.fieldnames = names
+        for row in reader:
+            # DictReader puts surplus cells under None; a short row has None values.
+            if None in row:
+                yield reader.line_num, "parse error: more cells than header columns"
+                continue
+            yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
         return
-    with open(file, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, f"parse error: invalid JSON ({e.msg} at column {e.colno})"
-                continue
-            if not isinstance(row, dict):
-                yield n, f"parse error: expected a JSON object, got {type(row).__name__}"
-                continue
-            yield n, row
+    # StringIO splits on "\n" only (a trailing "\r" is JSON whitespace), not on U+2028 inside a prompt
+    # as str.splitlines() would.
+    for n, line in enumerate(io.StringIO(text), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield n, f"parse error: invalid JSON ({e.msg} at column {e.colno})"
+            continue
+        if not isinstance(row, dict):
+            yield n, f"parse error: expected a JSON object, got {type(row).__name__}"
+            continue
+        yield n, row
 
 
 def _image_problem(path: Path, check: bool) -> str | None:
@@ -125,15 +165,21 @@ def _image_problem(path: Path, check: bool) -> str | None:
 
 
 def _validate(
-    row: dict[str, Any], root: Path, seed: int, check_images: bool
+    row: dict[str, Any], root: Path, seed: int, check_images: bool, allow_outside_images: bool = False
 ) -> Record | str:
     """A Record, or the reason (prefixed by its kind) why the row is invalid."""
-    missing = [k for k in REQUIRED_FIELDS if not isinstance(row.get(k), str) or not row[k]]
+    # JSON null in a field counts as absent; any other non-string is a type error, not "missing".
+    row = {k: v for k, v in row.items() if v is not None}
+    typed = [f"{k} is {type(v).__name__}" for k, v in row.items()
+             if k in REQUIRED_FIELDS + OPTIONAL_FIELDS and not isinstance(v, str)]
+    if typed:
+        return f"wrong type: {', '.join(typed)} (every field is a string)"
+    missing = [k for k in REQUIRED_FIELDS if not row.get(k)]
     if missing:
         return f"missing field: {', '.join(missing)}"
     unknown = sorted(set(row) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
-        return f"unknown field: {', '.join(unknown)}"
+        return f"unknown field: {', '.join(map(str, unknown))}"
     culture = row["culture"]
     if culture not in CULTURES:
         return f"unknown culture: {culture!r} (expected one of {' '.join(CULTURES)})"
@@ -151,6 +197,10 @@ def _validate(
     image = row.get("image")
     if image is not None:
         image_path = (root / image).resolve()
+        # resolve() follows symlinks too, so a link inside the folder to a file outside is caught.
+        if not allow_outside_images and not image_path.is_relative_to(root.resolve()):
+            return (f"image outside the dataset folder: {image!r} resolves to {image_path}, outside {root.resolve()} "
+                    "(pass allow_outside_images=True to allow)")
         problem = _image_problem(image_path, check_images)
         if problem:
             return problem
@@ -159,22 +209,29 @@ def _validate(
 
 
 def load(
-    path: str | Path, strict: bool = False, seed: int = 0, check_images: bool = True
+    path: str | Path, strict: bool = False, seed: int = 0, check_images: bool = True,
+    encoding: str = "utf-8", allow_outside_images: bool = False,
 ) -> Dataset:
     """Load a CultureBench folder (or a samples.jsonl / .csv file directly).
 
     Rows that fail validation are dropped and listed in `Dataset.dropped` (and logged); with
-    `strict=True` the first bad row raises `DataError` naming file, line and reason. Rows
-    without a `split` get the seeded 7:2:1 hash split (`split.split_of`). `check_images`
+    `strict=True` the first bad row raises `DataError` naming file, line and reason. A file
+    with no rows (empty, or a CSV header only) is a `DataError` under `strict`, else a warning.
+    Rows without a `split` get the seeded 7:2:1 hash split (`split.split_of`). `check_images`
     opens every image to make sure it decodes (turn off for speed on trusted data).
+    `encoding`: the file's text encoding (UTF-8, with or without BOM, by default).
+    `allow_outside_images`: accept `image` paths that resolve outside the dataset folder.
     """
     file = _find_file(Path(path))
     root = file.parent
+    text = _read_text(file, encoding)
     records: list[Record] = []
     dropped: list[Problem] = []
     seen: dict[str, int] = {}
-    for line, row in _rows(file):
-        result = row if isinstance(row, str) else _validate(row, root, seed, check_images)
+    n_rows = 0
+    for line, row in _rows(file, text):
+        n_rows += 1
+        result = row if isinstance(row, str) else _validate(row, root, seed, check_images, allow_outside_images)
         if isinstance(result, Record) and result.id in seen:
             result = f"duplicate id: {result.id!r} (first seen on line {seen[result.id]})"
         if isinstance(result, str):
@@ -186,6 +243,12 @@ def load(
         seen[result.id] = line
         records.append(result)
     dataset = Dataset(records, dropped, str(file))
+    if not n_rows:
+        what = "a CSV header and no rows" if text.strip() else "nothing (an empty file)"
+        msg = f"{file}: holds {what}; a CultureBench file has one sample per row"
+        if strict:
+            raise DataError(msg)
+        warnings.warn(msg, stacklevel=2)
     if dropped:
         log.warning("%s; first: %s", dataset.summary(), dropped[0])
     else:

@@ -1,0 +1,111 @@
+"""Argument checks at the public boundary: integers, index lists, finite numbers, prompt lists.
+
+Why one module: the same argument (a step index, a position, a unit index) reaches the engine
+through several entry points (`Mask`, `Amplify`, `sae.Steer`, `generate`, `patch`), and each
+must refuse the same bad values with the same message. Messages name the argument and the valid
+range and never print a tensor (its repr can run to pages).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .errors import CultureLensError
+
+_SHOW = 8  # how many offending values a message lists
+
+
+def is_int(x: Any) -> bool:
+    """An integer that is not a bool: Python and numpy integers, 0-d integer tensors."""
+    if torch.is_tensor(x):
+        return x.ndim == 0 and x.dtype != torch.bool and not (x.is_floating_point() or x.is_complex())
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def describe(x: Any) -> str:
+    """A short description of a value for a message: its repr when small, else its type and shape."""
+    if torch.is_tensor(x):
+        return repr(x.item()) if x.numel() == 1 else f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    shape, size = getattr(x, "shape", None), getattr(x, "size", None)
+    if isinstance(shape, tuple) and isinstance(size, int) and size > 1:  # numpy arrays
+        return f"an array of shape {shape}"
+    text = repr(x)
+    return text if len(text) <= 60 else f"{type(x).__name__} {text[:57]}..."
+
+
+def _show(values: Sequence[Any]) -> str:
+    shown = ", ".join(describe(v) for v in list(values)[:_SHOW])
+    return f"[{shown}{', ...' if len(values) > _SHOW else ''}]"
+
+
+def index_list(values: Any, what: str) -> list[int]:
+    """`values` (a list, tuple, range, array or integer tensor of indices) as a list of ints.
+
+    A lone integer is refused: `steps=5` reads as "5 steps" as easily as "step 5", so the caller
+    must say `[5]` or `range(5)`. Floats (1.5 would be truncated), bools (a mask is not a list of
+    indices) and strings are refused too. `what` names the argument in the message."""
+    if is_int(values):
+        raise CultureLensError(f"{what}: got the integer {int(values)}, but it takes a list of indices; "
+                               f"pass [{int(values)}] for that one index or range({int(values)}) for the first "
+                               f"{int(values)}")
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise CultureLensError(f"{what}: expected a list of integer indices, got {describe(values)}")
+    if torch.is_tensor(values):
+        if values.dtype == torch.bool or values.is_floating_point() or values.is_complex():
+            raise CultureLensError(f"{what}: expected integer indices, got a {values.dtype} tensor (for a mask use "
+                                   ".nonzero().flatten())")
+        return [int(v) for v in values.reshape(-1).tolist()]
+    items = list(values)
+    bad = [v for v in items if not is_int(v)]
+    if bad:
+        raise CultureLensError(f"{what}: indices must be integers (not floats or bools), got {_show(bad)}")
+    return [int(v) for v in items]
+
+
+def check_range(indices: Sequence[int], n: int, what: str, negative: bool = False) -> None:
+    """Refuse indices outside 0..n-1 (or -n..n-1 with `negative`, Python's counting from the end)."""
+    lo = -n if negative else 0
+    bad = [i for i in indices if not lo <= i < n]
+    if bad:
+        valid = f"{-n}..{n - 1}" if negative else f"0..{n - 1}"
+        raise CultureLensError(f"{what}: {_show(bad)} out of range; valid are {valid} (length {n})")
+
+
+def finite_number(x: Any, what: str) -> float:
+    """`x` as a float; refuses bools, strings, non-scalars, NaN and ±inf."""
+    if torch.is_tensor(x) and x.numel() == 1:
+        x = x.item()
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise CultureLensError(f"{what}: expected a finite number, got {describe(x)}")
+    value = float(x)
+    if not math.isfinite(value):
+        raise CultureLensError(f"{what}: must be finite, got {value!r}")
+    return value
+
+
+def positive_int(x: Any, what: str, minimum: int = 1) -> int:
+    """`x` as an int ≥ `minimum`; refuses floats (no silent truncation), bools and strings."""
+    if not is_int(x):
+        raise CultureLensError(f"{what}: expected an integer ≥ {minimum}, got {describe(x)}")
+    if int(x) < minimum:
+        raise CultureLensError(f"{what}: must be ≥ {minimum}, got {int(x)}")
+    return int(x)
+
+
+def prompt_list(prompts: Any, what: str) -> list[str]:
+    """One prompt (a str) or a sequence of str, as a list; anything else names its index and type."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, (bytes, Mapping)) or not hasattr(prompts, "__iter__"):
+        raise CultureLensError(f"{what}: prompts must be a string or a list of strings, got {describe(prompts)}")
+    items = list(prompts)
+    bad = [(i, p) for i, p in enumerate(items) if not isinstance(p, str)]
+    if bad:
+        listed = "; ".join(f"prompt {i} is {type(p).__name__} {describe(p)}" for i, p in bad[:_SHOW])
+        raise CultureLensError(f"{what}: prompts must be strings: {listed}")
+    return items
