@@ -649,6 +649,15 @@ def states_and_codes(model: Any, sae: Any, prompts: Sequence[str], site: str, re
     return torch.cat(pooled, 1), torch.cat(codes, 0)
 
 
+def _token_rows(model: Any, prompts: Sequence[str], site: str, batch_size: int):
+    """Activation rows [n, d] of every real token (padding cut) at `site`, batch by batch."""
+    for s in range(0, len(prompts), batch_size):
+        batch = list(prompts[s:s + batch_size])
+        act = encoder_acts(model, batch, [site], "text")[site]
+        mask = model.tokenize(batch)["attention_mask"][:, :act.shape[1]].bool().to(act.device)
+        yield act[mask].float().cpu()
+
+
 def masked_pooled(pooled: Float[Tensor, "N d"], codes: Float[Tensor, "N M"], sae: Any, indices: Sequence[int]
                   ) -> Float[Tensor, "N d"]:
     """Pooled states at the SAE site with latents `indices` masked, SAE error kept: the mask
@@ -711,10 +720,13 @@ def sae_study(model: Any, records: Sequence[Any], layer: int, prefix: str = "que
     with tempfile.TemporaryDirectory(prefix="culturelens_e5_sae_") as tmp:
         # Every real token (CLS, SEP and the prefix too): the mask acts at every position and the
         # probe pools over all of them, so the SAE is trained on what it will encode.
-        store = saelib.ActivationStore.build(Path(tmp) / "train", model, train_prompts, site, batch_size=batch_size,
-                                             drop="padding", progress=False)
-        held = saelib.ActivationStore.build(Path(tmp) / "heldout", model, held_prompts, site, batch_size=batch_size,
-                                            drop="padding", progress=False)
+        # Rows written from trimmed batches (`encoder_acts`): ActivationStore.build captures the
+        # full 77 positions, ~10x the work here (measured 195 s vs the forward of the real tokens).
+        fp = {"model": str(model.path), "site": site}
+        store = saelib.ActivationStore.from_batches(Path(tmp) / "train", _token_rows(model, train_prompts, site,
+                                                    batch_size), {**fp, "prompts": "train"}, progress=False)
+        held = saelib.ActivationStore.from_batches(Path(tmp) / "heldout", _token_rows(model, held_prompts, site,
+                                                   batch_size), {**fp, "prompts": "heldout"}, progress=False)
         lap("stores")
         sae = saelib.TopKSAE(store.d, d_sae=settings.latents, k=settings.k, seed=seed)
         saelib.train(sae, store, batch_size=settings.batch, total_tokens=settings.tokens, lr=settings.lr, seed=seed,
