@@ -41,8 +41,10 @@ spread: $(VENV)/.installed
 # The test suite under other CPU kernels (ATen's vectorised kernels off, MKL/oneDNN on older ISAs): reading a
 # site must stay bit-exact and no test may depend on one CPU's float rounding.
 KERNELS_ENV := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
+# TESTS= names a subset (CI runs the bit-exactness tests this way after the full suite).
+TESTS ?=
 test-kernels: $(VENV)/.installed
-	$(KERNELS_ENV) $(PY) -m pytest -q -n 2 --dist loadfile
+	$(KERNELS_ENV) $(PY) -m pytest -q -n 2 --dist loadfile $(TESTS)
 
 # The quick analysis under those kernels vs the default ones: SAE-free rows identical, SAE rows within the spread.
 check-kernels: $(VENV)/.installed

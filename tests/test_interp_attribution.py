@@ -149,17 +149,22 @@ def test_effect_map_step0_matches_two_separate_runs(tiny_sd):
     H, W = res.image.shape[:2]
     d = (edit - plain).abs().mean(0)[None, None]
     expect = F.interpolate(d, size=(H, W), mode="bicubic", align_corners=False).clamp(min=0)[0, 0]
-    torch.testing.assert_close(res.per_step[0], expect, rtol=1e-4, atol=1e-6)
-    assert float(res.per_step[0].max()) > 1e-3
-    assert float(res.per_step[1:].abs().max()) == 0.0  # same latents, no intervention at step 1
+    # Two computations (one batch of 4 rows vs two batches of 2): equal up to float rounding, which
+    # differs between CPU kernels (issue 22), so the bound is relative to the effect itself.
+    peak = float(expect.max())
+    assert peak > 1e-3
+    torch.testing.assert_close(res.per_step[0], expect, rtol=1e-3, atol=1e-4 * peak)
+    # same latents, no intervention at step 1: only batch-row rounding is left (0 on most kernels)
+    assert float(res.per_step[1:].abs().max()) <= 1e-3 * peak
     torch.testing.assert_close(res.total, res.per_step.mean(0))
 
 
 def test_effect_map_identity_is_zero_and_round_trip(tiny_sd, tmp_path):
-    zero = effect_map(tiny_sd, PROMPT, [interp.Amplify(interp.Units(SITE, [0, 1]), 0.0)])
-    assert float(zero.per_step.abs().max()) < 1e-6
     res = effect_map(tiny_sd, PROMPT, [interp.Amplify(interp.Units(SITE, [0, 1]), 3.0)])
     assert res.per_step.shape == (2, *res.image.shape[:2]) and float(res.total.max()) > 1e-3
+    # the identity edit leaves only batch-row rounding (0 on most kernels, ~1e-6 under ATen's default ones)
+    zero = effect_map(tiny_sd, PROMPT, [interp.Amplify(interp.Units(SITE, [0, 1]), 0.0)])
+    assert float(zero.per_step.abs().max()) <= 1e-3 * float(res.per_step.abs().max())
     res.save(tmp_path / "e")
     back = EffectMap.load(tmp_path / "e")
     assert torch.equal(back.per_step, res.per_step) and torch.equal(back.edited, res.edited) and back.meta == res.meta
@@ -196,4 +201,5 @@ def test_effect_map_on_everytiny_family(request, family):
     res = effect_map(model, PROMPT, [interp.Amplify(interp.Units(z, [0]), 3.0, steps=[0])])
     H, W = res.image.shape[:2]
     assert res.per_step.shape == (model.defaults["steps"], H, W) and torch.isfinite(res.per_step).all()
-    assert float(res.per_step[0].max()) > 0 and float(res.per_step[1:].abs().max()) == 0.0
+    peak = float(res.per_step[0].max())
+    assert peak > 0 and float(res.per_step[1:].abs().max()) <= 1e-3 * peak  # later steps: rounding only
