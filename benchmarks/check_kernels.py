@@ -12,6 +12,10 @@ that the SAE-dependent rows fall within the spread over SAE seeds. The table goe
 seeds is not a guarantee).
 
     python benchmarks/check_kernels.py [--out runs/kernels] [--seeds 0 1 2] [--full]
+        [--main report] [--spread report/spread] [--selections aten-default+blas-sse4]
+
+`--main`/`--spread` reuse a finished main job and its spread (`make demo`, `make spread`) as the
+default-kernel reference instead of recomputing them (full mode: about 45 min saved).
 """
 
 from __future__ import annotations
@@ -50,19 +54,27 @@ def main() -> int:
     ap.add_argument("--out", default="runs/kernels")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--full", action="store_true", help="the full main job (slow: about 15 min a run)")
+    ap.add_argument("--main", default=None, help="a finished main job of the same mode (default kernels) to reuse")
+    ap.add_argument("--spread", default=None, help="a finished spread folder of the same mode to reuse")
+    ap.add_argument("--selections", nargs="+", default=list(SELECTIONS), choices=list(SELECTIONS),
+                    help="kernel selections to run (default: all)")
     args = ap.parse_args()
     out = Path(args.out)
     mode = [] if args.full else ["--quick"]
-    ref_dir = out / "default"
+    ref_dir = Path(args.main) if args.main else out / "default"
     if not (ref_dir / "results.json").is_file():
+        if args.main:
+            raise SystemExit(f"check_kernels: --main {args.main}: no results.json there")
         assert culturelens(["analyze", "--out", str(ref_dir), *mode]) == 0
     ref = json.loads((ref_dir / "results.json").read_text(encoding="utf-8"))
-    spread = Spread.load(out / "spread") if (out / "spread" / "spread.json").is_file() else \
-        sae_spread(out / "spread", seeds=args.seeds, main=ref_dir, quick=not args.full)
+    spread_dir = Path(args.spread) if args.spread else out / "spread"
+    spread = Spread.load(spread_dir) if (spread_dir / "spread.json").is_file() else \
+        sae_spread(spread_dir, seeds=args.seeds, main=ref_dir, quick=not args.full)
     lines = ["| selection | row | value | spread / reference | within |", "|---|---|---|---|---|"]
     broken, outside = [], []
     indep = {k for k, *_ in INDEPENDENT}
-    for name, env in SELECTIONS.items():
+    for name in args.selections:
+        env = SELECTIONS[name]
         res = run_under(env, out / name, args.full)
         for c in check_within(res, spread, reference=ref):
             rng = f"= {c.low}" if c.key in indep else f"[{c.low}, {c.high}]"

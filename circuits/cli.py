@@ -36,6 +36,13 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _load_pipeline(path: str, device: str = "cpu", trust_remote_code: bool = False, **kw: object) -> object:
+    """`circuits.io.load_pipeline` (imported here, not at the top: `culturelens --help` stays torch-free)."""
+    from circuits.io import load_pipeline
+
+    return load_pipeline(path, device=device, trust_remote_code=trust_remote_code, **kw)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="culturelens", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
@@ -43,8 +50,11 @@ def build_parser() -> Parser:
     # Sub-parsers inherit the Parser class (argparse passes the parent's class on).
     sub = parser.add_subparsers(dest="command", required=True)
     # Each package registers its own sub-commands; heavy imports stay inside each command.
-    for register in (interp_cli.register, sae_cli.register, circuits_commands.register):
-        register(sub)
+    # interp's and sae's commands open --model folders with circuits' loader, so the shipped
+    # organism (recognised by its code's fingerprint) needs no --trust-remote-code there either.
+    interp_cli.register(sub, load=_load_pipeline)
+    sae_cli.register(sub, load=_load_pipeline)
+    circuits_commands.register(sub)
     return parser
 
 

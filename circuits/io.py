@@ -16,7 +16,7 @@ from interp.tiny import parse_spec as parse_tiny_spec
 from circuits.organism.shipped import is_shipped_code
 
 
-def load_pipeline(path: str | Path, device: str = "cpu", trust_remote_code: bool = False) -> Any:
+def load_pipeline(path: str | Path, device: str = "cpu", trust_remote_code: bool = False, **load_kwargs: Any) -> Any:
     """`interp.load` of a pipeline folder, running a folder's own pipeline.py only by opt-in.
 
     The shipped organism, or any folder whose code is byte-identical to it
@@ -29,7 +29,7 @@ def load_pipeline(path: str | Path, device: str = "cpu", trust_remote_code: bool
                                f"({', '.join(sorted(str(p.relative_to(path)) for p in path.rglob('*.py'))) or 'model_index.json names a custom class'}) "
                                f"that differs from the shipped organism's; pass --trust-remote-code "
                                f"(trust_remote_code=True) to run it, only for folders you trust")
-    return interp.load(path, device=device, trust_remote_code=trusted)
+    return interp.load(path, device=device, trust_remote_code=trusted, **load_kwargs)
 
 
 def _brings_code(path: Path) -> bool:

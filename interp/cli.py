@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
+
+# `load(path, device=..., trust_remote_code=..., **kw) -> Model`: how a command opens a --model folder.
+# `interp.load` by default; the `culturelens` entry point passes one that also trusts folders whose
+# code is the shipped organism's (circuits.io.load_pipeline: interp cannot know circuits' fingerprints).
+Loader = Callable[..., Any]
 
 
 def positive_int(text: str) -> int:
@@ -22,15 +28,16 @@ def _demo(args: argparse.Namespace) -> int:
     import interp
     from interp.demo import run_demo
 
-    model = interp.load(args.model, device=args.device, dtype=getattr(torch, args.dtype),
-                        trust_remote_code=args.trust_remote_code) if args.model else None
+    load = args.load or interp.load
+    model = load(args.model, device=args.device, dtype=getattr(torch, args.dtype),
+                 trust_remote_code=args.trust_remote_code) if args.model else None
     report = run_demo(args.out, model=model, family=args.family, seed=args.seed, steps=args.steps, k=args.k)
     print(f"wrote {report}")
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add this package's sub-commands to the `culturelens` parser."""
+def register(sub: argparse._SubParsersAction, load: Loader | None = None) -> None:
+    """Add this package's sub-commands to the `culturelens` parser (`load`: see `Loader`)."""
     p = sub.add_parser("demo", help="trace, patch, mask and generate on a tiny (or given) pipeline; write a report")
     p.add_argument("--out", required=True, help="output folder (report.md, images.png, plots)")
     p.add_argument("--model", default=None, help="a local diffusers pipeline folder (default: a tiny random one)")
@@ -43,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=positive_int, default=8, help="number of units to mask")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_demo, load=load)
 
     from interp.data_cli import register_data
 

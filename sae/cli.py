@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from interp.cli import positive_int
+from interp.cli import Loader, positive_int
 from sae.errors import SAEError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add this package's sub-commands to the `culturelens` parser."""
+def register(sub: argparse._SubParsersAction, load: Loader | None = None) -> None:
+    """Add this package's sub-commands to the `culturelens` parser (`load`: see `interp.cli.Loader`)."""
     p = sub.add_parser("sae-train", help="train a Top-K SAE on a text site of a local pipeline; "
                        "writes a SAELens folder, metrics log and plot")
     p.add_argument("--model", required=True, help="local diffusers pipeline folder")
     p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow a --model folder that ships its own pipeline.py, e.g. the CultureWorld organism "
-                        "(only for folders you trust)")
+                   help="allow a --model folder that ships its own pipeline.py (only for folders you trust; "
+                        "the shipped CultureWorld organism's code is recognised by fingerprint and needs no flag)")
     p.add_argument("--prompts", required=True, help="text file (UTF-8), one prompt per line")
     p.add_argument("--site", required=True, help="e.g. text.blocks.9.hook_resid_post")
     p.add_argument("--out", required=True, help="output folder")
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoints (refused if the settings differ); otherwise start over")
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_train_cmd)
+    p.set_defaults(func=_train_cmd, load=load)
 
     p = sub.add_parser("browse", help="static HTML feature browser (opens from disk) and Neuronpedia-style "
                        "JSON for an SAE: top examples, histogram, density, optional steering previews")
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steer-prompt", default=None, help="default: the first prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_browse_cmd)
+    p.set_defaults(func=_browse_cmd, load=load)
 
 
 def _read_prompts(path: str) -> list[str]:
@@ -85,7 +85,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = _read_prompts(args.prompts)
-    model = interp.load(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    model = (args.load or interp.load)(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     store = ActivationStore.build(out / "store", model, prompts, args.site, drop=args.drop)
     batch = min(args.batch_size, store.n_tokens)
     if batch < args.batch_size:
@@ -122,7 +122,7 @@ def _browse_cmd(args: argparse.Namespace) -> int:
     if not site:
         raise SAEError(f"--sae {args.sae}: cfg.json names no hook_name; pass --site")
     prompts = _read_prompts(args.prompts)
-    model = interp.load(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    model = (args.load or interp.load)(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     if site.split(".", 1)[0] in DENOISER_PREFIXES:
         acts = denoiser_activations(model, sae, site, prompts, seed=args.seed)
     else:

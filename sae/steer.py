@@ -11,11 +11,22 @@ from jaxtyping import Float
 from torch import Tensor
 
 import interp
+from interp.checks import finite_number, index_list
 from interp.fidelity import ssim
 from interp.interventions import check_branch
 from sae.errors import SAEError
 from sae.layout import as_rows, from_rows
 from sae.model import TopKSAE
+
+
+def _finite(x: float | Sequence[float] | Tensor | None, what: str) -> float | Sequence[float] | Tensor | None:
+    """`x` unchanged when it is None or all finite; NaN/inf would turn every steered value into NaN."""
+    if x is None:
+        return None
+    t = torch.as_tensor(x, dtype=torch.float32) if not torch.is_tensor(x) else x
+    if not torch.isfinite(t).all():
+        raise SAEError(f"{what}: must be finite, got {x if t.numel() <= 8 else 'a tensor with NaN or inf'}")
+    return x
 
 
 class Steer:
@@ -38,17 +49,28 @@ class Steer:
                  positions: Sequence[int] | None = None, steps: Sequence[int] | None = None, *,
                  add: float | Sequence[float] | Tensor | None = None, branch: str = "cond",
                  head: int | None = None, residual: bool = False):
+        where = f"Steer({site})"
+        lam = finite_number(lam, f"{where}: lam")
+        value, add = _finite(value, f"{where}: value"), _finite(add, f"{where}: add")
         self.sae, self.site, self.lam, self.keep_error, self.value = sae, site, lam, keep_error, value
-        self.add, self.head, self.steps, self.branch = add, head, steps, branch
+        self.add, self.head, self.branch = add, head, branch
+        self.steps = None if steps is None else index_list(steps, f"{where}: steps")
         check_branch(self)
         # Positions are applied here, on the SAE's rows, not by the engine (which has no
         # position axis at UNet feature maps and reads a pattern's positions as keys); so this
         # object exposes no `positions` attribute to it.
-        self.rows_at = None if positions is None else torch.tensor([int(p) for p in positions], dtype=torch.long)
-        self.latents = torch.tensor([int(j) for j in latents], dtype=torch.long)
-        bad = [int(j) for j in self.latents if not 0 <= j < sae.d_sae]
+        rows = None if positions is None else index_list(positions, f"{where}: positions")
+        if rows is not None and any(p < 0 for p in rows):
+            # a negative position would wrap around to the end (counted from the last row)
+            raise SAEError(f"{where}: positions {[p for p in rows if p < 0]} are negative; give row indices ≥ 0")
+        self.rows_at = None if rows is None else torch.tensor(rows, dtype=torch.long)
+        lat = index_list(latents, f"{where}: latents")
+        bad = [j for j in lat if not 0 <= j < sae.d_sae]
         if bad:
-            raise SAEError(f"Steer({site}): latents {bad} outside 0..{sae.d_sae - 1}")
+            raise SAEError(f"{where}: latents {bad} outside 0..{sae.d_sae - 1}")
+        if len(set(lat)) != len(lat):
+            raise SAEError(f"{where}: latents repeat {sorted({j for j in lat if lat.count(j) > 1})}")
+        self.latents = torch.tensor(lat, dtype=torch.long)
         if add is not None and value is not None:
             raise SAEError(f"Steer({site}): give value= (set latents) or add= (add decoder rows), not both")
         if add is not None and len(self.latents) == 0:

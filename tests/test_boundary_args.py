@@ -26,12 +26,14 @@ from circuits.io import load_model
 from interp import Amplify, Mask, Units
 from interp.errors import CultureLensError
 from interp.interventions import OnRows, Replace
+from sae import Steer, TopKSAE
 
 TEXT = "text.blocks.0.hook_resid_post"  # tiny sd: d_model 32, 16 tokens
 UNET_OUT = "unet.down.0.attn.0.attn1.hook_out"  # [B, 64 pixels, C]
 UNET_K2 = "unet.down.0.attn.0.attn2.hook_k"  # [B, 16 text tokens, heads, d_head]
 P = ["a Japanese-style box", "和風の箱"]
 U = Units(TEXT, [0, 1])
+_SAE = TopKSAE(32, 64, 4)
 
 Case = tuple[str, Callable[[Any], Any], str]  # (id, call(ctx), regex the message must match)
 
@@ -81,6 +83,17 @@ CONSTRUCT: list[Case] = [
     ("heads-negative", lambda c: Mask(Units(UNET_K2, [0]), heads=[-1]), r"heads= must be non-negative"),
     ("replace-positions-float", lambda c: Replace(TEXT, torch.zeros(1), positions=[0.5]), r"positions=: indices"),
     ("onrows-row-numbers", lambda c: OnRows(Mask(U), [0, 2]), r"rows= takes one bool per prompt"),
+    # sae.Steer: the same rules as interp's interventions
+    ("steer-lam-nan", lambda c: Steer(_SAE, TEXT, [0], lam=math.nan), r"Steer\(.*\): lam: must be finite"),
+    ("steer-lam-string", lambda c: Steer(_SAE, TEXT, [0], lam="2"), r"lam: expected a finite number, got '2'"),
+    ("steer-value-inf", lambda c: Steer(_SAE, TEXT, [0], value=math.inf), r"value: must be finite"),
+    ("steer-add-nan", lambda c: Steer(_SAE, TEXT, [0], add=[math.nan]), r"add: must be finite"),
+    ("steer-latents-float", lambda c: Steer(_SAE, TEXT, [1.5]), r"latents: indices must be integers.*1\.5"),
+    ("steer-latents-negative", lambda c: Steer(_SAE, TEXT, [-1]), r"latents \[-1\] outside 0\.\.63"),
+    ("steer-latents-repeat", lambda c: Steer(_SAE, TEXT, [3, 3]), r"latents repeat \[3\]"),
+    ("steer-positions-negative", lambda c: Steer(_SAE, TEXT, [0], positions=[-1]), r"positions \[-1\] are negative"),
+    ("steer-positions-int", lambda c: Steer(_SAE, TEXT, [0], positions=2), r"positions: got the integer 2"),
+    ("steer-steps-int", lambda c: Steer(_SAE, UNET_OUT, [0], steps=5), r"steps: got the integer 5"),
 ]
 
 

@@ -193,6 +193,28 @@ def test_analyze_pipeline_needs_opt_in(tmp_path: Path, capsys) -> None:
     assert err.count("\n") == 1 and err.startswith("culturelens: error: ")
 
 
+def test_sae_and_demo_commands_trust_the_shipped_code_by_fingerprint(tmp_path: Path, capsys) -> None:
+    """interp's and sae's commands open --model with circuits' loader: a byte-identical copy of the
+    organism loads without --trust-remote-code, a copy with one line added is refused, its code unrun."""
+    from circuits.cli import main
+
+    copy = _copy_pipeline(tmp_path)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a Japanese-style box\na box\n", encoding="utf-8")
+    sae_args = ["--prompts", str(prompts), "--site", "text.blocks.0.hook_resid_post", "--d-sae", "64", "--k", "4",
+                "--tokens", "64", "--batch-size", "16"]
+    assert main(["sae-train", "--model", str(copy), *sae_args, "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "sae" / "cfg.json").is_file()
+    marker = tmp_path / "ran"
+    with open(copy / "pipeline.py", "a", encoding="utf-8") as f:
+        f.write(f"\nimport os\nos.mkdir({str(marker)!r})\n")
+    for argv in (["sae-train", "--model", str(copy), *sae_args, "--out", str(tmp_path / "s2")],
+                 ["demo", "--model", str(copy), "--out", str(tmp_path / "d")]):
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 1 and "--trust-remote-code" in err and str(copy) in err and not marker.exists(), (argv, err)
+
+
 def test_every_pipeline_command_takes_the_flag() -> None:
     from circuits.cli import build_parser
 
