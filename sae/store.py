@@ -73,8 +73,11 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     swapped checkpoint in practice."""
     h = hashlib.sha256()
     cfg = getattr(module, "config", None)
-    if cfg is not None and hasattr(cfg, "to_json_string"):
-        h.update(cfg.to_json_string(use_diff=False).encode())
+    if cfg is not None and hasattr(cfg, "to_dict"):
+        # `_name_or_path` is where the folder was loaded from: the same weights moved to another
+        # folder (a fresh clone elsewhere, a copy) are the same origin, so the path is left out.
+        d = {k: v for k, v in cfg.to_dict().items() if k != "_name_or_path"}
+        h.update(json.dumps(d, sort_keys=True, default=str).encode())
     params = list(module.state_dict().items())
     for name, p in params:
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())

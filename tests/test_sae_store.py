@@ -1,10 +1,14 @@
 """Activation store: shards, shuffle, re-reading, fingerprints, bounded memory."""
 
+import shutil
+
 import pytest
 import torch
 
+import interp
+
 from sae import ActivationStore, SAEError
-from sae.store import token_keep_mask
+from sae.store import module_fingerprint, token_keep_mask
 
 
 def _rows(n=1000, d=3):
@@ -141,3 +145,15 @@ def test_evaluate_on_a_store_equals_evaluate_on_its_rows(tmp_path):
         sae.evaluate(sae.TopKSAE(8, d_sae=16, k=2), store)
     with pytest.raises(SAEError, match="not list"):
         sae.evaluate(s, [1, 2])
+
+
+def test_model_fingerprint_ignores_where_the_folder_is(tmp_path, tiny_sd):
+    """The same weights saved to two folders are one origin (a fresh clone elsewhere resumes its
+    stores); another weight is another origin."""
+    tiny_sd.save_pretrained(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    a, b = interp.load(tmp_path / "a"), interp.load(tmp_path / "b")
+    assert module_fingerprint(a.encoders["text"].module) == module_fingerprint(b.encoders["text"].module)
+    with torch.no_grad():
+        next(b.encoders["text"].module.parameters()).view(-1)[0] += 1.0
+    assert module_fingerprint(a.encoders["text"].module) != module_fingerprint(b.encoders["text"].module)
