@@ -261,8 +261,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_circuits)
 
     from circuits.organism.cli import register_organism
-    from circuits.analysis.cli import register_analysis, register_spread
+    from circuits.analysis.cli import register_analysis, register_real_encoder, register_spread
 
     register_organism(sub)
     register_analysis(sub)
     register_spread(sub)
+    register_real_encoder(sub)

@@ -7,70 +7,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from circuits.locate.units import ELBOW_RULE, k_sources  # noqa: F401 (re-exported: reports call runner.k_sources)
 from circuits.results import atomic_write_bytes, write_json
+
+if TYPE_CHECKING:
+    from circuits.causal.sweep import CausalSweep
+    from circuits.causal.validate import Validation
+    from circuits.locate.scan import LayerScan
+    from circuits.locate.units import CultureUnits
 
 
 def _pct(r) -> str:
     return f"{100 * r.mean:.1f}% [{100 * r.low:.1f}, {100 * r.high:.1f}]"
 
 
-def _sensitivity(e) -> str:
-    """Why the chosen layer is (not) called sensitive."""
-    if e.chosen_is_sensitive:
-        return "sensitive"
-    if e.n_pairs < getattr(e, "min_pairs", 0):
-        return f"too few usable pairs to call a layer sensitive: {e.n_pairs} < min_pairs {e.min_pairs}"
-    return "no layer clears the neighbour-peak CI"
+def scan_markdown(scan: LayerScan, heading: str = "## Culture-layer scan (ΔCA)") -> str:
+    """The scan's section: `LayerScan.to_markdown` under `heading`, then its figure."""
+    return scan.to_markdown(heading) + "\n\n![ΔCA by layer](layer_scan.png)\n"
 
 
-def scan_markdown(scan) -> str:
-    lines = ["## Culture-layer scan (ΔCA)", ""]
-    for name, e in scan.encoders.items():
-        lines += [f"- `{name}` ({e.direction}, {e.n_pairs} pairs{', ' + str(e.n_masked) + ' masked' if e.n_masked else ''}): "
-                  f"chosen layer **{e.chosen}** (ΔCA {e.delta[e.layers.index(e.chosen)]:.4g}, "
-                  f"{_sensitivity(e)}; "
-                  f"bootstrap stability {e.stability[e.layers.index(e.chosen)]:.2f}); sensitive layers: {e.sensitive}"]
-    return "\n".join(lines + ["", "![ΔCA by layer](layer_scan.png)", ""])
+def units_markdown(units: CultureUnits, heading: str = "## Culture units (WFS)") -> str:
+    """The units' section: `CultureUnits.to_markdown` under `heading`, then its figures."""
+    return units.to_markdown(heading) + "\n\n![WFS curves](wfs_curves.png) ![overlap](unit_overlap.png)\n"
 
 
-ELBOW_RULE = ("K is the elbow of the positive part of each culture's sorted {score} curve (units scoring exactly 0 "
-              "are left out): the sharpest drop between consecutive ranks (largest ratio s[i-1]/s[i] among the "
-              "first 2·k_max+1 positive scores), K = the units before it, if the score at least {drop:g}-folds "
-              "there; bounds [k_min, k_max] = [{k_min}, {k_max}]. *K from*: elbow (the drop decided), cap (the "
-              "drop lies past k_max), flat (no drop that sharp: the curve decays smoothly, K = k_max), floor, "
-              "given, none (no unit scored above 0).")
-
-
-def k_sources(units) -> dict[str, int]:
-    """How many cultures got K from each source (elbow, cap, floor, positive, given, none)."""
-    out: dict[str, int] = {}
-    for u in units.cultures.values():
-        out[u.k_source] = out.get(u.k_source, 0) + 1
-    return out
-
-
-def units_markdown(units) -> str:
-    p = units.params
-    score = "WFS_cult − max over other cultures" if p.get("select") == "specific" else "WFS_cult"
-    lines = ["## Culture units (WFS)", "", f"Basis: {units.basis.kind} at `{units.basis.site}`; ranked by {score}.", "",
-             ELBOW_RULE.format(score=score, k_min=p.get("k_min"), k_max=p.get("k_max"), drop=p.get("min_drop", 2.0))
-             if p.get("k") is None
-             else f"K fixed at {p['k']} for every culture.", "",
-             "| culture | K | K from | sharpest drop (rank: ratio) | units > 0 | kept | dropped by noun filter | top units |",
-             "|---|---|---|---|---|---|---|---|"]
-    for c, u in units.cultures.items():
-        drop = "–" if u.k_elbow is None else f"{u.k_elbow}: {u.k_drop:.2f}×"
-        lines.append(f"| {c} | {u.k} | {u.k_source} | {drop} | {u.n_positive} | "
-                     f"{len(u.indices)} | {len(u.dropped)} | {u.indices[:8]} |")
-    src = ", ".join(f"{k}: {v}" for k, v in sorted(k_sources(units).items()))
-    return "\n".join(lines + ["", f"K from, over cultures: {src}.", "",
-                              "![WFS curves](wfs_curves.png) ![overlap](unit_overlap.png)", ""])
-
-
-def validation_markdown(v) -> str:
-    return "## Masking culture units vs random units\n\n" + v.table() + "\n\n![validation](validation.png)\n"
+def validation_markdown(v: Validation, heading: str = "## Masking culture units vs random units") -> str:
+    """The validation's section: `Validation.to_markdown` under `heading`, then its figure."""
+    return v.to_markdown(heading) + "\n\n![validation](validation.png)\n"
 
 
 def sweep_markdown(sw) -> str:
@@ -87,20 +52,9 @@ def enhancer_markdown(rows: dict[str, Any]) -> str:
     return "\n".join(lines + [""])
 
 
-def causal_markdown(cs) -> str:
-    what = "SAE latents (one SAE per layer)" if cs.basis_kind == "sae" else "MLP neurons"
-    sites = f" at `{cs.sites[0]}` … `{cs.sites[-1]}`" if cs.sites else ""
-    lines = ["## Exhaustive causal sweep", "",
-             f"Masking the top {cs.n_units} {what} per culture at each layer{sites}; baseline {_pct(cs.baseline)}."
-             + (f" **Probe and evaluation share {cs.shared_prompts} prompts (allowed explicitly).**" if cs.shared_prompts else ""),
-             "", "| layer | masked CultureVQA | drop | units masked per culture |", "|---|---|---|---|"]
-    n_masked = cs.n_masked or [float("nan")] * len(cs.layers)
-    for l, m, d, k in zip(cs.layers, cs.masked, cs.drops, n_masked):
-        lines.append(f"| {l}{' (ΔCA)' if l == cs.chosen else ''} | {_pct(m)} | {100 * d:.1f} | {k:.1f} |")
-    if cs.chosen is not None:
-        lines.append(f"\nThe ΔCA-chosen layer {cs.chosen} is causal rank {cs.chosen_rank} "
-                     f"(top-1: {cs.chosen_is_top1}, top-2: {cs.chosen_is_top2}; tied with {cs.n_tied} other layers).")
-    return "\n".join(lines + ["", "![causal sweep](causal_sweep.png)", ""])
+def causal_markdown(cs: CausalSweep, heading: str = "## Exhaustive causal sweep") -> str:
+    """The causal sweep's section: `CausalSweep.to_markdown` under `heading`, then its figure."""
+    return cs.to_markdown(heading) + "\n\n![causal sweep](causal_sweep.png)\n"
 
 
 def write_summary(out: Path, title: str, sections: Sequence[str]) -> None:
@@ -208,25 +162,26 @@ def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg
                                      "allow_overlap": cfg.allow_overlap})
     res.scan = culture_layer_scan(model, probe, direction=cfg.direction, seeds=cfg.seeds, n_boot=cfg.n_boot,
                                   batch_size=max(cfg.batch_size, 16))
-    res.scan.save(out / "layer_scan.json")
+    res.scan.save(out)
     res.scan.plot(out / "layer_scan.png")
     sections.append(scan_markdown(res.scan))
     layer = res.scan.chosen
     basis = sae_or_neurons(layer, cfg.sae_path)
     res.units = culture_units(model, basis, probe, rho=cfg.rho, k_max=cfg.k_max)
     res.units.save(out / "units")
-    res.units.plot(out)
+    res.units.plot_wfs(out / "wfs_curves.png")
+    res.units.plot_overlap(out / "unit_overlap.png")
     sections.append(units_markdown(res.units))
     if "validate" not in cfg.skip:
         res.validation = validate_units(model, res.units, test, judge, n_random=cfg.n_random, seed=cfg.seed,
                                         steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
-        res.validation.save(out / "validation.json")
+        res.validation.save(out)
         res.validation.plot(out / "validation.png")
         sections.append(validation_markdown(res.validation))
     if "amplify" not in cfg.skip:
         res.lambda_sweep = lambda_sweep(model, res.units, test, judge, lams=cfg.lams, n_random=cfg.lam_random,
                                         seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
-        res.lambda_sweep.save(out / "lambda_sweep.json")
+        res.lambda_sweep.save(out)
         res.lambda_sweep.plot(out / "lambda_sweep.png")
         sections.append(sweep_markdown(res.lambda_sweep))
     if "enhancer" not in cfg.skip and any(getattr(r, "image", None) for r in train):
@@ -247,7 +202,7 @@ def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg
                                   seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot,
                                   layers=sorted(saes) if saes else None, basis_for=saes,
                                   allow_overlap=cfg.allow_overlap)
-        res.causal.save(out / "causal_sweep.json")
+        res.causal.save(out)
         res.causal.plot(out / "causal_sweep.png")
         sections.append(causal_markdown(res.causal))
     write_summary(out, "Culture circuits", sections)

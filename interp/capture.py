@@ -141,7 +141,7 @@ def capture(model: Any, prompts: str | Sequence[str], sites: Sequence[str], inte
         for prefix in prefixes:
             batch = model.tokenize(group, prefix, truncate=truncate)
             reads = [s for s in parsed if s.encoder == prefix]
-            mine = {k: v for k, v in ivs.items() if k.split(".blocks.")[0] == prefix}
+            mine = {k: v for k, v in ivs.items() if parse(model, k).encoder == prefix}
             acts, _ = trace_encoder(model, prefix, batch, reads, mine)
             for k, v in acts.items():
                 chunks[k].append(v)

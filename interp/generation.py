@@ -11,20 +11,29 @@ denoiser sites the conditional rows. `branch="uncond"` / `"both"` choose otherwi
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from jaxtyping import Float
+from PIL import Image
 from torch import Tensor
 
 from .checks import describe, finite_number, is_int, positive_int, prompt_list
 from .errors import CultureLensError
+from .heatmaps import figure, image_tensor
 from .hooks import HookSession
 from .interventions import Where
+from .result_io import atomic_write_bytes, load_result, result_folder, save_result
 from .sites import Site, parse
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -36,11 +45,73 @@ class Generation:
     branch, e.g. SD3's skip-layer guidance, the first call's rows); text sites -> [N, B, ...] over
     the N encoder calls in pipeline order (prompt first, then the negative prompt when the
     pipeline encodes one).
+
+    `save(folder)`: PIL images as `image_{i}.png`, other images (arrays, e.g. `output_type="np"`)
+    with the latents and activations in generation.safetensors, what is where in generation.json.
     """
+
+    result_name: ClassVar[str] = "generation"
 
     images: list[Any]
     latents: Float[Tensor, "B C h w"]
     acts: dict[str, Tensor] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        """The images (size, mode), the latents' shape and each captured site's shape."""
+        lines = [f"{len(self.images)} images, final latents {list(self.latents.shape)}", "",
+                 "| image | size | kind |", "|---|---|---|"]
+        for i, img in enumerate(self.images):
+            size, kind = ((f"{img.width}×{img.height}", f"PIL {img.mode}") if isinstance(img, Image.Image)
+                          else (f"{list(np.shape(img))}", type(img).__name__))
+            lines.append(f"| {i} | {size} | {kind} |")
+        if self.acts:
+            lines += ["", "| site | activations |", "|---|---|"]
+            lines += [f"| `{name}` | {list(a.shape)} |" for name, a in self.acts.items()]
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """The images in a row (at most 8 per row), titled by index."""
+        shown = [(image_tensor(img) if isinstance(img, Image.Image) else torch.as_tensor(np.asarray(img)), f"image {i}")
+                 for i, img in enumerate(self.images)]
+        if not shown:
+            raise CultureLensError("Generation.plot: no images to draw")
+        return figure(shown, [], shown[0][0], path, cols=min(8, len(shown)))
+
+    def save(self, folder: str | Path) -> Path:
+        """`folder/image_{i}.png` (PIL images), `folder/generation.json` + `generation.safetensors`
+        (latents, `acts.<site>`, non-PIL images as `images.<i>`); returns the folder."""
+        folder = result_folder(folder, self.result_name)
+        entries: list[dict[str, str]] = []
+        tensors: dict[str, Tensor] = {"latents": self.latents}
+        for i, img in enumerate(self.images):
+            if isinstance(img, Image.Image):
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                atomic_write_bytes(folder / f"image_{i}.png", buf.getvalue())
+                entries.append({"png": f"image_{i}.png"})
+            else:
+                tensors[f"images.{i}"] = torch.as_tensor(np.asarray(img))
+                entries.append({"tensor": f"images.{i}"})
+        tensors.update({f"acts.{name}": a for name, a in self.acts.items()})
+        meta = {"images": entries, "acts": list(self.acts)}
+        return save_result(folder, self.result_name, meta, tensors)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Generation:
+        """Read back what `save` wrote (PNG images as PIL images, array images as numpy arrays)."""
+        folder = result_folder(folder, cls.result_name)
+        meta, t = load_result(folder, cls.result_name, "Generation.save")
+        images: list[Any] = []
+        for i, e in enumerate(meta["images"]):
+            if "png" in e:
+                if not (folder / e["png"]).is_file():
+                    raise CultureLensError(f"{folder / e['png']}: missing; image {i} of {folder / 'generation.json'}")
+                with Image.open(folder / e["png"]) as im:
+                    im.load()
+                    images.append(im.copy())
+            else:
+                images.append(t[e["tensor"]].numpy())
+        return cls(images=images, latents=t["latents"], acts={name: t[f"acts.{name}"] for name in meta["acts"]})
 
 
 def prompt_seeds(seed: int | Sequence[int], n: int) -> list[int]:

@@ -1,23 +1,56 @@
-"""Saving interp result objects: `<name>.json` (tables, labels) + `<name>.safetensors` (tensors).
+"""The result protocol and its files: `<name>.json` (tables, labels) + `<name>.safetensors` (tensors).
 
-The one home of the atomic writers and the JSON conversion that every result object uses
-(circuits.results builds on these: the import graph runs circuits -> sae -> interp). Files are
-written to a temporary name and renamed, so a reader never sees half a file.
+Every result object of interp and circuits follows one protocol (`Result`): `save(folder) ->
+Path`, `Type.load(folder)`, `to_markdown()` and `plot(path=None) -> Figure`. This module holds
+the protocol, the atomic writers, the JSON conversion and the dataclass save/load every result
+uses (circuits.results builds on these: the import graph runs circuits -> sae -> interp). Files
+are written to a temporary name and renamed, so a reader never sees half a file; no pickle.
+
+nnsight (0.8) mounts a `save` method on `object` itself when it is imported, so every object
+without its own `save` answers `x.save()` with nnsight's "save() was called outside a trace".
+A result's `save` is therefore always defined on its class (or on `DataclassResult`), which
+comes before `object` in the method lookup; `isinstance(x, Result)` cannot tell (every object
+has a `save` then), so tests check the class itself.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import math
 import os
 import tempfile
+import types
+import typing
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 import torch
+from safetensors.torch import load_file, save
 
 from .errors import CultureLensError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+@runtime_checkable
+class Result(Protocol):
+    """What every result object offers. `save` writes `folder/<name>.json` (+ `.safetensors`)
+    and returns the folder; `load` reads it back equal; `to_markdown` is a Markdown table or
+    section (report sections also take `heading=`); `plot` draws a figure, written to `path`
+    when given."""
+
+    def save(self, folder: str | Path) -> Path: ...
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Self: ...
+
+    def to_markdown(self) -> str: ...
+
+    def plot(self, path: str | Path | None = None) -> Figure: ...
 
 
 def jsonable(x: Any) -> Any:
@@ -56,23 +89,153 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def result_folder(path: str | Path, name: str) -> Path:
+    """The folder a result `name` lives in. The old form, the JSON file itself
+    (`folder/<name>.json`), still names its folder, with a DeprecationWarning."""
+    path = Path(path)
+    if path.name == f"{name}.json":
+        warnings.warn(f"{path}: pass the folder ({path.parent}); a result writes {name}.json and "
+                      f"{name}.safetensors into it", DeprecationWarning, stacklevel=3)
+        return path.parent
+    return path
+
+
 def save_result(folder: str | Path, name: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
     """Write `folder/name.json` (meta) and `folder/name.safetensors` (tensors); returns the folder."""
-    from safetensors.torch import save
-
-    folder = Path(folder)
+    folder = result_folder(folder, name)
     atomic_write_bytes(folder / f"{name}.safetensors",
-            save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"kind": name}))
+                       save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"kind": name}))
     atomic_write_bytes(folder / f"{name}.json", (json.dumps(jsonable(meta), indent=1, ensure_ascii=False) + "\n").encode())
     return folder
 
 
 def load_result(folder: str | Path, name: str, writer: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read back what `save_result` wrote; a missing file names the folder and who writes it."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
+    folder = result_folder(folder, name)
     for f in (f"{name}.json", f"{name}.safetensors"):
         if not (folder / f).is_file():
             raise CultureLensError(f"{folder / f}: missing; this folder is written by {writer}")
     return json.loads((folder / f"{name}.json").read_text()), load_file(str(folder / f"{name}.safetensors"))
+
+
+# -- dataclass results: fields to JSON + safetensors and back ---------------------------------
+
+def _leaves(obj: Any, prefix: str = "") -> collections.abc.Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every leaf inside `obj`: dataclass fields, dict values, list items."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        items: Any = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
+    elif isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        yield prefix.rstrip("."), obj
+        return
+    for k, v in items:
+        yield from _leaves(v, f"{prefix}{k}.")
+
+
+def tensor_fields(obj: Any) -> dict[str, torch.Tensor]:
+    """Every tensor inside `obj`, keyed by its dotted path from `obj` (e.g. "encoders.text.per_pair"):
+    what goes into the safetensors file."""
+    return {p: v for p, v in _leaves(obj) if isinstance(v, torch.Tensor)}
+
+
+def nonfinite_floats(obj: Any) -> dict[str, str]:
+    """Every NaN / ±inf float inside `obj` by dotted path ("nan", "inf", "-inf"): JSON writes them
+    as null, so a result's file lists them under "_nonfinite" and `load` puts them back."""
+    return {p: repr(float(v)) for p, v in _leaves(obj) if isinstance(v, float) and not math.isfinite(v)}
+
+
+@dataclasses.dataclass
+class Stored:
+    """What a result's files hold beside its JSON record, by dotted path: `tensors` (the
+    safetensors file) and `nonfinite` floats; `where` names the JSON file in errors."""
+
+    tensors: dict[str, torch.Tensor]
+    nonfinite: dict[str, str]
+    where: str
+
+    @classmethod
+    def of(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> Stored:
+        """For a record read back: its "_nonfinite" list (see `record`) and the tensors."""
+        return cls(tensors, meta.get("_nonfinite") or {}, where)
+
+
+def from_jsonable(tp: Any, value: Any, path: str, stored: Stored) -> Any:
+    """A JSON value back to the annotated type `tp`: dataclasses (by their fields), lists, tuples,
+    dicts (int keys restored), Optional, Path; tensors and non-finite floats from `stored` by
+    their dotted `path`. Other values are returned as they are."""
+    key = path.rstrip(".")
+    if key in stored.nonfinite:
+        return float(stored.nonfinite[key])
+    if key in stored.tensors:
+        return stored.tensors[key]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return from_fields(tp, value, path, stored)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if value is None and len(rest) < len(args):
+            return None
+        return from_jsonable(rest[0] if len(rest) == 1 else Any, value, path, stored)
+    if isinstance(value, list):
+        if origin is tuple:
+            kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args) or [Any] * len(value)
+            return tuple(from_jsonable(k, v, f"{path}{i}.", stored) for i, (k, v) in enumerate(zip(kinds, value)))
+        item = args[0] if origin in (list, collections.abc.Sequence) and args else Any
+        return [from_jsonable(item, v, f"{path}{i}.", stored) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        k_type, item = args if origin in (dict, collections.abc.Mapping) and args else (Any, Any)
+        return {(int(k) if k_type is int else k): from_jsonable(item, v, f"{path}{k}.", stored) for k, v in value.items()}
+    if tp is Path and isinstance(value, str):
+        return Path(value)
+    if tp is float and value is None:  # a record written before "_nonfinite": jsonable's NaN
+        return math.nan
+    return value
+
+
+def from_fields(cls: type, data: Any, path: str, stored: Stored) -> Any:
+    """A dataclass from its JSON record (`from_jsonable` per field). Keys that are not init
+    fields (computed properties in `to_json`) are ignored."""
+    if not isinstance(data, dict):
+        raise CultureLensError(f"{stored.where}: {path.rstrip('.') or 'the record'} should be a {cls.__name__} "
+                               f"(a JSON object), got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key = f"{path}{f.name}"
+        if f.name in data or key in stored.tensors:
+            kw[f.name] = from_jsonable(hints.get(f.name, Any), data.get(f.name), f"{key}.", stored)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise CultureLensError(f"{stored.where}: no {key!r}, which {cls.__name__} needs; the file is not a "
+                                   f"{cls.__name__} record (or an older one)")
+    return cls(**kw)
+
+
+def record(obj: Any) -> dict[str, Any]:
+    """The JSON a result saves: its `to_json()` (or its fields), plus "_nonfinite" when it holds NaN/inf."""
+    meta = jsonable(obj)
+    nonfinite = nonfinite_floats(obj)
+    return {**meta, "_nonfinite": nonfinite} if nonfinite else meta
+
+
+class DataclassResult:
+    """`save`/`load` for a dataclass result: its `to_json()` (the record a report's results.json
+    holds, if it has one) as `<result_name>.json`, its tensor fields as `<result_name>.safetensors`.
+    Defined on the class, so nnsight's `object.save` never shadows it."""
+
+    result_name: ClassVar[str]
+
+    def save(self, folder: str | Path) -> Path:
+        """`folder/<result_name>.json` + `.safetensors`; returns the folder."""
+        return save_result(folder, self.result_name, record(self), tensor_fields(self))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Self:
+        """Read back what `save` wrote, equal to it (NaN and inf included)."""
+        folder = result_folder(folder, cls.result_name)
+        meta, t = load_result(folder, cls.result_name, f"{cls.__name__}.save")
+        return from_fields(cls, meta, "", Stored.of(meta, t, str(folder / f"{cls.result_name}.json")))

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import SiteError
 from .model import ARCH_LAYOUT, get_path
@@ -99,6 +99,24 @@ class Site:
     def writable(self) -> bool:
         """Text attention patterns are read from eager attention's returned weights: read-only."""
         return self.kind != "pattern"
+
+
+class TextBlock(NamedTuple):
+    """A text-encoder block site's name, split: `text_2.blocks.9.hook_resid_post` ->
+    ("text_2", 9, "hook_resid_post")."""
+
+    encoder: str
+    layer: int
+    rest: str
+
+
+def text_block(name: str) -> TextBlock:
+    """The one parser of text block site names (no model needed; `parse` also checks the layer
+    exists). A name that is not `text[_N].blocks.{l}.…` is a SiteError naming it."""
+    m = _TEXT_RE.match(name) if isinstance(name, str) else None
+    if m is None:
+        raise SiteError(f"{name!r} is not a text-encoder block site (text[_N].blocks.{{layer}}.<hook>)")
+    return TextBlock(m.group(1), int(m.group(2)), m.group(3))
 
 
 def site_axes(name: str) -> tuple[int, int | None, int | None]:

@@ -88,6 +88,29 @@ def test_specificity_reported(report: Path) -> None:
     assert o["n_units"] == sum(len(u["indices"]) for u in res["units"]["cultures"].values())
 
 
+def test_real_encoder_section(report: Path) -> None:
+    """Section 9, the real-encoder study: after every organism section, its numbers under
+    "real_encoder" (the same as its own real_encoder.json), its time on the timing line."""
+    md = (report / "report.md").read_text()
+    assert "## 9. Real pretrained encoder (multilingual-e5-small)" in md
+    assert md.index("## 8. Appendix B") < md.index("## 9. Real pretrained encoder") < md.index("Wall time:")
+    assert "real_encoder/delta_ca.png" in md and "real_encoder/probes.png" in md
+    res = json.loads((report / "results.json").read_text())
+    re_ = res["real_encoder"]
+    assert re_ == json.loads((report / "real_encoder" / "real_encoder.json").read_text())
+    assert re_["layers"] == list(range(12)) and re_["prefix"] == "query: " and re_["meta"]["mode"] == "quick"
+    for lang in ("en", "local"):
+        for v in ("raw", "length"):
+            c = re_["ca"][lang][v]
+            assert len(c["delta"]) == len(c["ci_low"]) == len(c["ci_high"]) == 12 and c["chosen"] in range(12)
+    assert all(len(p["accuracy"]) == 12 for p in re_["probes"].values())
+    sae = re_["sae"]
+    assert sae["layer"] == re_["ca"]["en"]["length"]["chosen"] and 0 < sae["quality_heldout"]["fvu"] < 1
+    assert {(r["definition"], r["readout_layer"]) for r in sae["specificity"]} >= {("own", sae["layer"])}
+    assert "real_encoder" in res["timings_seconds"] and re.search(r"real_encoder \d+\)", md)
+    assert list(res)[-3:] == ["real_encoder", "config", "wall_seconds"]  # added last, nothing reordered
+
+
 def _numbers(res: dict) -> dict:
     """results.json without what may differ between runs of the same analysis: timings and the
     world size (every other number must be equal)."""
@@ -115,15 +138,18 @@ def test_torchrun_two_processes_equal_one(report: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     env.update({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "CULTURELENS_RENDEZVOUS_TIMEOUT": "120"})
+    # --no-real-encoder: the text-only study has no generation to share, and leaving it out also
+    # checks that every other key of results.json is the same with and without it.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "circuits.cli", "analyze", "--quick", "--out", str(out)]
+           f"--master_port={port}", "-m", "circuits.cli", "analyze", "--quick", "--no-real-encoder", "--out", str(out)]
     p = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
                        timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
     one = json.loads((report / "results.json").read_text())
     two = json.loads((out / "results.json").read_text())
     assert (one["world_size"], two["world_size"]) == (1, 2)
-    assert _numbers(two) == _numbers(one)
+    assert "real_encoder" in one and "real_encoder" not in two
+    assert _numbers(two) == _numbers({k: v for k, v in one.items() if k != "real_encoder"})
     assert (out / "report.md").is_file()
 
 

@@ -26,7 +26,7 @@ pytestmark = [
 def test_all_notebooks_are_there_and_committed_without_outputs():
     names = [p.name for p in NOTEBOOKS]
     assert names == ["01_culture_layer.ipynb", "02_sae_and_culture_units.ipynb", "03_causal_masking.ipynb",
-                     "04_steering.ipynb", "05_denoiser.ipynb", "07_denoiser_sae.ipynb"]
+                     "04_steering.ipynb", "05_denoiser.ipynb", "06_real_encoder.ipynb", "07_denoiser_sae.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]

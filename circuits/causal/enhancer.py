@@ -10,12 +10,14 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -24,9 +26,15 @@ from interp.errors import CultureLensError
 import interp
 from interp.checkpoint import ResumeMismatchError, check_settings, load_checkpoint, refuse_legacy, save_checkpoint
 from interp.folder_lock import lock_folder
+from interp.sites import text_block
+from interp.result_io import Stored, from_jsonable, load_result, record, result_folder, save_result
 from sae.store import module_fingerprint
 
+from circuits.plots import plot_lines
 from circuits.results import save_safetensors, write_json
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 NORMS = ("softrms", "layernorm", "none")
 CHECKPOINT = "checkpoint.safetensors"  # safetensors + JSON metadata (interp.checkpoint): never a pickle
@@ -75,7 +83,7 @@ class LayerEnhancer(nn.Module):
 
     @property
     def layer(self) -> int:
-        return int(self.site.split(".blocks.")[1].split(".")[0])
+        return text_block(self.site).layer
 
     def forward(self, h: Float[Tensor, "B S d"]) -> Float[Tensor, "B S d"]:
         p = next(self.parameters())
@@ -96,9 +104,6 @@ class LayerEnhancer(nn.Module):
 
     @classmethod
     def load(cls, path, device: str | torch.device = "cpu") -> "LayerEnhancer":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         if "config" not in meta:
@@ -219,7 +224,11 @@ def pixel_loss(model, pixels: Tensor, cond: dict[str, Any], gen: torch.Generator
 
 @dataclass
 class EnhancerRun:
-    """What `train_enhancer` returns: the enhancer, its loss curve and where it was saved."""
+    """What `train_enhancer` returns: the enhancer, its loss curve and where it was saved.
+    `save(folder)` writes enhancer_run.json (`to_json`) and enhancer_run.safetensors (the
+    enhancer's weights, keys "enhancer.<name>")."""
+
+    result_name: ClassVar[str] = "enhancer_run"
 
     enhancer: LayerEnhancer
     losses: list[float]
@@ -230,11 +239,40 @@ class EnhancerRun:
         return {"site": self.enhancer.site, "config": self.enhancer.config(), "losses": self.losses,
                 "path": str(self.path) if self.path else None, "steps": self.steps}
 
-    def plot(self, path) -> None:
-        from circuits.plots import plot_lines
+    def to_markdown(self) -> str:
+        """One row: the enhancer's site and shape, steps, first, last and lowest loss."""
+        c = self.enhancer.config()
+        first, last, low = ((f"{self.losses[0]:.4g}", f"{self.losses[-1]:.4g}", f"{min(self.losses):.4g}")
+                            if self.losses else ("–", "–", "–"))
+        return ("| enhancer at | d_model | hidden | norm | steps | first loss | last loss | lowest loss |\n"
+                "|---|---|---|---|---|---|---|---|\n"
+                f"| `{c['site']}` | {c['d_model']} | {c['hidden']} | {c['norm']} | {self.steps} | {first} | {last} | {low} |")
 
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """The training loss by step."""
         xs = list(range(1, len(self.losses) + 1))
-        plot_lines(xs, {"loss": (self.losses, self.losses, self.losses)}, path, "step", "MSE", f"enhancer at {self.enhancer.site}")
+        return plot_lines(xs, {"loss": (self.losses, self.losses, self.losses)}, path, "step", "MSE",
+                          f"enhancer at {self.enhancer.site}")
+
+    def save(self, folder: str | Path) -> Path:
+        """`folder/enhancer_run.json` + `folder/enhancer_run.safetensors`; returns the folder."""
+        weights = {f"enhancer.{k}": v for k, v in self.enhancer.state_dict().items()}
+        return save_result(folder, self.result_name, record(self), weights)
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "EnhancerRun":
+        """Read back what `save` wrote; the enhancer on `device`, in eval mode."""
+        folder = result_folder(folder, cls.result_name)
+        meta, t = load_result(folder, cls.result_name, "EnhancerRun.save")
+        where = str(folder / f"{cls.result_name}.json")
+        c = meta.get("config")
+        if not isinstance(c, dict) or not {"site", "d_model", "hidden", "norm"} <= set(c):
+            raise CultureLensError(f"{where}: no enhancer config (site, d_model, hidden, norm); not an EnhancerRun record")
+        enh = LayerEnhancer(c["site"], c["d_model"], c["hidden"], c["norm"])
+        enh.load_state_dict({k.removeprefix("enhancer."): v for k, v in t.items()})
+        s = Stored.of(meta, {}, where)
+        return cls(enh.to(device).eval(), from_jsonable(list[float], meta["losses"], "losses.", s),
+                   from_jsonable(Path | None, meta["path"], "path.", s), meta["steps"])
 
 
 def training_pairs(items: Sequence[Any], split: str | None = "train") -> list[tuple[str, Any]]:

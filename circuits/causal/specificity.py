@@ -17,26 +17,36 @@ culture B (the same resample for every A, so conditions stay paired).
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import numpy as np
 from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
+from interp.result_io import DataclassResult
 
 from circuits.pairs import as_pairs, by_concept
-from circuits.results import jsonable, write_json
+from circuits.plots import plot_matrix
+from circuits.results import jsonable
 from circuits.locate.units import CultureUnits, as_culture_units
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MODES = ("mask", "amplify")
 
 
 @dataclass
-class Specificity:
+class Specificity(DataclassResult):
     """matrix[a][b]: CultureVQA of culture b's prompts under culture a's units (mask mode), or the
-    share of b's images judged as a (amplify mode); baseline[a][b] the same without intervention."""
+    share of b's images judged as a (amplify mode); baseline[a][b] the same without intervention.
+    `save(folder)` writes specificity.json (`to_json`) and specificity.safetensors."""
+
+    result_name: ClassVar[str] = "specificity"
 
     mode: str
     cultures: list[str]
@@ -54,38 +64,32 @@ class Specificity:
     def to_json(self) -> dict[str, Any]:
         return jsonable(self.__dict__)
 
-    def save(self, path) -> None:
-        write_json(path, self)
-
-    @classmethod
-    def load(cls, path) -> "Specificity":
-        """Read back what `save` wrote."""
-        import json
-        from pathlib import Path
-
-        d = json.loads(Path(path).read_text())
-        d["index_ci"] = tuple(d["index_ci"])
-        return cls(**d)
-
     def table(self) -> str:
+        """Deprecated: `to_markdown()`."""
+        warnings.warn("Specificity.table() is deprecated; use to_markdown()", DeprecationWarning, stacklevel=2)
+        return self.to_markdown()
+
+    def to_markdown(self, heading: str | None = None) -> str:
+        """D, O and the specificity index with its CI, then the largest off-diagonal effects;
+        `heading` (a Markdown heading line) first when given."""
         what = ("CultureVQA drop (points) when A's units are masked" if self.mode == "mask" else
                 f"gain in the share judged as A (points) when A's units are amplified (λ = {self.lam:g})")
         worst = sorted(((self.effect[a][b], self.cultures[a], self.cultures[b]) for a in range(len(self.cultures))
                         for b in range(len(self.cultures)) if a != b), reverse=True)[:3]
-        return (f"| {self.label or self.mode} | mean effect on own culture (D) | mean effect on other cultures (O) | "
+        body = (f"| {self.label or self.mode} | mean effect on own culture (D) | mean effect on other cultures (O) | "
                 f"specificity index SI [95% CI] |\n|---|---|---|---|\n"
                 f"| {what} | {100 * self.diagonal:.1f} | {100 * self.off_diagonal:.1f} | "
                 f"{self.index:.2f} [{self.index_ci[0]:.2f}, {self.index_ci[1]:.2f}] |\n\n"
                 f"Largest off-diagonal effects (A → B): " +
                 ", ".join(f"{a} → {b}: {100 * e:.1f}" for e, a, b in worst) + ".")
+        return body if heading is None else f"{heading}\n\n{body}"
 
-    def plot(self, path) -> None:
-        from circuits.plots import plot_matrix
-
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """The effect matrix E[A, B] in points, diverging around 0."""
         title = ("mask A's units: CultureVQA drop on B's prompts" if self.mode == "mask"
                  else f"amplify A's units (λ={self.lam:g}): gain in 'judged as A' on B's prompts")
-        plot_matrix(self.cultures, (100 * np.asarray(self.effect)).tolist(), path, title,
-                    xlabel="prompts of culture B", ylabel="units of culture A")
+        return plot_matrix(self.cultures, (100 * np.asarray(self.effect)).tolist(), path, title,
+                           xlabel="prompts of culture B", ylabel="units of culture A")
 
 
 def _index(effect: np.ndarray) -> tuple[float, float, float]:

@@ -8,20 +8,32 @@ question "is the Delta-CA layer the causal one?" is asked with an SAE per layer
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
+from interp.result_io import DataclassResult
 
 from circuits.causal.amplify import Rate
 from circuits.pairs import as_pairs, by_concept, check_disjoint
-from circuits.results import jsonable, write_json
+from circuits.plots import plot_causal_sweep
+from circuits.results import jsonable
 from circuits.locate.units import CultureUnits, UnitBasis, as_basis, culture_units, neuron_basis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
-class CausalSweep:
+class CausalSweep(DataclassResult):
+    """Result of `causal_sweep`: per layer the CultureVQA with its top units masked and the drop
+    from the baseline, the layers ranked by drop and the ΔCA-chosen layer's rank. `save(folder)`
+    writes causal_sweep.json (`to_json`) and causal_sweep.safetensors."""
+
+    result_name: ClassVar[str] = "causal_sweep"
+
     layers: list[int]
     n_units: int
     baseline: Rate
@@ -49,21 +61,31 @@ class CausalSweep:
         d.update(chosen_is_top1=self.chosen_is_top1, chosen_is_top2=self.chosen_is_top2)
         return d
 
-    def save(self, path) -> None:
-        write_json(path, self)
+    def to_markdown(self, heading: str | None = None) -> str:
+        """What was masked, one row per layer (masked CultureVQA, drop, units masked) and the
+        chosen layer's rank; `heading` (a Markdown heading line) first when given."""
+        what = "SAE latents (one SAE per layer)" if self.basis_kind == "sae" else "MLP neurons"
+        sites = f" at `{self.sites[0]}` … `{self.sites[-1]}`" if self.sites else ""
+        lines = ([] if heading is None else [heading, ""]) + [
+            f"Masking the top {self.n_units} {what} per culture at each layer{sites}; baseline {_pct(self.baseline)}."
+            + (f" **Probe and evaluation share {self.shared_prompts} prompts (allowed explicitly).**"
+               if self.shared_prompts else ""),
+            "", "| layer | masked CultureVQA | drop | units masked per culture |", "|---|---|---|---|"]
+        n_masked = self.n_masked or [float("nan")] * len(self.layers)
+        for l, m, d, k in zip(self.layers, self.masked, self.drops, n_masked):
+            lines.append(f"| {l}{' (ΔCA)' if l == self.chosen else ''} | {_pct(m)} | {100 * d:.1f} | {k:.1f} |")
+        if self.chosen is not None:
+            lines.append(f"\nThe ΔCA-chosen layer {self.chosen} is causal rank {self.chosen_rank} "
+                         f"(top-1: {self.chosen_is_top1}, top-2: {self.chosen_is_top2}; tied with {self.n_tied} other layers).")
+        return "\n".join(lines)
 
-    def plot(self, path) -> None:
-        from circuits.plots import _plt, _save
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """CultureVQA drop per layer, the ΔCA-chosen layer in red (`circuits.plots.plot_causal_sweep`)."""
+        return plot_causal_sweep(self, path)
 
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(self.layers) + 2), 3.2))
-        colors = ["C3" if l == self.chosen else "C0" for l in self.layers]
-        ax.bar(self.layers, self.drops, color=colors)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("layer (red: ΔCA-chosen)")
-        ax.set_ylabel("CultureVQA drop when masked")
-        ax.set_title(f"causal sweep: top {self.n_units} {self.basis_kind} units per culture masked")
-        _save(fig, path)
+
+def _pct(r: Rate) -> str:
+    return f"{100 * r.mean:.1f}% [{100 * r.low:.1f}, {100 * r.high:.1f}]"
 
 
 def top_n(units: CultureUnits, n: int) -> CultureUnits:

@@ -6,8 +6,10 @@ draw changes the site's activation relative to the detected units, the empirical
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 from jaxtyping import Float
@@ -15,18 +17,26 @@ from torch import Tensor
 from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
+from interp.result_io import DataclassResult
 
 from circuits.causal.amplify import Rate, random_indices, scale_units
 from circuits.causal.controls import KINDS, Control, run_control
 from circuits.pairs import as_pairs, by_concept
-from circuits.results import jsonable, write_json
+from circuits.plots import plot_bars
+from circuits.results import jsonable
 from circuits.locate.units import CultureUnits, as_culture_units
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
-class Validation:
+class Validation(DataclassResult):
     """The paper's Table 1 on our data: one row per condition. `random_*` and `p_value` are the
-    paper's uniform control (kept for older readers); `controls` holds every control."""
+    paper's uniform control (kept for older readers); `controls` holds every control.
+    `save(folder)` writes validation.json (`to_json`) and validation.safetensors."""
+
+    result_name: ClassVar[str] = "validation"
 
     baseline: Rate
     masked: Rate
@@ -45,8 +55,14 @@ class Validation:
         return jsonable(self.__dict__)
 
     def table(self) -> str:
+        """Deprecated: `to_markdown()`."""
+        warnings.warn("Validation.table() is deprecated; use to_markdown()", DeprecationWarning, stacklevel=2)
+        return self.to_markdown()
+
+    def to_markdown(self, heading: str | None = None) -> str:
         """Markdown table in the shape of the paper's Table 1 (CultureVQA in %), with noun
-        accuracy and each control's site change relative to the Top-K units."""
+        accuracy and each control's site change relative to the Top-K units; `heading` (a
+        Markdown heading line) first when given."""
         noun = self.noun or {}
         n = lambda k: f"{100 * noun[k]:.1f}" if k in noun else "–"  # noqa: E731
         rows = [
@@ -65,14 +81,10 @@ class Validation:
                          f"(the floor with {c.k} draws is 1/{c.k + 1} = {c.p_floor:.3g}); paired per-prompt Wilcoxon, "
                          f"Top-K vs the pooled draws: p = {c.p_paired:.3g}. Per-draw CultureVQA % "
                          f"{[round(100 * x, 1) for x in c.draws]}; site change {[round(x, 3) for x in c.act_ratio]}.")
-        return "\n".join(lines)
+        return "\n".join(([] if heading is None else [heading, ""]) + lines)
 
-    def save(self, path) -> None:
-        write_json(path, self)
-
-    def plot(self, path) -> None:
-        from circuits.plots import plot_bars
-
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Baseline and Top-K masked CultureVQA with CIs, then each control's draws (mean ± sd)."""
         labels, vals, lows, highs, scatter = ["baseline", "Top-K masked"], [self.baseline.mean, self.masked.mean], \
             [self.baseline.low, self.masked.low], [self.baseline.high, self.masked.high], {}
         for kind, c in self.controls.items():
@@ -81,7 +93,7 @@ class Validation:
             vals.append(c.mean)
             lows.append(c.mean - c.sd)
             highs.append(c.mean + c.sd)
-        plot_bars(labels, vals, lows, highs, path, title="masking culture units", scatter=scatter)
+        return plot_bars(labels, vals, lows, highs, path, title="masking culture units", scatter=scatter)
 
 
 def reference_activity(model, units: CultureUnits, prompts: Sequence[str], batch_size: int = 16

@@ -6,7 +6,8 @@ from __future__ import annotations
 import warnings
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -15,11 +16,16 @@ from torch import Tensor
 from interp.progress import bar, switch
 
 from interp.errors import CultureLensError, PromptTooLongError
+from interp.result_io import DataclassResult
 
 from circuits.locate import ca as cam
 from circuits.pairs import PromptPair, as_pairs
-from circuits.results import jsonable, write_json
+from circuits.plots import plot_layer_scan
+from circuits.results import jsonable
 from circuits.locate.tokens import pair_spans
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -53,8 +59,11 @@ class EncoderScan:
 
 
 @dataclass
-class LayerScan:
-    """Result of `culture_layer_scan`: one `EncoderScan` per encoder."""
+class LayerScan(DataclassResult):
+    """Result of `culture_layer_scan`: one `EncoderScan` per encoder. `save(folder)` writes
+    layer_scan.json (`to_json`) and layer_scan.safetensors (each encoder's `per_pair`)."""
+
+    result_name: ClassVar[str] = "layer_scan"
 
     encoders: dict[str, EncoderScan]
     seeds: list[int]
@@ -68,13 +77,29 @@ class LayerScan:
     def to_json(self) -> dict[str, Any]:
         return {"seeds": self.seeds, "ci": self.ci, "encoders": {k: v.to_json() for k, v in self.encoders.items()}}
 
-    def save(self, path) -> None:
-        write_json(path, self)
+    def to_markdown(self, heading: str | None = None) -> str:
+        """One line per encoder: the chosen layer, its ΔCA, why it is (not) sensitive, its
+        bootstrap stability; `heading` (a Markdown heading line) first when given."""
+        lines = [] if heading is None else [heading, ""]
+        for name, e in self.encoders.items():
+            j = e.layers.index(e.chosen)
+            lines += [f"- `{name}` ({e.direction}, {e.n_pairs} pairs{', ' + str(e.n_masked) + ' masked' if e.n_masked else ''}): "
+                      f"chosen layer **{e.chosen}** (ΔCA {e.delta[j]:.4g}, {_sensitivity(e)}; "
+                      f"bootstrap stability {e.stability[j]:.2f}); sensitive layers: {e.sensitive}"]
+        return "\n".join(lines)
 
-    def plot(self, path) -> None:
-        from circuits.plots import plot_layer_scan
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """ΔCA by layer with its CI band, one panel per encoder (`circuits.plots.plot_layer_scan`)."""
+        return plot_layer_scan(self, path)
 
-        plot_layer_scan(self, path)
+
+def _sensitivity(e: EncoderScan) -> str:
+    """Why the chosen layer is (not) called sensitive."""
+    if e.chosen_is_sensitive:
+        return "sensitive"
+    if e.n_pairs < e.min_pairs:
+        return f"too few usable pairs to call a layer sensitive: {e.n_pairs} < min_pairs {e.min_pairs}"
+    return "no layer clears the neighbour-peak CI"
 
 
 def default_direction(model, encoder: str) -> str:

@@ -4,22 +4,37 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from jaxtyping import Float
+from safetensors.torch import load_file
 from torch import Tensor
-from interp.progress import bar, switch
 
+import interp
+from interp.progress import bar, switch
 from interp.errors import CultureLensError
+from interp.sites import text_block
 
 from circuits.pairs import PromptPair, as_pairs, by_concept
+from circuits.plots import plot_overlap, plot_units, plot_wfs_curves
 from circuits.results import jsonable, save_safetensors, write_json
 from circuits.locate.tokens import content_mask
 from circuits.locate.wfs import MIN_DROP, select_units, specificity, wfs
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# The elbow rule (circuits.locate.wfs.elbow_k) as `CultureUnits.to_markdown` states it.
+ELBOW_RULE = ("K is the elbow of the positive part of each culture's sorted {score} curve (units scoring exactly 0 "
+              "are left out): the sharpest drop between consecutive ranks (largest ratio s[i-1]/s[i] among the "
+              "first 2·k_max+1 positive scores), K = the units before it, if the score at least {drop:g}-folds "
+              "there; bounds [k_min, k_max] = [{k_min}, {k_max}]. *K from*: elbow (the drop decided), cap (the "
+              "drop lies past k_max), flat (no drop that sharp: the curve decays smoothly, K = k_max), floor, "
+              "given, none (no unit scored above 0).")
 POOLS = ("max", "mean", "tokens")
 SELECT = ("wfs", "specific")     # rank by WFS_cult, or by WFS_cult minus the max over other cultures
 
@@ -37,14 +52,11 @@ class UnitBasis:
 
     @property
     def encoder(self) -> str:
-        return self.site.split(".blocks.")[0]
+        return text_block(self.site).encoder
 
     @property
     def layer(self) -> int:
-        try:
-            return int(self.site.split(".blocks.")[1].split(".")[0])
-        except (IndexError, ValueError):
-            raise CultureLensError(f"unit basis site {self.site!r} is not a text-encoder block site") from None
+        return text_block(self.site).layer
 
     def encode(self, acts: Float[Tensor, "B S d"]) -> Float[Tensor, "B S M"]:
         if self.sae is None:
@@ -143,10 +155,8 @@ class CultureUnits:
     cultures: dict[str, CultureUnitSet]
     params: dict[str, Any]
 
-    def units(self, culture: str):
+    def units(self, culture: str) -> interp.Units:
         """The culture's units as an `interp.Units` (site, indices, scores, label)."""
-        import interp
-
         u = self.cultures[culture]
         return interp.Units(self.basis.site, list(u.indices), scores=list(u.scores), label=f"{culture}:{self.basis.kind}")
 
@@ -166,8 +176,26 @@ class CultureUnits:
                 "cultures": {c: u.to_json() for c, u in self.cultures.items()},
                 "overlap": {"cultures": names, "jaccard": m}}
 
-    def save(self, folder) -> None:
-        """units.json + units.safetensors (indices, scores and WFS curves per culture)."""
+    def to_markdown(self, heading: str | None = None) -> str:
+        """The basis, how K was chosen, and one row per culture (K, where it came from, kept and
+        dropped units, the top units); `heading` (a Markdown heading line) first when given."""
+        p = self.params
+        score = "WFS_cult − max over other cultures" if p.get("select") == "specific" else "WFS_cult"
+        lines = ([] if heading is None else [heading, ""]) + [
+            f"Basis: {self.basis.kind} at `{self.basis.site}`; ranked by {score}.", "",
+            ELBOW_RULE.format(score=score, k_min=p.get("k_min"), k_max=p.get("k_max"), drop=p.get("min_drop", 2.0))
+            if p.get("k") is None else f"K fixed at {p['k']} for every culture.", "",
+            "| culture | K | K from | sharpest drop (rank: ratio) | units > 0 | kept | dropped by noun filter | top units |",
+            "|---|---|---|---|---|---|---|---|"]
+        for c, u in self.cultures.items():
+            drop = "–" if u.k_elbow is None else f"{u.k_elbow}: {u.k_drop:.2f}×"
+            lines.append(f"| {c} | {u.k} | {u.k_source} | {drop} | {u.n_positive} | "
+                         f"{len(u.indices)} | {len(u.dropped)} | {u.indices[:8]} |")
+        src = ", ".join(f"{k}: {v}" for k, v in sorted(k_sources(self).items()))
+        return "\n".join(lines + ["", f"K from, over cultures: {src}."])
+
+    def save(self, folder: str | Path) -> Path:
+        """units.json + units.safetensors (indices, scores and WFS curves per culture); returns the folder."""
         folder = Path(folder)
         t: dict[str, Tensor] = {}
         for c, u in self.cultures.items():
@@ -178,12 +206,11 @@ class CultureUnits:
             t[f"{c}.curve"] = u.curve
         save_safetensors(folder / "units.safetensors", t, {"site": self.basis.site, "kind": self.basis.kind})
         write_json(folder / "units.json", self)
+        return folder
 
     @classmethod
-    def load(cls, folder, sae: Any = None) -> "CultureUnits":
+    def load(cls, folder: str | Path, sae: Any = None) -> "CultureUnits":
         """Read back what `save` wrote; pass the SAE for an SAE basis."""
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         for f in ("units.json", "units.safetensors"):
             if not (folder / f).is_file():
@@ -204,14 +231,38 @@ class CultureUnits:
             )
         return cls(basis, cultures, meta["params"])
 
-    def plot(self, folder) -> None:
-        from circuits.plots import plot_overlap, plot_wfs_curves
-
-        folder = Path(folder)
-        plot_wfs_curves({c: u.curve.tolist() for c, u in self.cultures.items()},
-                        {c: u.k for c, u in self.cultures.items()}, folder / "wfs_curves.png")
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """The sorted WFS curves (elbow K marked) beside the unit overlap, in one figure. The old
+        form, a folder, still writes wfs_curves.png and unit_overlap.png there (DeprecationWarning)."""
+        if path is not None and Path(path).is_dir():
+            warnings.warn(f"CultureUnits.plot({str(path)!r}): a folder is the old form; use plot_wfs(folder / "
+                          "'wfs_curves.png') and plot_overlap(folder / 'unit_overlap.png'), or plot(file)",
+                          DeprecationWarning, stacklevel=2)
+            self.plot_wfs(Path(path) / "wfs_curves.png")
+            self.plot_overlap(Path(path) / "unit_overlap.png")
+            return self.plot()
         names, m = self.overlap()
-        plot_overlap(names, m, folder / "unit_overlap.png")
+        return plot_units(self._curves(), {c: u.k for c, u in self.cultures.items()}, names, m, path)
+
+    def plot_wfs(self, path: str | Path | None = None) -> Figure:
+        """Sorted WFS_cult per culture with the elbow K marked."""
+        return plot_wfs_curves(self._curves(), {c: u.k for c, u in self.cultures.items()}, path)
+
+    def plot_overlap(self, path: str | Path | None = None) -> Figure:
+        """Jaccard overlap of the unit sets, culture x culture."""
+        names, m = self.overlap()
+        return plot_overlap(names, m, path)
+
+    def _curves(self) -> dict[str, list[float]]:
+        return {c: u.curve.tolist() for c, u in self.cultures.items()}
+
+
+def k_sources(units: CultureUnits) -> dict[str, int]:
+    """How many cultures got K from each source (elbow, cap, floor, positive, given, none)."""
+    out: dict[str, int] = {}
+    for u in units.cultures.values():
+        out[u.k_source] = out.get(u.k_source, 0) + 1
+    return out
 
 
 @switch

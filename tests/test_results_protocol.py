@@ -1,0 +1,271 @@
+"""Every result object follows one protocol (`interp.result_io.Result`): `save(folder) -> Path`
+(JSON + safetensors, no pickle), `Type.load(folder)` equal to what was saved (fields, tensors,
+NaN), `to_markdown()` and `plot(path=None) -> Figure`; the protocol's methods live on the class,
+so nnsight's `object.save` (mounted when nnsight is imported) never shadows them, also after a
+trace. Small results on tiny models (encoder-only work) or built directly from data."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+import circuits
+import interp
+from circuits import runner
+from circuits.causal.controls import Control
+from circuits.causal.specificity import Specificity
+from interp.result_io import DataclassResult, Result
+from sae.feature_maps import FeatureMaps
+
+PAIRS = [
+    ("a Japanese-style box", "a box", "Japanese-style", "box", "ja"),
+    ("a Japanese-style bowl", "a bowl", "Japanese-style", "bowl", "ja"),
+    ("a Japanese-style hat", "a hat", "Japanese-style", "hat", "ja"),
+    ("a German-style box", "a box", "German-style", "box", "de"),
+    ("a German-style bowl", "a bowl", "German-style", "bowl", "de"),
+    ("a German-style hat", "a hat", "German-style", "hat", "de"),
+]
+PROTOCOL = ("save", "load", "to_markdown", "plot")
+
+
+def assert_same(a: Any, b: Any, where: str = "result") -> None:
+    """Equal values, types and tensors (NaN equal to NaN), recursively."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True, msg=where)
+    elif isinstance(a, torch.nn.Module):
+        assert type(b) is type(a), where
+        assert_same(dict(a.state_dict()), dict(b.state_dict()), f"{where} (state)")
+    elif isinstance(a, Image.Image):
+        assert isinstance(b, Image.Image) and a.mode == b.mode, where
+        assert np.array_equal(np.asarray(a), np.asarray(b)), where
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), where
+    elif dataclasses.is_dataclass(a):
+        assert type(b) is type(a), where
+        for f in dataclasses.fields(a):
+            assert_same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), f"{where}: keys {list(a)} vs {list(b)}"
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(b) is type(a) and len(a) == len(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), f"{where}: NaN vs {b!r}"
+    else:
+        assert type(b) is type(a) and a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def check_protocol(result: Any, tmp_path: Path, known: str, **load_kw: Any) -> Any:
+    """save -> load equal; to_markdown has `known`; plot writes a PNG and returns a Figure."""
+    cls = type(result)
+    assert isinstance(result, Result)
+    for name in PROTOCOL:  # on the class, never inherited from `object` (where nnsight mounts `save`)
+        assert any(name in vars(k) for k in cls.__mro__ if k is not object), f"{cls.__name__}.{name}"
+    folder = tmp_path / cls.__name__
+    assert result.save(folder) == folder
+    assert not list(folder.glob("*.pt")) and not list(folder.glob("*.pkl"))
+    back = cls.load(folder, **load_kw)
+    assert_same(result, back, cls.__name__)
+    md = result.to_markdown()
+    assert md.strip() and known in md, md
+    png = tmp_path / f"{cls.__name__}.png"
+    fig = result.plot(png)
+    assert isinstance(fig, Figure) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = result.plot()
+    assert isinstance(fig, Figure)
+    fig.clf()
+    return back
+
+
+# -- circuits: locate ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model() -> interp.Model:
+    return interp.tiny("sd", text_layers=3)
+
+
+def test_layer_scan_keeps_per_pair(model, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "fewer than min_pairs": 6 pairs
+        scan = circuits.culture_layer_scan(model, PAIRS, n_boot=50, progress=False)
+    per_pair = scan.encoders["text"].per_pair
+    assert per_pair is not None and per_pair.shape == (6, 3)
+    back = check_protocol(scan, tmp_path, f"chosen layer **{scan.chosen}**")
+    assert torch.equal(back.encoders["text"].per_pair, per_pair)
+    assert back.to_json() == scan.to_json()
+    # the JSON beside the tensors is the record a report's results.json holds
+    assert (tmp_path / "LayerScan" / "layer_scan.json").is_file()
+    # the old form, the JSON file itself, still names its folder
+    with pytest.warns(DeprecationWarning, match="pass the folder"):
+        assert scan.save(tmp_path / "old" / "layer_scan.json") == tmp_path / "old"
+    assert_same(scan, circuits.LayerScan.load(tmp_path / "old"))
+
+
+def test_culture_units(model, tmp_path):
+    units = circuits.culture_units(model, circuits.neuron_basis(1), PAIRS, k=3, rho=100.0, progress=False)
+    back = check_protocol(units, tmp_path, "| ja | 3 | given |")
+    assert back.to_json() == units.to_json()
+    units.plot_wfs(tmp_path / "wfs.png")
+    units.plot_overlap(tmp_path / "overlap.png")
+    assert (tmp_path / "wfs.png").stat().st_size > 1000 and (tmp_path / "overlap.png").stat().st_size > 1000
+    with pytest.warns(DeprecationWarning, match="a folder is the old form"):
+        units.plot(tmp_path)
+    assert (tmp_path / "wfs_curves.png").is_file() and (tmp_path / "unit_overlap.png").is_file()
+    # the report section keeps its figure links after the table
+    assert runner.units_markdown(units, heading="## 4. Culture units (WFS)").startswith("## 4. Culture units (WFS)\n\n")
+
+
+# -- circuits: causal (built from data: generation would dominate the test time) ---------------
+
+def _rate(m: float, lo: float, hi: float) -> circuits.Rate:
+    return circuits.Rate(m, lo, hi)
+
+
+def _control(kind: str, draws: list[float]) -> Control:
+    return Control(kind, draws, [0.4, 0.9][: len(draws)], [0.0, 1.0][: len(draws)], noun=[0.5] * len(draws),
+                   p_empirical=0.5, p_floor=1 / 3, p_paired=math.nan)
+
+
+def validation() -> circuits.Validation:
+    return circuits.Validation(
+        baseline=_rate(0.75, 0.5, 1.0), masked=_rate(0.25, 0.0, 0.5), random_draws=[0.75, 0.5], random_mean=0.625,
+        random_sd=0.176, p_value=1 / 3, mcnemar_p=math.nan, n_prompts=4, n_random=2,
+        per_culture={"ja": {"baseline": 1.0, "masked": 0.5, "n_units": 3, "n": 2}},
+        noun={"baseline": 0.5, "masked": 0.5, "random_mean": 0.5},
+        controls={"uniform": _control("uniform", [0.75, 0.5]), "activity": _control("activity", [0.5])})
+
+
+def test_validation(tmp_path):
+    v = validation()
+    back = check_protocol(v, tmp_path, "| Top-K units masked | 25.0 [0.0, 50.0] |")
+    assert back.per_culture["ja"]["n"] == 2 and isinstance(back.per_culture["ja"]["n"], int)
+    with pytest.warns(DeprecationWarning, match="to_markdown"):
+        assert v.table() == v.to_markdown()
+    # sections are numbered where they are made: the same text the old string surgery gave
+    old = runner.validation_markdown(v).replace("## Masking", "## 5. Masking")
+    assert runner.validation_markdown(v, heading="## 5. Masking culture units vs random units") == old
+    assert v.to_markdown(heading="## x") == "## x\n\n" + v.to_markdown()
+
+
+def test_lambda_sweep(tmp_path):
+    sw = circuits.LambdaSweep(
+        lams=[0.0, 3.0], detected=[_rate(0.25, 0.0, 0.5), _rate(0.5, 0.25, 0.75)], random_mean=[0.25, 0.3],
+        random_sd=[0.0, 0.1], random_draws=[[0.25], [0.3]], noun_detected=[_rate(1.0, 1.0, 1.0), _rate(0.75, 0.5, 1.0)],
+        noun_random_mean=[1.0, 0.5], best_lam=3.0, n_prompts=4, prompt="noun",
+        ssim_detected=[_rate(1.0, 1.0, 1.0), _rate(0.8, 0.7, math.nan)],
+        controls={"uniform": [_control("uniform", [0.25]), _control("uniform", [0.3])]},
+        selection={"rule": "the largest gain.", "on": "probe nouns", "culture": [0.25, 0.5]},
+        paired_p={"uniform": 0.04, "activity": None})
+    check_protocol(sw, tmp_path, "| 3 (chosen) | 50.0 [25.0, 75.0] |")
+    with pytest.warns(DeprecationWarning):
+        assert sw.table() == sw.to_markdown()
+
+
+def test_causal_sweep(tmp_path):
+    cs = circuits.CausalSweep(layers=[0, 1, 2], n_units=4, baseline=_rate(0.75, 0.5, 1.0),
+                              masked=[_rate(0.5, 0.25, 0.75), _rate(0.25, 0.0, 0.5), _rate(0.75, 0.5, 1.0)],
+                              drops=[0.25, 0.5, 0.0], ranking=[1, 0, 2], chosen=1, chosen_rank=1, n_tied=0,
+                              basis_kind="neuron", sites=[f"text.blocks.{l}.mlp.hook_post" for l in range(3)],
+                              n_masked=[4.0, 4.0, 3.5], shared_prompts=0)
+    check_protocol(cs, tmp_path, "| 1 (ΔCA) | 25.0% [0.0, 50.0] | 50.0 | 4.0 |")
+    old = runner.causal_markdown(cs).replace("## Exhaustive", "## 6. Exhaustive")
+    assert runner.causal_markdown(cs, heading="## 6. Exhaustive causal sweep") == old
+
+
+def test_specificity(tmp_path):
+    sp = Specificity(mode="amplify", cultures=["ja", "de"], matrix=[[0.5, 0.25], [0.0, math.nan]],
+                     baseline=[[0.25, 0.0], [0.0, 0.25]], effect=[[0.25, 0.25], [0.0, math.nan]], diagonal=0.25,
+                     off_diagonal=0.125, index=1 / 3, index_ci=(0.0, 1.0), n_per_culture={"ja": 2, "de": 2},
+                     lam=6.0, label="detected units")
+    back = check_protocol(sp, tmp_path, "| detected units | mean effect on own culture (D) |")
+    assert isinstance(back.index_ci, tuple)
+    # the old form: a path to the JSON file itself
+    with pytest.warns(DeprecationWarning):
+        assert_same(sp, Specificity.load(tmp_path / "Specificity" / "specificity.json"))
+
+
+def test_enhancer_run(model, tmp_path):
+    enh = circuits.LayerEnhancer("text.blocks.1.hook_resid_post", model.encoders["text"].d_model, hidden=8, seed=3)
+    with torch.no_grad():
+        enh.W2.weight.normal_(generator=torch.Generator().manual_seed(0))
+    run = circuits.EnhancerRun(enh.eval(), losses=[0.5, 0.25, math.nan], path=tmp_path / "enh", steps=3)
+    back = check_protocol(run, tmp_path, "| `text.blocks.1.hook_resid_post` |")
+    assert not back.enhancer.training
+
+
+def test_missing_or_foreign_files_name_the_folder(tmp_path):
+    with pytest.raises(interp.CultureLensError, match=r"validation\.json: missing; this folder is written by Validation\.save"):
+        circuits.Validation.load(tmp_path / "nothing")
+    validation().save(tmp_path / "v")
+    (tmp_path / "v" / "validation.json").rename(tmp_path / "v" / "causal_sweep.json")
+    (tmp_path / "v" / "validation.safetensors").rename(tmp_path / "v" / "causal_sweep.safetensors")
+    with pytest.raises(interp.CultureLensError, match=r"causal_sweep\.json: no 'layers', which CausalSweep needs"):
+        circuits.CausalSweep.load(tmp_path / "v")
+
+
+def test_circuits_results_share_the_one_save():
+    for cls in (circuits.LayerScan, circuits.Validation, circuits.LambdaSweep, circuits.CausalSweep, Specificity):
+        assert issubclass(cls, DataclassResult) and cls.save is DataclassResult.save, cls
+
+
+# -- interp and sae ------------------------------------------------------------------------------
+
+def test_generation_saves_after_an_nnsight_trace(tiny_sd, tmp_path):
+    interp.capture(tiny_sd, ["a box"], ["text.blocks.0.hook_resid_post"])  # an nnsight trace
+    # nnsight mounts `save` on every object: one without its own `save` gets nnsight's
+    with pytest.raises(ValueError, match="outside a trace"):
+        object().save()  # type: ignore[attr-defined]
+    g = interp.capture_generation(tiny_sd, ["a box", "a hat"], ["text.blocks.1.hook_resid_post"], steps=2)
+    assert isinstance(g.images[0], Image.Image) and "text.blocks.1.hook_resid_post" in g.acts
+    back = check_protocol(g, tmp_path, "| `text.blocks.1.hook_resid_post` |")
+    assert (tmp_path / "Generation" / "image_1.png").is_file()
+    assert np.array_equal(np.asarray(back.images[1]), np.asarray(g.images[1]))
+
+
+def test_generation_with_array_images(tmp_path):
+    g = interp.Generation(images=[np.random.default_rng(0).random((8, 8, 3), dtype=np.float32)],
+                          latents=torch.randn(1, 4, 2, 2, dtype=torch.float64))
+    check_protocol(g, tmp_path, "| 0 | [8, 8, 3] | ndarray |")
+
+
+def test_patch_result(tmp_path):
+    r = interp.PatchResult(rows=[{"site": "text.blocks.0.hook_resid_post", "step": None, "head": None, "position": 1,
+                                  "value": 0.5, "effect": 0.25},
+                                 {"site": "text.blocks.1.hook_resid_post", "step": None, "head": None, "position": 1,
+                                  "value": 0.25, "effect": math.nan}],
+                           clean_value=1.0, corrupt_value=0.0, meta={"kind": "text"})
+    check_protocol(r, tmp_path, "| text.blocks.0.hook_resid_post | 1 | 0.5 | 0.250 |")
+
+
+def _image() -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+
+
+def test_attribution_and_effect_maps(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    a = interp.AttributionMaps("a box", ["box"], {"box": [2]}, torch.rand(1, 8, 8, generator=g),
+                               torch.rand(1, 8, 8, generator=g), _image(), {"n_modules": 2, "n_steps_used": 2})
+    check_protocol(a, tmp_path, "| box | [2] |")
+    e = interp.EffectMap("a box", torch.rand(2, 8, 8, generator=g), torch.rand(8, 8, generator=g), _image(), _image(),
+                         {"interventions": "Mask(3 units)"})
+    check_protocol(e, tmp_path, "effect of Mask(3 units)")
+
+
+def test_feature_maps(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    f = FeatureMaps("a box", "unet.mid.0.attn.0.attn2.hook_out", [3, 7], [0, 1], torch.rand(2, 2, 8, 8, generator=g),
+                    torch.rand(2, 8, 8, generator=g), torch.rand(2, 2, 4, 4, generator=g), _image(), {"seed": 0})
+    check_protocol(f, tmp_path, "| 7 |")
