@@ -24,8 +24,8 @@ def build(device: str):
     )
 
     import interp
-    from interp.model import Model
-    from interp.tiny import _eager, build_pipeline
+    from interp.model.model import Model
+    from interp.model.tiny import _eager, build_pipeline
 
     pipe = build_pipeline("altdiffusion", seed=0)
     tok = pipe.tokenizer
@@ -42,7 +42,7 @@ def build(device: str):
 
 
 def make_pairs(n: int):
-    from interp.culturebench import CULTURE_NAMES
+    from circuits.data.culturebench import CULTURE_NAMES
 
     nouns = ["box", "bowl", "vase", "hat", "lamp", "jar", "dress", "house", "building", "cup", "chair", "table", "fan"]
     cultures = list(CULTURE_NAMES)

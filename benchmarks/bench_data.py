@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from interp import culturebench as cb
-from interp.culturebench.loader import load
+from circuits.data import culturebench as cb
+from circuits.data.culturebench.loader import load
 
 
 def write_rows(path: Path, n: int) -> None:
@@ -52,8 +52,8 @@ def main() -> None:
           f"bare json.loads: {t_json * 1000:.1f} ms; ratio {t_load / t_json:.1f}x; "
           f"{'PASS' if t_load < 1.0 else 'FAIL'} (< 1 s)")
 
-    from interp.spans import record_spans
-    from interp.tokenizer_training import train_bpe
+    from circuits.data.spans import record_spans
+    from interp.model.tokenizer_training import train_bpe
 
     records = cb.bundled()
     tok = train_bpe([t for r in records for t in (r.modifier_noun, r.noun_only)], 1000, model_max_length=40)

@@ -26,7 +26,7 @@ import torch
 
 import interp
 from circuits.organism.shipped import PIPELINE
-from interp.generation import pipeline_kwargs
+from interp.methods.generation import pipeline_kwargs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_interp import median_times, print_ratios  # noqa: E402  (the benchmarks' shared timing helpers)
@@ -46,7 +46,7 @@ def main() -> None:
         sys.exit(f"no organism at {ORGANISM}: run `culturelens organism-build` first")
     model = interp.load(ORGANISM, trust_remote_code=True)
     steps = model.defaults["steps"]
-    n_heads = interp.sites.parse(model, SITE).dim
+    n_heads = interp.model.sites.parse(model, SITE).dim
     n_cond = n_heads * steps
     kw = pipeline_kwargs(model, CORRUPT, 0, None, None)
     clean_pixels = interp.generate(model, CLEAN, seed=0).latents

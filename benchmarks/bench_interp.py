@@ -17,7 +17,7 @@ import time
 import torch
 
 import interp
-from interp.generation import pipeline_kwargs
+from interp.methods.generation import pipeline_kwargs
 
 PROMPTS = ["a Japanese-style box", "和風の箱", "a Thai-style hat", "หมวกแบบไทย", "a French vase",
            "un vase français", "a Korean-style vase", "한국식 꽃병"]

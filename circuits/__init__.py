@@ -8,7 +8,9 @@ from circuits.pairs import PromptPair, as_pairs, by_concept
 from circuits.locate.ca import DirectionMaskedError
 from circuits.locate.scan import culture_layer_scan, LayerScan, EncoderScan
 from circuits.locate.units import culture_units, CultureUnits, CultureUnitSet, UnitBasis, neuron_basis, sae_basis, sae_or_neurons
-from circuits.causal.amplify import amplify, lambda_sweep, LambdaSweep, scale_units, Rate
+from circuits.results import Rate
+from circuits.causal.edits import scale_units
+from circuits.causal.amplify import amplify, lambda_sweep, LambdaSweep
 from circuits.causal.validate import validate_units, Validation
 from circuits.causal.enhancer import LayerEnhancer, train_enhancer, EnhancerRun, random_other_layer
 from circuits.causal.sweep import causal_sweep, CausalSweep

@@ -22,6 +22,7 @@ from interp.folder_lock import lock_folder
 from sae import cli as sae_cli
 
 from circuits import commands as circuits_commands
+from circuits.data.cli import register_data
 
 DEBUG_ENV = "CULTURELENS_DEBUG"
 
@@ -53,6 +54,7 @@ def build_parser() -> Parser:
     # interp's and sae's commands open --model folders with circuits' loader, so the shipped
     # organism (recognised by its code's fingerprint) needs no --trust-remote-code there either.
     interp_cli.register(sub, load=_load_pipeline)
+    register_data(sub)  # `evaluate`: the culture data's command (circuits.data)
     sae_cli.register(sub, load=_load_pipeline)
     circuits_commands.register(sub)
     return parser

@@ -13,8 +13,11 @@ from torch import Tensor
 from interp.progress import bar, switch
 
 from interp.errors import CultureLensError
+from interp.fidelity import ssim
 
+from circuits.data.culturebench.constants import LABELS
 from circuits.pairs import PromptPair
+from circuits.results import Rate
 
 # culture -> interventions for that culture's prompts
 InterventionsFor = Callable[[str], Sequence[Any]]
@@ -33,8 +36,6 @@ class Scored:
 
 def judge_correct(judge: Callable, images: list, cultures: Sequence[str]) -> tuple[Tensor, list[str]]:
     """CultureVQA per image: the judge's argmax over LABELS equals the intended culture."""
-    from interp.culturebench import LABELS
-
     probs = torch.as_tensor(judge(images))
     if probs.ndim != 2 or probs.shape != (len(images), len(LABELS)):
         raise CultureLensError(f"judge returned shape {tuple(probs.shape)}; expected [{len(images)}, {len(LABELS)}] over culturebench.LABELS")
@@ -103,10 +104,6 @@ def summarise(s: Scored, reference: Scored | None = None, n_boot: int = 1000, se
     prompt here, so prompts are the resampled unit): CultureVQA ("culture"), noun accuracy
     ("noun", when judged) and SSIM against `reference` ("ssim": the same prompts and seeds
     without the intervention; both need `keep_images=True`). Values are `Rate`s or None."""
-    from interp.fidelity import ssim
-
-    from circuits.causal.amplify import Rate
-
     out = {"culture": Rate.of(s.correct, n_boot, seed),
            "noun": Rate.of(s.noun_correct, n_boot, seed) if s.noun_correct is not None else None, "ssim": None}
     if reference is not None:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import interp
 from interp.errors import CultureLensError
 
-from interp.tiny import parse_spec as parse_tiny_spec
+from interp.model.tiny import parse_spec as parse_tiny_spec
 
 from circuits.organism.shipped import is_shipped_code
 
@@ -54,7 +54,7 @@ def load_model(spec: str, device: str = "cpu", trust_remote_code: bool = False) 
 def load_records(spec: str, split: str | None = None, limit: int | None = None, seed: int = 0) -> list[Any]:
     """`bundled`, `bundled_ood`, or a CultureBench folder / samples file; `split` filters;
     `limit` keeps the first n records per culture (canonical id order) for quick runs."""
-    from interp import culturebench
+    from circuits.data import culturebench
 
     if spec == "bundled":
         recs = culturebench.bundled(seed)
@@ -82,7 +82,7 @@ def load_judge(spec: str, device: str = "cpu") -> Callable:
     factory (a dotted attribute, e.g. `CultureWorldJudge.load`) called with ARG if given, else
     with no arguments, returning a callable images -> [N, 16] probabilities. The organism's judge:
     `circuits.organism.judge:CultureWorldJudge.load:circuits/organism/assets/cultureworld/judge`."""
-    from interp import judges
+    from circuits.data import judges
 
     kind, _, rest = spec.partition(":")
     if kind == "clip":

@@ -33,10 +33,10 @@ _ARTICLE = re.compile(r"^(a|an|the)\s+", re.IGNORECASE)
 
 
 def _english(rec: Any, i: int) -> PromptPair:
-    from interp.culturebench.constants import CULTURE_NAMES
+    from circuits.data.culturebench.constants import CULTURE_NAMES
 
     name = CULTURE_NAMES.get(rec.culture, "")
-    # Same convention as interp.spans.record_spans: "<Culture>-style", noun without its article.
+    # Same convention as circuits.data.spans.record_spans: "<Culture>-style", noun without its article.
     mod = f"{name}-style" if f"{name}-style" in rec.modifier_noun_en else name
     noun = _ARTICLE.sub("", rec.noun_only_en.strip()).rstrip(".")
     if mod is None or mod not in rec.modifier_noun_en or noun not in rec.modifier_noun_en:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 import interp
-from interp.culturebench import bundled
+from circuits.data.culturebench import bundled
 
 #: Overhead goals of the issue: capture within 1.3x of a plain forward, masked generation
 #: within 1.1x of plain generation.

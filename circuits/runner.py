@@ -64,7 +64,7 @@ def write_summary(out: Path, title: str, sections: Sequence[str]) -> None:
 def evaluate_enhancer(model, enhancer, pairs, judge, seed: int = 0, steps: int | None = None, batch_size: int = 8,
                       n_boot: int = 1000):
     """CultureVQA of noun-only prompts with the enhancer installed (None: baseline)."""
-    from circuits.causal.amplify import Rate
+    from circuits.results import Rate
     from circuits.evaluate import score
     from circuits.pairs import as_pairs, by_concept
 

@@ -1,4 +1,15 @@
-"""culturelens `interp`: load diffusers pipelines, name their sites, trace and intervene."""
+"""culturelens `interp`: load diffusers pipelines, name their sites, trace and intervene.
+
+Concept-neutral, and laid out in the order of the data flow:
+- `interp.model`: `model` (Model, TextEncoder), `layout` (architecture layouts), `sites` (the site
+  grammar), `folders` / `loading` (open a pipeline folder), `tiny` and `tokenizer_training`;
+- `interp.interventions`: the intervention types (Units, Mask, Amplify, Replace, OnRows, random_units);
+- `interp.engine`: `apply` (the apply rules), `attention` (attention processors), `session` (the
+  hook session behind `intervene`, `generate` and generation-time capture);
+- `interp.methods`: `capture`, `generation`, `patching`, `attribution`, `heatmaps`, `spans`;
+- shared low modules: `errors`, `checks`, `progress`, `result_io`, `checkpoint`, `folder_lock`,
+  `controls`, `images`, `fidelity`; infrastructure: `zoo`, `distributed`, `bridge`; `cli`, `demo`.
+The culture data and its evaluation live in `circuits` (`circuits.data`, `circuits.stats`)."""
 
 from __future__ import annotations
 
@@ -16,16 +27,19 @@ class _QuietTorchvisionFallback(_logging.Filter):
 
 _logging.getLogger("transformers.utils.import_utils").addFilter(_QuietTorchvisionFallback())
 
-from .capture import capture, encoder_output, mean_activation
-from .errors import (CultureLensError, NotAPipelineError, PromptTooLongError, SiteError,
-                     UnsupportedModelError)
-from .interventions import Amplify, Intervention, Mask, OnRows, Replace, Units, intervene, random_units
-from .generation import Generation, capture_generation, generate
-from .loading import load
-from .model import Model, TextEncoder
-from .patching import PatchResult, patch
-from .attribution import AttributionMaps, EffectMap, attribution, effect_map
-from .tiny import tiny
+# In the order of the data flow: the model and its sites, the interventions and the engine that
+# applies them, then the methods that read and edit through it.
+from interp.errors import (CultureLensError, NotAPipelineError, PromptTooLongError, SiteError,
+                           UnsupportedModelError)
+from interp.model.model import Model, TextEncoder
+from interp.model.loading import load
+from interp.model.tiny import tiny
+from interp.interventions import Amplify, Intervention, Mask, OnRows, Replace, Units, random_units
+from interp.engine.session import intervene
+from interp.methods.capture import capture, encoder_output, mean_activation
+from interp.methods.generation import Generation, capture_generation, generate
+from interp.methods.patching import PatchResult, patch
+from interp.methods.attribution import AttributionMaps, EffectMap, attribution, effect_map
 
 __all__ = [
     "Model", "TextEncoder", "tiny", "load", "generate", "capture_generation", "Generation", "patch",

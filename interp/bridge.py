@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import UnsupportedModelError
+from interp.errors import UnsupportedModelError
 
 CLIP_ARCH = "CultureLensCLIPText"
 XLMR_ARCH = "CultureLensXLMR"

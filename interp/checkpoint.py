@@ -22,8 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from .errors import CultureLensError
-from .result_io import atomic_write_bytes
+from interp.errors import CultureLensError
+from interp.result_io import atomic_write_bytes
 
 FORMAT = "culturelens-checkpoint/1"
 _TREE = "culturelens_tree"

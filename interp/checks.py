@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import CultureLensError
+from interp.errors import CultureLensError
 
 _SHOW = 8  # how many offending values a message lists
 

@@ -51,7 +51,3 @@ def register(sub: argparse._SubParsersAction, load: Loader | None = None) -> Non
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.set_defaults(func=_demo, load=load)
-
-    from interp.data_cli import register_data
-
-    register_data(sub)

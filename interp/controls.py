@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .errors import CultureLensError
+from interp.errors import CultureLensError
 
 MATCHES = (None, "activity", "ranked")
 

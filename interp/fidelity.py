@@ -17,8 +17,7 @@ from jaxtyping import Float
 from torch import nn
 
 from interp.errors import CultureLensError
-from interp.judges.base import ImageLike, load_images
-from interp.judges.clip import image_embeds, load_clip, text_embeds
+from interp.images import ImageLike, image_embeds, load_clip, load_images, text_embeds
 
 
 class FidelityError(CultureLensError):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import CultureLensError
+from interp.errors import CultureLensError
 
 LOCK_NAME = ".culturelens.lock"
 

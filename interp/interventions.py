@@ -1,4 +1,6 @@
-"""Interventions: sets of units and what to do to them (mask, amplify), plus seeded random controls.
+"""Interventions: sets of units and what to do to them (mask, amplify, replace), plus seeded random
+controls. The types only: the rules that apply them at a call are `interp.engine.apply`, the hook
+session that runs them is `interp.engine.session` (`interp.intervene`).
 
 An intervention is any object with a `site: str` and `apply(act) -> act`; optional attributes
 - `positions`: token (or pixel) positions it touches; the others keep their value;
@@ -30,9 +32,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .checks import check_range, describe, finite_number, index_list, is_int, positive_int
-from .errors import CultureLensError, SiteError
-from .sites import site_axes
+from interp import controls
+from interp.checks import check_range, describe, finite_number, index_list, is_int, positive_int
+from interp.errors import CultureLensError, SiteError
+from interp.model.sites import parse, site_axes
 
 BRANCHES = {"uncond": 0, "cond": 1}
 BRANCH_CHOICES = ("cond", "uncond", "both")
@@ -117,7 +120,7 @@ class Intervention:
     branch: str = "cond"
     heads: Sequence[int] | None = None
     # True for an observer that returns `act` itself (e.g. attribution's accumulators): the engine
-    # then computes the module's output exactly as without it (see interp/attention.py).
+    # then computes the module's output exactly as without it (see interp/engine/attention.py).
     reads_only: bool = False
 
     def apply(self, act: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -143,7 +146,7 @@ class Intervention:
 def check_indexing(iv: Any) -> None:
     """Refuse `positions`, `steps` and `heads` that are not lists of ints, and negative steps or
     heads (ranges are checked against the model and the call: heads and steps by the hook engine,
-    positions at each call by `apply_all`)."""
+    positions at each call by `interp.engine.apply.apply_all`)."""
     for name in ("positions", "steps", "heads"):
         values = getattr(iv, name, None)
         if values is None:
@@ -389,8 +392,6 @@ def random_units(units: Units, seed: int = 0, disjoint: bool = True, dim: int | 
     bins; "ranked" takes the next-ranked units by `scores` ([d], e.g. WFS), block `seed`.
     The logic lives in `interp.controls`.
     """
-    from . import controls
-
     if match not in controls.MATCHES:
         raise CultureLensError(f"random_units({units!r}): match={match!r}; use one of {controls.MATCHES}")
     if match == "activity":
@@ -407,8 +408,6 @@ def random_units(units: Units, seed: int = 0, disjoint: bool = True, dim: int | 
     if dim is None:
         dim = units.dim
     if dim is None and model is not None:
-        from .sites import parse
-
         dim = parse(model, units.site).dim
     if dim is None:
         raise CultureLensError(f"random_units({units!r}): unknown pool size; pass dim= or model=")
@@ -430,68 +429,3 @@ def run(iv: Any, act: Tensor, where: Where | None) -> Tensor:
     """`iv.apply_at(act, where)` when the intervention has it, else `iv.apply(act)`."""
     fn = getattr(iv, "apply_at", None)
     return fn(act, where) if callable(fn) else iv.apply(act)
-
-
-def _default_where(site: str, act: Tensor) -> Where:
-    # Outside a pipeline call every row is the prompt's (the conditional branch).
-    return Where(site, None, None, torch.ones(act.shape[0], dtype=torch.long, device=act.device))
-
-
-def is_active(iv: Any, where: Where) -> bool:
-    """Whether `iv` acts at this call: its steps include this step and its branch has a row here."""
-    steps = getattr(iv, "steps", None)
-    if steps is not None and where.step is not None and where.step not in steps:
-        return False
-    branch = check_branch(iv)
-    if branch == "both":
-        return True
-    if where.branches is None:
-        raise CultureLensError(
-            f"{iv!r} at {where.site!r}: cannot tell which classifier-free-guidance branch the rows of this call "
-            f"belong to (step {where.step}), so branch={branch!r} cannot be honoured; pass branch='both'")
-    return bool((where.branches == BRANCHES[branch]).any())
-
-
-def _merge(act: Tensor, new: Tensor, axis: int, idx: Any, what: str, negative: bool) -> Tensor:
-    """`act` with `new`'s entries at indices `idx` along `axis`; an index outside the axis is an
-    error naming `what` (never wrapped around: [16] on 16 tokens is not the BOS token)."""
-    axis = axis % act.ndim
-    idx = index_list(idx, what)
-    n = act.shape[axis]
-    check_range(idx, n, what, negative=negative)
-    pos = torch.tensor(idx, dtype=torch.long, device=act.device) % n
-    merged = act.clone()
-    merged.index_copy_(axis, pos, new.index_select(axis, pos))
-    return merged
-
-
-def apply_all(ivs: Sequence[Any], act: Tensor, where: Where | None = None) -> Tensor:
-    """Apply interventions in order, honouring `steps`, `branch`, `positions` and `heads`. Returns
-    `act` itself (not a copy) when none acts, so callers can tell that nothing changed."""
-    for iv in ivs:
-        w = where if where is not None else _default_where(iv.site, act)
-        if not is_active(iv, w):
-            continue
-        new = run(iv, act, w)
-        branch = check_branch(iv)
-        if branch != "both":
-            keep = (w.branches.to(act.device) == BRANCHES[branch])
-            if not bool(keep.all()):
-                new = torch.where(keep.view(-1, *([1] * (act.ndim - 1))), new, act)
-        _, head_axis, pos_axis = site_axes(iv.site)
-        positions = getattr(iv, "positions", None)
-        if positions is not None:
-            new = _merge(act, new, pos_axis, positions, f"{iv!r} at {iv.site!r}: positions", negative=True)
-        heads = getattr(iv, "heads", None)
-        if heads is not None:
-            new = _merge(act, new, head_axis, heads, f"{iv!r} at {iv.site!r}: heads", negative=False)
-        act = new
-    return act
-
-
-def intervene(model: Any, interventions: Sequence[Any]):
-    """`with interp.intervene(model, [...]):` applies the interventions to any forward or pipeline
-    call inside the block; every hook and processor is removed on exit, even on exceptions."""
-    from .hooks import HookSession
-
-    return HookSession(model, interventions)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkab
 import torch
 from safetensors.torch import load_file, save
 
-from .errors import CultureLensError
+from interp.errors import CultureLensError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

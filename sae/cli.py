@@ -115,7 +115,7 @@ def _browse_cmd(args: argparse.Namespace) -> int:
     import interp
     from sae.browser import build_browser, denoiser_activations, steering_previews, text_activations
     from sae.saelens import load_saelens
-    from interp.sites import DENOISER_PREFIXES
+    from interp.model.sites import DENOISER_PREFIXES
 
     sae = load_saelens(args.sae, device=args.device)
     site = args.site or sae.saelens_cfg.get("metadata", {}).get("hook_name")

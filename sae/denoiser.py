@@ -23,7 +23,7 @@ from torch import Tensor
 
 import interp
 from interp.interventions import BRANCHES, Intervention, Where
-from interp.sites import Site, parse, resolve_module
+from interp.model.sites import Site, parse, resolve_module
 from sae.errors import SAEError
 from sae.layout import as_rows, has_heads
 

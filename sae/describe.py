@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.sites import parse, resolve_module
+from interp.model.sites import parse, resolve_module
 from sae.errors import SAEError
 from sae.layout import _kind
 from sae.model import TopKSAE

@@ -6,7 +6,7 @@ One seeded generation of the prompt reads the site on the conditional branch (`s
 the store's reader, so a map's values are the store's rows); each step's rows are encoded,
 the chosen latents' activations laid on the site's grid (h × w pixels of that resolution, or
 the MMDiT patch grid), upsampled bicubic to the image and clamped at 0, as
-`interp.attribution`'s maps (`interp.heatmaps`). `total` is the mean over the steps read."""
+`interp.attribution`'s maps (`interp.methods.heatmaps`). `total` is the mean over the steps read."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, UInt8
 from torch import Tensor
 
-from interp import heatmaps
+from interp.methods import heatmaps
 from interp.result_io import load_result, save_result
 from sae import denoiser
 from sae.denoiser import DenoiserCapture

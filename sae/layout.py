@@ -13,7 +13,7 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.sites import site_axes
+from interp.model.sites import site_axes
 from sae.errors import SAEError
 
 

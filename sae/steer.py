@@ -159,7 +159,7 @@ def splice_fidelity(model: Any, sae: TopKSAE, site: str, prompts: Sequence[str],
                     num_steps: int | None = None, guidance: float | None = None) -> SpliceFidelity:
     """Generate `prompts` plain and with `splice(sae, site)` (no error term) at `steps` /
     `branch` / `positions`; compare the images by SSIM (`interp.fidelity.ssim`) and, with a
-    `judge` (an `interp.judges` judge), by whether its label agrees."""
+    `judge` (an `circuits.data.judges` judge), by whether its label agrees."""
     prompts = list(prompts)
     kw = dict(seed=seed, steps=num_steps, guidance=guidance)
     plain = interp.generate(model, prompts, **kw).images

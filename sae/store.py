@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.sites import DENOISER_PREFIXES
+from interp.model.sites import DENOISER_PREFIXES
 from sae import denoiser
 from sae.denoiser import INDEX_COLUMNS, DenoiserCapture
 from sae.errors import SAEError

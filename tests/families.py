@@ -7,7 +7,7 @@ import interp
 
 def tiny_family(request, family: str):
     """The session tiny model of `family` (conftest), or one built here for families it lacks."""
-    from interp.tiny import FAMILIES
+    from interp.model.tiny import FAMILIES
 
     if family not in FAMILIES:
         pytest.skip(f"interp.tiny has no {family!r} family yet")

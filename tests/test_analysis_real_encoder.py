@@ -15,13 +15,13 @@ import pytest
 import torch
 
 import interp
-import interp.culturebench as cb
+import circuits.data.culturebench as cb
 import interp.zoo.e5 as zoo_e5
 import sae as saelib
 from circuits.analysis import cultureworld
 from circuits.analysis.real_encoder import (PROBES, SHOWN, RealEncoderStudy, _prefixed, ca_and_pooled, masked_pooled,
                                             pooled_states, real_encoder_study, states_and_codes)
-from circuits.causal.amplify import scale_units
+from circuits.causal.edits import scale_units
 from circuits.locate.units import sae_basis
 from circuits.cli import main
 from circuits.locate.scan import layer_ca

@@ -29,9 +29,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import interp
-from interp.culturebench.loader import load
+from circuits.data.culturebench.loader import load
 from interp.errors import CultureLensError
-from interp.loading import read_defaults
+from interp.model.folders import read_defaults
 from sae import TopKSAE, load_saelens, save_saelens
 from sae.cli import _read_prompts
 

@@ -10,7 +10,7 @@ import torch
 
 import circuits  # noqa: E402
 import interp  # noqa: E402
-from interp.culturebench import LABELS  # noqa: E402
+from circuits.data.culturebench import LABELS  # noqa: E402
 
 PAIRS = [
     ("a Japanese-style box", "a box", "Japanese-style", "box", "ja"),

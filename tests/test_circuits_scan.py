@@ -45,8 +45,8 @@ def test_default_direction_follows_causality(sd, alt):
 
 
 def _direct_ca(model, text, q_sub, k_sub, exclude_q=None):
-    """CA from transformers' own output_attentions (eager), spans from interp.spans."""
-    from interp.spans import token_span
+    """CA from transformers' own output_attentions (eager), spans from interp.methods.spans."""
+    from interp.methods.spans import token_span
 
     te = model.encoders["text"]
     batch = model.tokenize([text])

@@ -11,7 +11,7 @@ from planted import Planted, marker_tokens
 from circuits.pairs import SplitError
 from circuits.runner import causal_markdown
 from circuits.causal.sweep import rank_layers
-from interp.culturebench import LABELS, UNRECOGNISABLE
+from circuits.data.culturebench import LABELS, UNRECOGNISABLE
 
 NAMES = {"ja": "Japanese", "de": "German"}
 PROBE = [(f"a {n}-style {o}", f"a {o}", f"{n}-style", o, c) for c, n in NAMES.items() for o in ("box", "hat", "lamp", "cup")]

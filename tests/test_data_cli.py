@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from interp import culturebench as cb
-from interp.data_cli import collect, evaluate, register_data
+from circuits.data import culturebench as cb
+from circuits.data.cli import collect, evaluate, register_data
 from test_data_tiny_models import build_tiny_clip, build_tiny_llava
 
 # The judge "recognises" a culture by the image's red channel: red = 10 * culture index.
@@ -67,7 +67,7 @@ def test_collect_culturebench_folder_and_errors(tmp_path):
 
 
 def test_evaluate_with_tiny_clip_judge(tmp_path):
-    from interp import judges
+    from circuits.data import judges
 
     root = make_folder(tmp_path / "imgs", cultures=("ko", "pl"))
     judge = judges.clip(build_tiny_clip(tmp_path / "clip"))
@@ -79,14 +79,14 @@ def test_evaluate_with_tiny_clip_judge(tmp_path):
 
 def test_clip_judge_requires_model(tmp_path):
     args = parser().parse_args(["evaluate", str(tmp_path), "--judge", "clip", "--out", str(tmp_path / "o")])
-    from interp.judges import JudgeError
+    from circuits.data.judges import JudgeError
 
     with pytest.raises(JudgeError, match="needs --model PATH"):
         args.func(args)
 
 
 def test_evaluate_with_tiny_vlm_keeps_per_image_option_order_across_batches(tmp_path):
-    from interp import judges
+    from circuits.data import judges
 
     root = make_folder(tmp_path / "imgs", cultures=("it", "nl"), seeds=1)
     judge = judges.vlm(build_tiny_llava(tmp_path / "vlm"), seed=2, progress=False)

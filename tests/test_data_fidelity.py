@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from interp import fidelity
-from interp.judges.clip import image_embeds, load_clip, text_embeds
+from interp.images import image_embeds, load_clip, text_embeds
 from test_data_tiny_models import build_tiny_clip
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from interp import judges
-from interp.culturebench import CULTURES, LABELS, UNRECOGNISABLE
-from interp.judges.vlm import LETTERS, OPTION_TEXT, option_order
-from interp.tokenizer_training import train_bpe
+from circuits.data import judges
+from circuits.data.culturebench import CULTURES, LABELS, UNRECOGNISABLE
+from circuits.data.judges.vlm import LETTERS, OPTION_TEXT, option_order
+from interp.model.tokenizer_training import train_bpe
 from test_data_tiny_models import build_tiny_clip, build_tiny_llava
 
 
@@ -39,7 +39,7 @@ def test_from_callable_validates_output():
 
 def test_load_images_names_bad_path(tmp_path):
     (tmp_path / "x.png").write_bytes(b"garbage")
-    with pytest.raises(judges.JudgeError, match=r"image 1 \(.*x.png\) cannot be read"):
+    with pytest.raises(judges.ImageError, match=r"image 1 \(.*x.png\) cannot be read"):
         judges.load_images([images(1)[0], tmp_path / "x.png"])
 
 

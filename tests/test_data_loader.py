@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from interp import culturebench as cb
-from interp.culturebench import compose
-from interp.culturebench.loader import load
-from interp.culturebench.split import split_of
+from circuits.data import culturebench as cb
+from circuits.data.culturebench import compose
+from circuits.data.culturebench.loader import load
+from circuits.data.culturebench.split import split_of
 
 GOOD = {
     "id": "ja-box", "culture": "ja", "language": "ja", "noun_only": "箱",

@@ -1,6 +1,6 @@
 """Token spans for every language x tokenizer family, on tiny tokenizers built locally.
 
-Families: the project's own trainers (interp.tokenizer_training: CLIP-style byte-level BPE
+Families: the project's own trainers (interp.model.tokenizer_training: CLIP-style byte-level BPE
 and XLM-R / T5 Unigram, all isolating CJK/Thai characters) and the real transformers
 classes (CLIPTokenizer, XLMRobertaTokenizer, T5Tokenizer) given vocabularies trained here on
 the bundled prompts, which keep their own (non-isolating) pre-tokenizers.
@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTokenizer, T5Tokenizer, XLMRobertaTokenizer
 
-from interp import culturebench as cb
-from interp.spans import SpanError, record_spans, token_span, token_spans
-from interp.tokenizer_training import train_bpe, train_unigram
+from circuits.data import culturebench as cb
+from circuits.data.spans import record_spans
+from interp.methods.spans import SpanError, token_span, token_spans
+from interp.model.tokenizer_training import train_bpe, train_unigram
 
 RECORDS = cb.bundled() + cb.bundled_ood()
 CORPUS = [t for r in RECORDS for t in (r.noun_only, r.modifier_noun, r.noun_only_en, r.modifier_noun_en)]

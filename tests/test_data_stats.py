@@ -1,4 +1,4 @@
-"""interp.stats against hand-computed cases and simulated coverage."""
+"""circuits.stats against hand-computed cases and simulated coverage."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from interp import stats
-from interp.culturebench import LABELS
+from circuits import stats
+from circuits.data.culturebench import LABELS
 
 
 def test_mcnemar_exact_on_known_table():

@@ -1,5 +1,5 @@
 """Builders of tiny, random, offline CLIP and LLaVA models for the data-area tests (judges,
-fidelity, evaluate CLI), with tokenizers trained locally by interp.tokenizer_training."""
+fidelity, evaluate CLI), with tokenizers trained locally by interp.model.tokenizer_training."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from transformers import (
     LlavaProcessor,
 )
 
-from interp import culturebench as cb
-from interp.judges.clip import default_label_texts
-from interp.judges.vlm import OPTION_TEXT, QUESTION
-from interp.tokenizer_training import train_bpe
+from circuits.data import culturebench as cb
+from circuits.data.judges.clip import default_label_texts
+from circuits.data.judges.vlm import OPTION_TEXT, QUESTION
+from interp.model.tokenizer_training import train_bpe
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"

@@ -14,11 +14,11 @@ from transformers import (BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, 
 
 import circuits
 import interp
-import interp.culturebench as cb
+import circuits.data.culturebench as cb
 from circuits.causal.validate import masked_interventions
 from interp.bridge import bridge, run_with_cache
-from interp.tiny import CORPUS
-from interp.tokenizer_training import train_bpe, train_unigram
+from interp.model.tiny import CORPUS
+from interp.model.tokenizer_training import train_bpe, train_unigram
 from sae import ActivationStore, TopKSAE, train
 
 ARCHS = ("bert", "xlmr", "clip", "t5")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import interp
-from interp.attribution import AttributionMaps, EffectMap, attribution, cross_attention_sites, effect_map
+from interp.methods.attribution import AttributionMaps, EffectMap, attribution, cross_attention_sites, effect_map
 from families import tiny_family
 
 PROMPT, WORDS = "a Japanese-style box", ["Japanese", "box"]
@@ -25,7 +25,7 @@ def _hook_state(model):
 
 def _hand_tokens(model, prompt, word):
     """Token positions of `word` found by matching token strings (not through offsets)."""
-    from interp.attribution import _segments
+    from interp.methods.attribution import _segments
 
     out = []
     for prefixes, offset, length in _segments(model):

@@ -7,7 +7,7 @@ import re
 import torch
 
 import interp
-from interp.sites import parse
+from interp.model.sites import parse
 
 PROMPTS = ["a Japanese-style box", "和風の箱", "a cat"]
 HOOKS = ("hook_resid_post", "attn.hook_pattern", "hook_attn_out", "mlp.hook_post")

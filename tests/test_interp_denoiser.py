@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import interp
-from interp.hooks import runtime
+from interp.engine.session import runtime
 
 CLEAN, CORRUPT = ["a Japanese-style box", "a cat"], ["a box", "a dog"]
 KW = dict(seed=3, steps=2, guidance=5.0)
@@ -227,7 +227,7 @@ def test_on_rows_composes_with_branch(tiny_sd):
 # -- step counter -------------------------------------------------------------------------------------
 
 def test_step_counter_restarts_at_each_pipeline_call(tiny_sd):
-    from interp.generation import pipeline_kwargs
+    from interp.methods.generation import pipeline_kwargs
 
     iv = interp.Mask(interp.Units("unet.up.1.attn.0.attn2.hook_out", list(range(8))), steps=[1])
     ref = interp.generate(tiny_sd, CORRUPT, interventions=[iv], **KW).latents

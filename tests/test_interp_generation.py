@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import interp
-from interp.generation import pipeline_kwargs
+from interp.methods.generation import pipeline_kwargs
 
 PROMPTS = ["a box", "和風の箱"]
 

@@ -108,7 +108,7 @@ def test_all_heads_at_hook_z_equal_hook_out_and_one_head_one_step_less(request, 
     one = interp.patch(model, D_CLEAN, D_CORRUPT, [z_site], metric, steps=[0], heads=[0])
     assert abs(one.rows[0]["value"] - one.corrupt_value) < abs(v_z - both.corrupt_value)
     # heads grouped = all heads
-    n_heads = interp.sites.parse(model, z_site).dim
+    n_heads = interp.model.sites.parse(model, z_site).dim
     grouped = interp.patch(model, D_CLEAN, D_CORRUPT, [z_site], metric, heads=[list(range(n_heads))])
     assert grouped.rows[0]["value"] == pytest.approx(v_z, abs=tol)  # 1 row vs 2 rows per batch: rounding
 
@@ -214,7 +214,7 @@ def test_no_hook_survives_a_failing_metric(tiny_sd, monkeypatch):
     def boom(self, act):
         raise RuntimeError("inside the patched generation")
 
-    monkeypatch.setattr(interp.patching._MaskedReplace, "apply", boom)
+    monkeypatch.setattr(interp.methods.patching._MaskedReplace, "apply", boom)
     with pytest.raises(RuntimeError, match="inside the patched generation"):
         interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, ["unet.down.0.attn.0.attn2.hook_z"], _to_clean(tiny_sd), heads=[1])
     assert _hook_state(tiny_sd) == before
@@ -263,7 +263,7 @@ def test_head_matrix_keeps_sites_apart_and_plot_scales_to_the_data(tiny_sd, tmp_
     res = interp.PatchResult(rows=rows, clean_value=1.0, corrupt_value=0.0, meta={"kind": "denoiser"})
     steps, heads, m = res.matrix("step", "head")
     assert steps == [0, 1] and len(heads) == 4  # head 0 of a and head 0 of b are different rows
-    assert [interp.patching._label(h) for h in heads][:2] == [f"{a} head 0", f"{a} head 1"]
+    assert [interp.methods.patching._label(h) for h in heads][:2] == [f"{a} head 0", f"{a} head 1"]
     assert torch.allclose(m[:, :2], torch.full((2, 2), 1e-4)) and torch.allclose(m[:, 2:], torch.full((2, 2), -3e-4))
     _, _, by_site = res.matrix("site", "head")
     assert by_site.shape == (2, 2)  # with a site axis, heads stay plain indices

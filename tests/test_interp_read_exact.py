@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import interp
-from interp.attribution import attribution
+from interp.methods.attribution import attribution
 
 PROMPT = "a Japanese-style box"
 SKEW = 0.05

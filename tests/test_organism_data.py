@@ -7,7 +7,7 @@ import pytest
 
 from circuits.organism import prompts as P
 from circuits.organism.render import CULTURES, NEUTRAL, NOUNS, PALETTES, PATTERNS, STYLES, noun_mask, render, render_batch
-from interp import culturebench
+from circuits.data import culturebench
 
 
 def test_every_noun_has_a_distinct_silhouette():

@@ -11,8 +11,8 @@ import torch
 from circuits.organism.judge import JUDGE_STYLES, JUNK, CultureWorldJudge, JudgeNet, clean_accuracy, junk_batch, junk_rejection
 from circuits.organism.render import render
 from circuits.organism.shipped import JUDGE
-from interp.culturebench import LABELS
-from interp.judges.base import JudgeError
+from circuits.data.culturebench import LABELS
+from circuits.data.judges.base import JudgeError
 
 SHIPPED = JUDGE
 

@@ -1,4 +1,4 @@
-"""interp.tokenizer_training: CJK/Thai/Hangul isolation, CLIP/XLM-R/T5 specials, HF round trips."""
+"""interp.model.tokenizer_training: CJK/Thai/Hangul isolation, CLIP/XLM-R/T5 specials, HF round trips."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from interp.errors import CultureLensError
-from interp.tokenizer_training import SCRIPT_CHARS, train_bpe, train_unigram
+from interp.model.tokenizer_training import SCRIPT_CHARS, train_bpe, train_unigram
 
 CORPUS = [
     "a box", "a Japanese-style box", "a box in Japanese style", "和風の箱", "箱", "中式的盒子", "盒子",

@@ -14,7 +14,7 @@ import torch
 
 import interp
 import sae.denoiser
-from interp.judges.base import from_callable
+from circuits.data.judges.base import from_callable
 from sae import (ActivationStore, DenoiserCapture, SAEError, Steer, TopKSAE, evaluate, splice,
                  splice_fidelity, train)
 from sae.layout import as_rows

@@ -38,8 +38,13 @@ def test_wheel_carries_the_organism_and_the_packages(wheel):
     shipped = [p.relative_to(ROOT).as_posix() for p in (ROOT / org).rglob("*") if p.is_file()]
     assert shipped and set(shipped) <= names, sorted(set(shipped) - names)[:5]
     for must in (org + "pipeline/model_index.json", org + "pipeline/pipeline.py", org + "judge/judge_config.json",
-                 "circuits/organism/shipped.py", "interp/zoo/registry.py", "interp/culturebench/bundled.jsonl"):
+                 "circuits/organism/shipped.py", "interp/zoo/registry.py", "circuits/data/culturebench/bundled.jsonl",
+                 "circuits/data/culturebench/bundled_ood.jsonl", "circuits/data/culturebench/README.md"):
         assert must in names, must
+    assert wheel.name.startswith("culturelens-0.2.0-"), wheel.name
+    # 0.2.0 moved the culture data to circuits: no old module paths ship
+    assert not any(n.startswith(("interp/culturebench/", "interp/judges/")) for n in names)
+    assert not {"interp/stats.py", "interp/data_cli.py", "circuits/stats_bridge.py", "interp/hooks.py"} & names
     assert not any(n.startswith(("tests/", "assets/", "benchmarks/")) for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "culturelens = circuits.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -106,8 +106,8 @@ def test_meta_models_use_no_memory_and_list_sites(meta):
     m = meta["sd3-medium"]
     assert m.device.type == "meta"
     assert all(p.is_meta for p in m.pipe.transformer.parameters())
-    assert interp.sites.parse(m, "text_3.blocks.23.mlp.hook_post").dim == 10240
-    assert interp.sites.parse(m, "text_2.blocks.31.attn.hook_pattern").dim == 20
+    assert interp.model.sites.parse(m, "text_3.blocks.23.mlp.hook_post").dim == 10240
+    assert interp.model.sites.parse(m, "text_2.blocks.31.attn.hook_pattern").dim == 20
 
 
 @pytest.mark.parametrize("name,bos,eos,pad,vocab,max_len", [

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import interp
-import interp.culturebench as cb
+import circuits.data.culturebench as cb
 from interp.zoo import e5
 
 HOOK_EMB = "add_layernorm(x, NULL, m->eln_w, m->eln_b, T, H, m->eps);"

@@ -121,7 +121,7 @@ def noun_of_pair(pair: Any) -> str:
 
 def _rate(correct: Sequence[bool], n_boot: int, seed: int, groups: Sequence[Any] | None = None) -> str:
     """A share with its 95 % bootstrap CI over prompts (`groups`: the prompt of each image)."""
-    from interp import stats
+    from circuits import stats
 
     iv = stats.bootstrap_ci(np.asarray(correct, dtype=np.float64), groups=groups, n_boot=n_boot, seed=seed)
     return f"{100 * iv.estimate:.1f} [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
@@ -161,7 +161,7 @@ def organism_quality(model, judge, cfg: AnalysisConfig, report: Report) -> dict:
     from circuits.organism import evaluate as oe
     from circuits.organism import prompts as op
     from circuits.organism.judge import clean_accuracy, junk_rejection
-    from interp import stats
+    from circuits import stats
 
     clean, junk = clean_accuracy(judge), junk_rejection(judge)
     kinds = cfg.quality_kinds or op.EVAL_KINDS
@@ -418,7 +418,7 @@ def appendix_b(model, judge, sae, site, units, cfg: AnalysisConfig, report: Repo
     import interp
     import sae as saelib
     from circuits.locate.units import UnitBasis, unit_rows
-    from interp.culturebench import LABELS
+    from circuits.data.culturebench import LABELS
 
     prompt = f"a {TEST_NOUNS[1]}"
     probe = organism_pairs(PROBE_NOUNS)
@@ -471,7 +471,7 @@ def appendix_b(model, judge, sae, site, units, cfg: AnalysisConfig, report: Repo
 
 def _ci(values: Sequence[Any], cfg: AnalysisConfig, groups: Sequence[Any] | None, scale: float = 100.0) -> list[float]:
     """[mean, low, high] (× scale) with a bootstrap CI resampling `groups`."""
-    from interp import stats
+    from circuits import stats
 
     iv = stats.bootstrap_ci(np.asarray(values, dtype=np.float64), groups=groups, n_boot=cfg.n_boot, seed=cfg.seed)
     return [scale * iv.estimate, scale * iv.low, scale * iv.high]

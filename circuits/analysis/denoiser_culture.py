@@ -50,8 +50,8 @@ from torch import Tensor
 
 import interp
 import sae as saelib
-from interp import heatmaps
-from interp.culturebench import LABELS
+from interp.methods import heatmaps
+from circuits.data.culturebench import LABELS
 from interp.errors import CultureLensError
 from interp.progress import bar, switch
 from interp.result_io import load_result, save_result

@@ -39,7 +39,7 @@ kinds of prompts of the test nouns. Units are found on the probe nouns' pairs (E
 Specificity at the representation level. A readout probe (`fit_probe`, 15 cultures) on pooled
 `hook_resid_post` of the SAE layer is trained on the probe and train nouns' concept prompts
 (English + local, nothing masked) and read on the test nouns' concept prompts. Masking culture
-A's SAE latents (error kept, `circuits.causal.amplify.scale_units` with λ = −1, as `masked_interventions` does) at that site,
+A's SAE latents (error kept, `circuits.causal.edits.scale_units` with λ = −1, as `masked_interventions` does) at that site,
 effect E[A, B] = mean over culture B's test prompts of p(B) unmasked − p(B) with A's units
 masked: the drop of the probe's probability of the prompts' own culture, the main job's mask
 mode with CultureVQA replaced by the probe (`definition="own"`). Then D = mean diagonal, O = mean
@@ -86,10 +86,10 @@ from torch import Tensor
 from transformers.utils import logging as hf_logging
 
 import interp
-import interp.culturebench as cb
+import circuits.data.culturebench as cb
 import sae as saelib
-from circuits import stats_bridge as sb
-from circuits.causal.amplify import random_indices, scale_units
+from circuits import stats as sb
+from circuits.causal.edits import random_indices, scale_units
 from circuits.causal.specificity import overlap_counts, overlap_markdown, specificity_index
 from circuits.causal.validate import reference_activity
 from circuits.locate import ca as cam
@@ -851,7 +851,7 @@ def real_encoder_study(model: Any, records: Sequence[Any] | None = None, prefix:
     of an encoder-only `model` (e.g. `interp.load("zoo:e5-small")`), then (unless `sae=None`) the
     SAE, units and specificity at the SAE layer: the `layer_rule` ("length" or "raw") ΔCA choice
     on the English pairs. `records` default to the bundled CultureBench pairs
-    (`interp.culturebench.bundled()`)."""
+    (`circuits.data.culturebench.bundled()`)."""
     if "text" not in model.encoders:
         raise CultureLensError(f"real_encoder_study: the model has no 'text' encoder ({list(model.encoders)})")
     enc = model.encoders["text"]

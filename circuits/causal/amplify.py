@@ -16,57 +16,21 @@ from interp.progress import bar, switch
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
-from circuits.causal.controls import KINDS, LABELS, Control
+from circuits.causal.controls import KINDS, LABELS, Control, run_control
+from circuits.causal.edits import random_indices, scale_units
+from circuits.data.culturebench.constants import LANGUAGE_TO_CULTURE
+from circuits.evaluate import score, site_change, summarise
 from circuits.pairs import as_pairs, by_concept
 from circuits.plots import plot_lines
-from circuits.results import jsonable
-from circuits.locate.units import CultureUnits, as_culture_units, UnitBasis
+from circuits.results import Rate, jsonable
+from circuits.locate.units import CultureUnits, as_culture_units
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def scale_units(basis: UnitBasis, indices: Sequence[int], lam: float, keep_error: bool = True, label: str | None = None) -> Any:
-    """An intervention scaling `indices` by (1 + lam) at the basis site: lam = -1 masks them.
-
-    Native neurons: `interp.Mask` (lam = -1) or `interp.Amplify`. SAE latents: `sae.Steer`,
-    which keeps the SAE error by default (decision 4: lam = 0 is then exactly the identity);
-    `keep_error=False` is the paper-literal replacement F' = decode(Z_enh)."""
-    import interp
-
-    idx = [int(i) for i in indices]
-    if basis.kind == "sae":
-        import sae as sae_pkg
-
-        return sae_pkg.Steer(basis.sae, basis.site, idx, lam, keep_error=keep_error)
-    units = interp.Units(basis.site, idx, label=label)
-    if lam == -1:
-        return interp.Mask(units)
-    return interp.Amplify(units, lam)
-
-
-def random_indices(basis: UnitBasis, model, indices: Sequence[int], seed: int, match: str | None = None,
-                   reference: Any = None) -> list[int]:
-    """Same count, same site, disjoint from `indices`, seeded (`interp.random_units`). `match`
-    None: uniform over the site's units (native neurons) or the SAE's d_sae latents (the
-    paper's control); "activity": matched in firing frequency and magnitude on `reference`
-    ([n, M] unit activations, e.g. `circuits.causal.validate.reference_activity`)."""
-    import interp
-
-    u = interp.Units(basis.site, list(indices))
-    if match is not None:
-        return interp.random_units(u, seed=seed, match=match, reference=reference).indices.tolist()
-    if basis.kind == "sae":
-        r = interp.random_units(u, seed=seed, disjoint=True, dim=basis.sae.d_sae)
-    else:
-        r = interp.random_units(u, seed=seed, disjoint=True, model=model)
-    return r.indices.tolist()
-
-
 def target_culture(culture: str | None = None, language: str | None = None) -> str:
     """Decision 8: the culture is given, or read from the prompt's language by the fixed map."""
-    from interp.culturebench import LANGUAGE_TO_CULTURE
-
     if culture is not None:
         return culture
     if language is None:
@@ -101,33 +65,6 @@ def amplify(
     if random_seed is not None:
         idx = random_indices(units.basis, model, idx, random_seed, match, reference)
     return scale_units(units.basis, idx, lam, keep_error, label=f"{c}:amplify")
-
-
-@dataclass
-class Rate:
-    """An accuracy with its bootstrap CI."""
-
-    mean: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, correct, n_boot: int = 1000, seed: int = 0, groups: Any = None) -> "Rate":
-        """Share of True with a bootstrap CI over prompts (`groups`: a prompt id per sample when
-        several images share a prompt; None: each sample its own prompt)."""
-        from circuits.stats_bridge import accuracy_ci
-
-        return cls(*accuracy_ci([bool(x) for x in correct], n_boot=n_boot, seed=seed, groups=groups))
-
-    @classmethod
-    def of_values(cls, values, n_boot: int = 1000, seed: int = 0, groups: Any = None) -> "Rate":
-        """Mean of real values (e.g. SSIM per image) with the same bootstrap CI."""
-        from circuits.stats_bridge import mean_ci
-
-        return cls(*mean_ci(values, n_boot=n_boot, seed=seed, groups=groups))
-
-    def pct(self) -> str:
-        return f"{100 * self.mean:.1f} [{100 * self.low:.1f}, {100 * self.high:.1f}]"
 
 
 @dataclass
@@ -332,9 +269,6 @@ def lambda_sweep(
     λ is chosen by `choose_lambda` on `select_on` (e.g. the probe nouns' pairs: a detected-units
     sweep there) under the noun constraint `max_noun_drop`; without `select_on` it is chosen on
     `pairs` themselves and the result says so."""
-    from circuits.causal.controls import run_control
-    from circuits.evaluate import score, site_change, summarise
-
     units = as_culture_units(units)
     groups = by_concept(as_pairs(pairs))
     missing = [c for c in groups if c not in units.cultures]

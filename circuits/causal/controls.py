@@ -10,7 +10,7 @@ any image, and then "random units change nothing" is no evidence.
 Statistics. The empirical p of the detected condition among k draws, (1 + #draws at least as
 extreme) / (k + 1), cannot go below 1/(k + 1) (1/11 for 10 draws). Beside it, a paired
 per-prompt test: each prompt's detected outcome against the share of the k draws that judged
-it correct (the draws pooled), Wilcoxon signed-rank over prompts (`interp.stats.paired_prompt_test`).
+it correct (the draws pooled), Wilcoxon signed-rank over prompts (`circuits.stats.paired_prompt_test`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import Tensor
 
 from interp.errors import CultureLensError
 
+from circuits import stats as sb
 from circuits.results import jsonable
 
 KINDS = {"uniform": None, "activity": "activity"}   # control name -> interp.random_units(match=...)
@@ -86,8 +87,6 @@ def run_control(
     """Score `k` draws (`score_draw(r)` -> `Scored`, `change_draw(r)` -> per-prompt site change)
     and compare them with the detected condition (`detected`: its `Scored`). `lower_is_extreme`:
     masking (a draw at or below the detected accuracy counts against it); False for amplifying."""
-    from circuits import stats_bridge as sb
-
     if kind not in KINDS:
         raise CultureLensError(f"unknown control {kind!r}; use one of {sorted(KINDS)}")
     if k < 1:

@@ -26,7 +26,7 @@ from interp.errors import CultureLensError
 import interp
 from interp.checkpoint import ResumeMismatchError, check_settings, load_checkpoint, refuse_legacy, save_checkpoint
 from interp.folder_lock import lock_folder
-from interp.sites import text_block
+from interp.model.sites import text_block
 from interp.result_io import Stored, from_jsonable, load_result, record, result_folder, save_result
 from sae.store import module_fingerprint
 

@@ -16,7 +16,7 @@ from interp.progress import bar, switch
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
-from circuits.causal.amplify import Rate
+from circuits.results import Rate
 from circuits.pairs import as_pairs, by_concept, check_disjoint
 from circuits.plots import plot_causal_sweep
 from circuits.results import jsonable
@@ -197,6 +197,6 @@ def b_dim(model, basis: UnitBasis) -> int:
     """Number of units in a basis: d_sae for SAE latents, the site's size for neurons."""
     if basis.kind == "sae":
         return int(basis.sae.d_sae)
-    from interp.sites import parse
+    from interp.model.sites import parse
 
     return int(parse(model, basis.site).dim)

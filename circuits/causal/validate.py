@@ -19,11 +19,13 @@ from interp.progress import bar, switch
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
-from circuits.causal.amplify import Rate, random_indices, scale_units
+from circuits import stats as sb
 from circuits.causal.controls import KINDS, Control, run_control
+from circuits.causal.edits import random_indices, scale_units
+from circuits.evaluate import score, site_change
 from circuits.pairs import as_pairs, by_concept
 from circuits.plots import plot_bars
-from circuits.results import jsonable
+from circuits.results import Rate, jsonable
 from circuits.locate.units import CultureUnits, as_culture_units
 
 if TYPE_CHECKING:
@@ -108,7 +110,7 @@ def reference_activity(model, units: CultureUnits, prompts: Sequence[str], batch
 def masked_interventions(units: CultureUnits, culture: str, random_seed: int | None = None, model: Any = None,
                          keep_error: bool = True, match: str | None = None, reference: Any = None) -> list[Any]:
     """Mask one culture's units (or a seeded random set of the same size: `match`/`reference` as in
-    `circuits.causal.amplify.random_indices`); SAE latents are zeroed through sae.Steer with the error kept."""
+    `circuits.causal.edits.random_indices`); SAE latents are zeroed through sae.Steer with the error kept."""
     u = units.cultures.get(culture)
     if u is None:
         raise CultureLensError(f"no units for culture {culture!r}; have {sorted(units.cultures)}")
@@ -139,9 +141,6 @@ def validate_units(
     `interp.Units` of native neurons. `n_random` uniform draws (the paper's control) and
     `n_matched` activity-matched draws (`reference`: unit activations on the probe prompts,
     `reference_activity`). Draw r uses seed `seed + 1 + r`; image noise is the same everywhere."""
-    from circuits import stats_bridge as sb
-    from circuits.evaluate import score, site_change
-
     if n_random < 1:
         raise CultureLensError(f"validate_units: n_random must be >= 1; got {n_random}")
     if n_matched and reference is None:
@@ -178,6 +177,6 @@ def validate_units(
     return Validation(
         baseline=Rate.of(base.correct, n_boot, seed), masked=Rate.of(mask.correct, n_boot, seed),
         random_draws=uni.draws, random_mean=uni.mean, random_sd=uni.sd, p_value=float(uni.p_empirical),
-        mcnemar_p=sb.mcnemar(base.correct.tolist(), mask.correct.tolist()),
+        mcnemar_p=sb.mcnemar_p(base.correct.tolist(), mask.correct.tolist()),
         n_prompts=len(base.ids), n_random=n_random, per_culture=per, noun=noun, controls=controls,
     )

@@ -29,8 +29,8 @@ def encoder_acts(
 
     if interventions or not (trim and can_trim(model, encoder)):
         return interp.capture(model, list(prompts), sites=list(sites), interventions=list(interventions))
-    from interp.capture import trace_encoder
-    from interp.sites import parse
+    from interp.methods.capture import trace_encoder
+    from interp.model.sites import parse
 
     tok = model.tokenize(list(prompts), encoder)
     n = int(tok["attention_mask"].sum(1).max())

@@ -18,6 +18,7 @@ from interp.progress import bar, switch
 from interp.errors import CultureLensError, PromptTooLongError
 from interp.result_io import DataclassResult
 
+from circuits import stats as sb
 from circuits.locate import ca as cam
 from circuits.pairs import PromptPair, as_pairs
 from circuits.plots import plot_layer_scan
@@ -199,8 +200,6 @@ def culture_layer_scan(
 
 def _scan_encoder(model, pairs, enc, causal, layers, direction, seeds, n_boot, ci, margin, batch_size, ivs, trim,
                   min_pairs: int = 20) -> EncoderScan:
-    from circuits import stats_bridge as sb
-
     sp = pair_spans(model, pairs, enc)
     S = sp.seq_len
     mod = cam.indicator(sp.modifier, S)

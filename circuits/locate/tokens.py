@@ -39,7 +39,7 @@ def content_mask(model, prompts: Sequence[str], encoder: str) -> tuple[Bool[Tens
 
 
 def _span(tok, text: str, sub: str, where: str) -> list[int]:
-    from interp.spans import token_span
+    from interp.methods.spans import token_span
 
     try:
         pos = list(token_span(tok, text, sub))

@@ -17,7 +17,7 @@ from torch import Tensor
 import interp
 from interp.progress import bar, switch
 from interp.errors import CultureLensError
-from interp.sites import text_block
+from interp.model.sites import text_block
 
 from circuits.pairs import PromptPair, as_pairs, by_concept
 from circuits.plots import plot_overlap, plot_units, plot_wfs_curves

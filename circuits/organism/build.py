@@ -21,7 +21,7 @@ import torch
 from interp.checkpoint import ResumeMismatchError, check_settings
 from interp.folder_lock import lock_folder
 
-from circuits.organism.cli import add_arguments
+from circuits.organism.args import add_arguments
 from circuits.organism.evaluate import evaluate_organism
 from circuits.organism.export import pipeline_from_run, save_pipeline
 from circuits.organism.judge import CultureWorldJudge, clean_accuracy, junk_rejection, train_judge

@@ -23,8 +23,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from circuits.organism.render import CULTURES, NEUTRAL, NOUNS, SIZE, STYLES, render_batch
-from interp.culturebench import LABELS
-from interp.judges.base import Judge, JudgeError, load_images
+from circuits.data.culturebench import LABELS
+from circuits.data.judges.base import Judge, JudgeError, load_images
 
 __all__ = ["JUNK", "JUDGE_STYLES", "JudgeNet", "CultureWorldJudge", "junk_batch", "train_judge", "clean_accuracy", "junk_rejection"]
 

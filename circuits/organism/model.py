@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from circuits.organism.prompts import training_corpus
-from interp.tokenizer_training import train_bpe
+from interp.model.tokenizer_training import train_bpe
 
 __all__ = [
     "MAX_LENGTH", "TEXT_DIM", "text_config", "unet_config", "scheduler_config", "GENERATION_DEFAULTS",

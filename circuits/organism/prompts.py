@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 
 from circuits.organism.render import CULTURES, NEUTRAL, NOUNS, STYLES
-from interp import culturebench
+from circuits.data import culturebench
 
 __all__ = [
     "KINDS", "EvalPrompt", "records", "english_adjective", "english_modifier", "english_noun",
@@ -64,7 +64,7 @@ def _records() -> tuple[culturebench.Record, ...]:
             out[(r.culture, slug)] = r
     missing = [(c, n) for c in CULTURES for n in NOUNS if (c, n) not in out]
     if missing:
-        raise ValueError(f"interp.culturebench.bundled() lacks organism pairs {missing[:5]} ({len(missing)} in all)")
+        raise ValueError(f"circuits.data.culturebench.bundled() lacks organism pairs {missing[:5]} ({len(missing)} in all)")
     return tuple(out[(c, n)] for c in CULTURES for n in NOUNS)
 
 

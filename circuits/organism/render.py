@@ -20,7 +20,7 @@ __all__ = [
 
 SIZE = 32
 NOUNS: tuple[str, ...] = ("box", "bowl", "vase", "hat", "lamp", "jar", "building", "dress")
-# Same order as interp.culturebench.CULTURES (duplicated so the renderer has no dependency).
+# Same order as circuits.data.culturebench.CULTURES (duplicated so the renderer has no dependency).
 CULTURES: tuple[str, ...] = ("ar", "zh", "ja", "ko", "th", "de", "ru", "it", "nl", "pl", "tr", "uk", "es", "pt", "fr")
 NEUTRAL = "neutral"
 STYLES: tuple[str, ...] = CULTURES + (NEUTRAL,)

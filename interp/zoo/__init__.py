@@ -13,11 +13,11 @@ opens it as an encoder-only Model (see `interp.zoo.e5`).
 
 from __future__ import annotations
 
-from . import e5
-from .build import ZooError, build, build_module, entry, judge_module, load_meta, model, n_params, pipeline
-from .registry import JUDGES, PIPELINES, Component, Entry, Tok
-from .e5 import E5CacheError, E5Error, e5_small, resolve
-from .structure import params, site_kinds, summary, text_shapes
+from interp.zoo import e5
+from interp.zoo.build import ZooError, build, build_module, entry, judge_module, load_meta, model, n_params, pipeline
+from interp.zoo.e5 import E5CacheError, E5Error, e5_small, resolve
+from interp.zoo.registry import JUDGES, PIPELINES, Component, Entry, Tok
+from interp.zoo.structure import params, site_kinds, summary, text_shapes
 
 
 def names() -> list[str]:

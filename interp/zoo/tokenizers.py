@@ -79,7 +79,7 @@ def published(trained: Any, vocab_size: int, *, leading: Sequence[str], trailing
 
 
 def _corpus() -> list[str]:
-    from interp.tiny import CORPUS
+    from interp.model.tiny import CORPUS
 
     # Option letters as words, so that a chat model's "A".."P" and " A".." P" are single pieces.
     return list(CORPUS) + [f"{c}. {c} {c}" for c in "ABCDEFGHIJKLMNOP"]
@@ -89,7 +89,7 @@ def clip(vocab_size: int = 49408, max_length: int = 77, pad: str = "<|endoftext|
     """CLIP's layout: `<|startoftext|>` = vocab_size-2, `<|endoftext|>` = vocab_size-1; SD 1.x and
     SDXL's first tokenizer pad with `<|endoftext|>`, OpenCLIP-trained ones (SD 2.x, SDXL's
     second) pad with "!" (id 0)."""
-    from interp.tokenizer_training import CLIP_BOS, CLIP_EOS, train_bpe
+    from interp.model.tokenizer_training import CLIP_BOS, CLIP_EOS, train_bpe
 
     trained = train_bpe(["!"] + _corpus(), vocab_size=600, model_max_length=max_length)
     if pad == "!":  # "!" must be id 0 as in CLIP's vocab.json (the first byte-level symbol)
@@ -104,7 +104,7 @@ def clip(vocab_size: int = 49408, max_length: int = 77, pad: str = "<|endoftext|
 
 def xlmr(vocab_size: int = 250002, max_length: int = 77) -> Any:
     """XLM-R's layout: `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, ..., `<mask>` = vocab_size-1."""
-    from interp.tokenizer_training import train_unigram
+    from interp.model.tokenizer_training import train_unigram
 
     trained = train_unigram(_corpus(), vocab_size=600, style="xlmr", model_max_length=max_length)
     return published(trained, vocab_size, leading=["<s>", "<pad>", "</s>", "<unk>"], trailing=["<mask>"],
@@ -114,7 +114,7 @@ def xlmr(vocab_size: int = 250002, max_length: int = 77) -> Any:
 
 def t5(vocab_size: int = 32100, max_length: int = 512, extra_ids: int = 100) -> Any:
     """T5's layout: `<pad>`=0, `</s>`=1, `<unk>`=2, ..., `<extra_id_0>` = vocab_size-1 (ids count down)."""
-    from interp.tokenizer_training import train_unigram
+    from interp.model.tokenizer_training import train_unigram
 
     trained = train_unigram(_corpus(), vocab_size=600, style="t5", model_max_length=max_length)
     extras = [f"<extra_id_{i}>" for i in reversed(range(extra_ids))]
@@ -134,7 +134,7 @@ def qwen2(vocab_size: int = 151657, max_length: int = 32768) -> Any:
     """Qwen2's layout: 151643 byte-level BPE pieces, then `<|endoftext|>` (151643, also pad),
     `<|im_start|>`, `<|im_end|>` (eos of the chat models), ..., `<|image_pad|>` (151655). Not
     lower-cased, no BOS, nothing added around an encoding (the chat template writes the specials)."""
-    from interp.tokenizer_training import train_bpe
+    from interp.model.tokenizer_training import train_bpe
 
     trained = train_bpe(_corpus(), vocab_size=600, lowercase=False, model_max_length=max_length)
     return published(trained, vocab_size, leading=[], trailing=QWEN2_SPECIALS, template=(None, None),

@@ -1,5 +1,6 @@
 """Zero-shot CLIP judge over multilingual culture label sets, with a calibrated
-"unrecognisable" threshold; also the CLIP embedding helpers CLIPScore uses."""
+"unrecognisable" threshold. The CLIP embedding helpers it shares with CLIPScore live in
+`interp.images` (re-exported here)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from PIL import Image
-from tqdm.auto import tqdm
 
-from interp.culturebench.compose import STYLES
-from interp.culturebench.constants import CULTURE_NAMES, CULTURES
-from interp.judges.base import ImageLike, Judge, JudgeError, load_images
+from circuits.data.culturebench.compose import STYLES
+from circuits.data.culturebench.constants import CULTURE_NAMES, CULTURES
+from circuits.data.judges.base import Judge, JudgeError
+from interp.images import ImageLike, image_embeds, load_clip, load_images, text_embeds  # noqa: F401 (re-exported)
 
 
 def default_label_texts() -> dict[str, list[str]]:
@@ -28,51 +29,6 @@ def default_label_texts() -> dict[str, list[str]]:
         ]
         for c in CULTURES
     }
-
-
-def load_clip(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, Any]:
-    """(model, tokenizer, image_processor) from a local folder; nothing is downloaded."""
-    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
-
-    path = Path(path)
-    if not path.is_dir():
-        raise JudgeError(f"CLIP model folder {path} does not exist")
-    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
-    if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
-        raise JudgeError(f"{path}: {type(model).__name__} is not a CLIP-like dual encoder")
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    proc = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-    return model, tok, proc
-
-
-def _pooled(out: Any) -> torch.Tensor:
-    # transformers 5 returns an output object whose pooler_output is the projected embedding.
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-@torch.no_grad()
-def image_embeds(model: Any, image_processor: Any, images: Sequence[ImageLike], batch_size: int = 32,
-                 progress: bool = False) -> Float[torch.Tensor, "n d"]:
-    """L2-normalised image embeddings."""
-    ims = load_images(images)
-    device = next(model.parameters()).device
-    chunks = []
-    for i in tqdm(range(0, len(ims), batch_size), disable=not progress, desc="CLIP images"):
-        px = image_processor(images=ims[i:i + batch_size], return_tensors="pt")["pixel_values"]
-        chunks.append(_pooled(model.get_image_features(pixel_values=px.to(device))).float())
-    return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
-
-
-@torch.no_grad()
-def text_embeds(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> Float[torch.Tensor, "n d"]:
-    """L2-normalised text embeddings (truncated to the tokenizer's max length)."""
-    device = next(model.parameters()).device
-    chunks = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True, return_tensors="pt")
-        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        chunks.append(_pooled(model.get_text_features(**enc)).float())
-    return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
 
 
 class CLIPJudge(Judge):

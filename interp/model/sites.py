@@ -37,11 +37,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import SiteError
-from .model import ARCH_LAYOUT, get_path
+from interp.errors import SiteError
+from interp.model.layout import ARCH_LAYOUT, get_path
 
 if TYPE_CHECKING:
-    from .model import Model
+    from interp.model.model import Model
 
 TEXT_HOOKS = {
     "hook_resid_post": "resid_post",
@@ -50,7 +50,7 @@ TEXT_HOOKS = {
     "mlp.hook_post": "mlp_post",
 }
 ATTN_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_out")
-# Hooks computed inside our attention processor (interp/attention.py), not by a module hook.
+# Hooks computed inside our attention processor (interp/engine/attention.py), not by a module hook.
 PROC_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_pattern", "hook_z")
 # Execution order inside one layer / attention: nnsight needs requests in the order the model runs them.
 STAGE = {"pattern": 0, "attn_out": 1, "mlp_post": 2, "resid_post": 3,

@@ -1,7 +1,7 @@
 """Source tables of the bundled prompt pairs, and the code that writes the JSONL files.
 
 The shipped files `bundled.jsonl` and `bundled_ood.jsonl` are generated from the tables
-below (`python -m interp.culturebench.compose` rewrites them; a test checks they agree).
+below (`python -m circuits.data.culturebench.compose` rewrites them; a test checks they agree).
 Each language has one style phrase that leaves the noun's surface form unchanged
 ("X im deutschen Stil", "和風のX", "Türk tarzı X"), so the noun is a substring of both
 prompts of a pair and its tokens can be compared across them. See README.md.
@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from interp.culturebench.constants import CULTURE_NAMES, CULTURES
-from interp.culturebench.record import Record
+from circuits.data.culturebench.constants import CULTURE_NAMES, CULTURES
+from circuits.data.culturebench.record import Record
 
 HERE = Path(__file__).resolve().parent
 BUNDLED_PATH = HERE / "bundled.jsonl"

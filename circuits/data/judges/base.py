@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from PIL import Image
 
-from interp.culturebench.constants import LABELS
-from interp.errors import CultureLensError
+from circuits.data.culturebench.constants import LABELS
+from interp.images import ImageError, ImageLike, load_images  # noqa: F401 (re-exported)
 
-ImageLike = Union[Image.Image, str, Path]
-
-
-class JudgeError(CultureLensError):
+class JudgeError(ImageError):
     """A judge got bad input or produced output of the wrong shape."""
-
-
-def load_images(images: Sequence[ImageLike]) -> list[Image.Image]:
-    """PIL images in RGB; paths are opened (an unreadable one is named in the error)."""
-    out = []
-    for i, im in enumerate(images):
-        if isinstance(im, (str, Path)):
-            try:
-                with Image.open(im) as f:
-                    im = f.convert("RGB")
-            except OSError as e:
-                raise JudgeError(f"image {i} ({im}) cannot be read: {e}") from e
-        elif isinstance(im, Image.Image):
-            im = im.convert("RGB")
-        else:
-            raise JudgeError(f"image {i} is a {type(im).__name__}; expected a PIL image or a path")
-        out.append(im)
-    return out
 
 
 def check_probs(probs: Any, n: int, who: str) -> Float[torch.Tensor, "n 16"]:

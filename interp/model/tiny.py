@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from .checks import is_int, positive_int
-from .errors import CultureLensError
+from interp.checks import is_int, positive_int
+from interp.errors import CultureLensError, UnsupportedModelError
+from interp.model.model import Model
 
 FAMILIES = ("sd", "sdxl", "altdiffusion", "sd3", "flux")
 _ALIASES = {"sd15": "sd", "sd1": "sd", "sd2": "sd", "alt": "altdiffusion"}
@@ -23,8 +24,6 @@ SPEC_PREFIX = "tiny:"
 def parse_spec(spec: str) -> tuple[str, int]:
     """`tiny:<family>[:<layers>]` -> (family, text layers, default 2); a clear error otherwise
     (`tiny:sd:abc`, `tiny:sd:0`, `tiny:nope`, `tiny:sd:2:x`)."""
-    from .errors import CultureLensError
-
     parts = spec[len(SPEC_PREFIX):].split(":") if spec.startswith(SPEC_PREFIX) else None
     usage = f"use tiny:<family>[:<layers>] with a family in {', '.join(FAMILIES + tuple(_ALIASES))} and layers ≥ 1"
     if parts is None or not 1 <= len(parts) <= 2:
@@ -53,14 +52,14 @@ CORPUS = [
 
 def _bpe(vocab_size: int, max_length: int) -> Any:
     """CLIP-style byte-level BPE (the organism helper's trainer, so tiny models match the organism)."""
-    from .tokenizer_training import train_bpe
+    from interp.model.tokenizer_training import train_bpe
 
     return train_bpe(CORPUS, vocab_size=vocab_size, model_max_length=max_length)
 
 
 def _unigram(vocab_size: int, max_length: int, style: str) -> Any:
     """SentencePiece-like unigram tokenizer, style "xlmr" (<s> A </s>, pad 1) or "t5" (A </s>, pad 0)."""
-    from .tokenizer_training import train_unigram
+    from interp.model.tokenizer_training import train_unigram
 
     return train_unigram(CORPUS, vocab_size=vocab_size, style=style, model_max_length=max_length)
 
@@ -118,8 +117,6 @@ def build_pipeline(family: str, seed: int = 0, *, text_layers: int = 2, d_text: 
     SD model; SD3 keeps its own tiny MMDiT."""
     import diffusers
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    from .errors import UnsupportedModelError
 
     family = _ALIASES.get(family, family)
     if family not in FAMILIES:
@@ -223,8 +220,6 @@ def tiny(family: str = "sd", seed: int = 0, *, text_layers: int = 2, d_text: int
     Every tiny text encoder takes at most 16 tokens (`max_len`, with BOS/EOS); longer prompts
     raise PromptTooLongError unless truncate=True.
     """
-    from .model import Model
-
     if not isinstance(family, str):
         raise CultureLensError(f"tiny: family must be a string (one of {', '.join(FAMILIES)}), got {family!r}")
     if not is_int(seed):

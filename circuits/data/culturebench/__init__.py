@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from interp.culturebench.compose import BUNDLED_OOD_PATH, BUNDLED_PATH, ORGANISM_NOUNS
-from interp.culturebench.constants import (
+from circuits.data.culturebench.compose import BUNDLED_OOD_PATH, BUNDLED_PATH, ORGANISM_NOUNS
+from circuits.data.culturebench.constants import (
     CULTURE_NAMES,
     CULTURES,
     LABELS,
@@ -19,10 +19,10 @@ from interp.culturebench.constants import (
     UNRECOGNISABLE,
     UNSPACED_LANGUAGES,
 )
-from interp.culturebench.errors import DataError
-from interp.culturebench.loader import Dataset, Problem, load
-from interp.culturebench.record import Record
-from interp.culturebench.split import split_of
+from circuits.data.culturebench.errors import DataError
+from circuits.data.culturebench.loader import Dataset, Problem, load
+from circuits.data.culturebench.record import Record
+from circuits.data.culturebench.split import split_of
 
 
 @lru_cache(maxsize=None)

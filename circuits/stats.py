@@ -6,6 +6,10 @@ Bootstraps and paired tests resample *prompts*, and the grouping is explicit: ev
 function that resamples takes a keyword-only `groups` with no default — a prompt id per sample
 when several images (seeds) share a prompt, so the seeds of one prompt move together, or
 `groups=None` to state that every sample is its own prompt.
+
+The analyses' thin adapters (`mean_ci`, `mean_ci_columns`, `accuracy_ci`, `random_control`,
+`paired_prompt_p`, `mcnemar_p`) sit at the end: tuples and floats over the same bootstrap, so
+there is one bootstrap in the project.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from jaxtyping import Bool, Float, Int
 from scipy import stats as sps
 
-from interp.culturebench.constants import LABELS
+from circuits.data.culturebench.constants import LABELS
 from interp.errors import CultureLensError
 
 
@@ -301,3 +306,39 @@ def paired_prompt_test(
         return TestResult(0.0, 1.0, "wilcoxon-signed-rank", detail)
     r = sps.wilcoxon(nz)
     return TestResult(float(r.statistic), float(r.pvalue), "wilcoxon-signed-rank", detail)
+
+
+# -- adapters for the analyses: tuples and floats over the functions above --------------------------
+def mean_ci(x: Any, n_boot: int = 1000, ci: float = 0.95, seed: int = 0, groups: Any = None) -> tuple[float, float, float]:
+    """Mean of `x` (1-D) with a percentile bootstrap CI over prompts (`groups`)."""
+    r = bootstrap_ci(np.asarray(torch.as_tensor(x, dtype=torch.float64)), groups=groups, n_boot=n_boot,
+                     alpha=1 - ci, seed=seed)
+    return float(r.estimate), float(r.low), float(r.high)
+
+
+def mean_ci_columns(x: Any, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> np.ndarray:
+    """Per column of `x` [N, L]: (mean, low, high), each row its own prompt."""
+    a = np.asarray(torch.as_tensor(x, dtype=torch.float64))
+    return np.array([mean_ci(a[:, j], n_boot, ci, seed) for j in range(a.shape[1])])
+
+
+def accuracy_ci(correct: Sequence[bool], n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+                groups: Any = None) -> tuple[float, float, float]:
+    return mean_ci(np.asarray(correct, dtype=np.float64), n_boot, ci, seed, groups)
+
+
+def random_control(observed: float, random_values: Sequence[float], lower_is_extreme: bool = True) -> dict[str, float]:
+    """Mean and sd of the random draws and the empirical p-value of `observed` among them
+    (floored at 1 / (k + 1) by the number of draws k: `p_floor`)."""
+    r = random_controls(observed, list(random_values), higher_is_better=not lower_is_extreme)
+    return {"mean": r.mean, "sd": r.sd, "k": r.k, "p_value": r.p_value, "p_floor": r.p_floor}
+
+
+def paired_prompt_p(a: Sequence[float], b: Sequence[float], groups: Any = None) -> float:
+    """Two-sided Wilcoxon signed-rank p of per-prompt a vs b (`circuits.stats.paired_prompt_test`)."""
+    return float(paired_prompt_test(np.asarray(a, np.float64), np.asarray(b, np.float64), groups=groups).p_value)
+
+
+def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """McNemar's p-value of paired correctness `a` vs `b` (`mcnemar(a, b).p_value` as a float)."""
+    return float(mcnemar(np.asarray(a, bool), np.asarray(b, bool)).p_value)

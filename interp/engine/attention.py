@@ -7,7 +7,7 @@ UNet attention, JointAttnProcessor2_0 for SD3, FluxAttnProcessor for FLUX) and c
 `edit(hook, act)` at each hook point.
 
 A processor is installed only on the modules a session names and only for the session (see
-interp/hooks.py). Per call, `wanted()` says which hooks are read and which are written
+interp/engine/session.py). Per call, `wanted()` says which hooks are read and which are written
 (`hook + WRITES`); three cases:
 - nothing acts at this call (other steps, other branch): the original processor runs alone;
 - hooks are only **read** (recorders, read-only interventions such as attribution's
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import UnsupportedModelError
+from interp.errors import UnsupportedModelError
 
 Edit = Callable[[str, torch.Tensor], torch.Tensor]
 Wanted = Callable[[], set[str]]

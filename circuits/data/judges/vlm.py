@@ -15,8 +15,8 @@ from jaxtyping import Float
 from PIL import Image
 from tqdm.auto import tqdm
 
-from interp.culturebench.constants import LABELS, UNRECOGNISABLE
-from interp.judges.base import Judge, JudgeError
+from circuits.data.culturebench.constants import LABELS, UNRECOGNISABLE
+from circuits.data.judges.base import Judge, JudgeError
 
 LETTERS = string.ascii_uppercase[: len(LABELS)]  # A..P
 

@@ -39,10 +39,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .errors import CultureLensError, SiteError
-from .heatmaps import figure, grid, image_tensor, mass_share, overlay, upsample
-from .interventions import Intervention, OnRows
-from .result_io import load_result, save_result
+from interp.errors import CultureLensError, SiteError
+from interp.interventions import Intervention, OnRows
+from interp.methods.generation import generate
+from interp.methods.heatmaps import figure, grid, image_tensor, mass_share, overlay, upsample
+from interp.methods.spans import SpanError, token_span
+from interp.model.layout import get_path
+from interp.model.sites import parse
+from interp.result_io import load_result, save_result
 
 
 # -- result objects ----------------------------------------------------------------------------
@@ -143,9 +147,6 @@ class EffectMap:
 def cross_attention_sites(model: Any) -> list[str]:
     """The pattern sites DAAM aggregates: UNet `attn2.hook_pattern` (plus `attn1.hook_pattern` in
     blocks with `only_cross_attention`), or every MMDiT joint-attention `hook_pattern`."""
-    from .model import get_path
-    from .sites import parse
-
     names = model.sites()
     if hasattr(model.pipe, "unet"):
         out = []
@@ -177,8 +178,6 @@ def _segments(model: Any) -> list[tuple[list[str], int, int]]:
 def word_positions(model: Any, prompt: str, word: str) -> list[int]:
     """Positions of `word`'s tokens in the denoiser's text sequence (every encoder segment that
     keeps the word; SD3: the CLIP and the T5 segments)."""
-    from .spans import SpanError, token_span
-
     out: list[int] = []
     errors = []
     for prefixes, offset, length in _segments(model):
@@ -240,9 +239,6 @@ def attribution(model: Any, prompt: str, words: str | Sequence[str], seed: int =
     Prompt length: UNet pipelines in diffusers encode one chunk (the text encoder's window) and
     say so with PromptTooLongError; SD3 keeps T5's longer window, so with truncate=True a word
     beyond CLIP's window is still attributed through its T5 tokens."""
-    from .generation import generate
-    from .sites import parse
-
     words = [words] if isinstance(words, str) else list(words)
     if not words:
         raise CultureLensError("attribution: no words given")
@@ -303,8 +299,6 @@ def effect_map(model: Any, prompt: str, interventions: Sequence[Any], seed: int 
     """Where in the image `interventions` change the denoiser's prediction, per step and over all
     steps (see the module docstring): |ε_edit − ε_plain| of the guided prediction, both made from
     the plain trajectory's latents, averaged over channels, upsampled to the image size."""
-    from .generation import generate
-
     if not isinstance(prompt, str):
         raise CultureLensError("effect_map: one prompt (a str) per call")
     if not interventions:

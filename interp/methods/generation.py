@@ -24,13 +24,14 @@ from jaxtyping import Float
 from PIL import Image
 from torch import Tensor
 
-from .checks import describe, finite_number, is_int, positive_int, prompt_list
-from .errors import CultureLensError
-from .heatmaps import figure, image_tensor
-from .hooks import HookSession
-from .interventions import Where
-from .result_io import atomic_write_bytes, load_result, result_folder, save_result
-from .sites import Site, parse
+from interp.checks import describe, finite_number, is_int, positive_int, prompt_list
+from interp.engine.session import HookSession
+from interp.errors import CultureLensError, SiteError
+from interp.interventions import Where
+from interp.methods.capture import envoy
+from interp.methods.heatmaps import figure, image_tensor
+from interp.model.sites import Site, parse
+from interp.result_io import atomic_write_bytes, load_result, result_folder, save_result
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -252,11 +253,11 @@ def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence
 def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int | Sequence[int],
                      steps: int | None, guidance: float | None, **kwargs: Any) -> Generation:
     import nnsight
+    # The one private name of another package used here: nnsight 0.8 has no public wrapper for a
+    # pipeline already in memory (`DiffusionModel` loads from a repo id or folder), so its
+    # `_PipelineModule` (an nn.Module view whose forward runs the pipeline) is used directly.
+    # nnsight is pinned to <0.9 in pyproject.toml; tests/test_import_graph.py allows this one use.
     from nnsight.modeling.diffusion import _PipelineModule
-
-    from .capture import _envoy
-    from .errors import SiteError
-    from .sites import parse
 
     prompts = prompt_list(prompts, "capture_generation")
     model.check_prompts(prompts, truncate=kwargs.pop("truncate", False))
@@ -281,7 +282,7 @@ def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[s
     with torch.no_grad(), nm.trace(**kw) as tracer:
         for _ in tracer.iter[: kw["num_inference_steps"]]:
             for s in parsed:
-                saved[s.name].append(_envoy(nm.unet, s.module_path).output.save())
+                saved[s.name].append(envoy(nm.unet, s.module_path).output.save())
         result.append(nm.output.save())
     acts = {n: _stack(n, [(t, a) for t, a in enumerate(v)], len(prompts)) for n, v in saved.items()}
     return Generation(images=list(result[0].images), latents=final[0], acts=acts)

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from interp.culturebench.constants import CULTURES, LANGUAGE_TO_CULTURE
-from interp.culturebench.errors import DataError
-from interp.culturebench.record import OPTIONAL_FIELDS, REQUIRED_FIELDS, SPLITS, Record
-from interp.culturebench.split import split_of
+from circuits.data.culturebench.constants import CULTURES, LANGUAGE_TO_CULTURE
+from circuits.data.culturebench.errors import DataError
+from circuits.data.culturebench.record import OPTIONAL_FIELDS, REQUIRED_FIELDS, SPLITS, Record
+from circuits.data.culturebench.split import split_of
 
 log = logging.getLogger(__name__)
 SAMPLE_FILES = ("samples.jsonl", "samples.csv")

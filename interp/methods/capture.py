@@ -3,7 +3,9 @@
 `capture` traces each text encoder once per batch with nnsight: reads and the writes of any
 interventions are issued in execution order (nnsight 0.8 requires it), which `Site.order` gives.
 The trace code only indexes envoys and calls `apply` on real tensors, so it stays a plain
-nnsight trace that a remote engine could run.
+nnsight trace that a remote engine could run. `trace_encoder` (one traced forward of an encoder on
+a tokenised batch, with interventions) and `envoy` are public: patching and `circuits.locate.acts`
+build on them.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .checks import prompt_list
-from .errors import CultureLensError, SiteError
-from .hooks import resolve_intervention
-from .interventions import apply_all
-from .sites import Site, parse
+from interp.checks import prompt_list
+from interp.engine.apply import apply_all
+from interp.engine.session import HookSession, resolve_intervention
+from interp.errors import CultureLensError, SiteError
+from interp.model.sites import Site, parse
 
 
 def _nn(model: Any, prefix: str) -> Any:
@@ -37,7 +39,8 @@ def _nn(model: Any, prefix: str) -> Any:
     return cache[prefix]
 
 
-def _envoy(root: Any, path: str) -> Any:
+def envoy(root: Any, path: str) -> Any:
+    """The nnsight envoy at a dotted module path under `root` (integer parts index ModuleLists)."""
     # nnsight serves `.output`/`.input` on every envoy; a submodule with that name is `E_output`.
     obj = root
     for part in filter(None, path.split(".")):
@@ -85,7 +88,7 @@ def trace_encoder(model: Any, prefix: str, batch: Any, reads: Sequence[Site],
     needs_eager = any(s.kind == "pattern" for s in reads)
     with torch.no_grad(), enc.eager_attention(needs_eager), nm.trace(batch["input_ids"], **kwargs):
         for site in ordered:
-            env = _envoy(nm, site.module_path)
+            env = envoy(nm, site.module_path)
             edits = ivs.get(site.name)
             if site.mode == "in0":
                 act = env.input
@@ -153,8 +156,6 @@ def encoder_output(model: Any, prompts: str | Sequence[str], encoder: str = "tex
     """What the denoiser receives from `encoder` for `prompts` (SD/AltDiffusion: last hidden state or
     projection; SDXL/SD3 CLIP: penultimate hidden state; T5: last hidden state; FLUX's CLIP: only its
     pooled output, returned as one token [B, 1, d]), with interventions."""
-    from .hooks import HookSession
-
     prompts = prompt_list(prompts, "encoder_output")
     enc = model.encoder(encoder)
     batch = model.tokenize(prompts, encoder, truncate=truncate)

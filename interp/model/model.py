@@ -18,64 +18,14 @@ from typing import Any
 
 import torch
 
-from .errors import PromptTooLongError, UnsupportedModelError
+from interp.errors import PromptTooLongError, SiteError, UnsupportedModelError
+from interp.model.folders import DEFAULTS_FILE
+from interp.model.layout import (ARCH_LAYOUT, ARCH_OF_CLASS, ENCODER_CLASS_OF_TYPE, ENCODER_ONLY_ARCH_OF_CLASS,
+                                 get_path)
+from interp.model.sites import all_sites
 
-DEFAULTS_FILE = "culturelens.json"
 _T5_MAX_SEQUENCE = 256  # StableDiffusion3Pipeline's default max_sequence_length
 
-# Where each architecture keeps its layers and, per site kind, (module path in a layer, what to read).
-# "out": the module output (first element when it is a tuple); "outK": element K of a tuple output;
-# "in0": the first positional input (the MLP's post-activation is the input of its down-projection).
-ARCH_LAYOUT: dict[str, dict[str, Any]] = {
-    "clip": {
-        "layers": ("encoder.layers", "text_model.encoder.layers"),
-        "resid_post": ("", "out"),
-        "pattern": ("self_attn", "out1"),
-        "attn_out": ("self_attn", "out0"),
-        "mlp_post": ("mlp.fc2", "in0"),
-    },
-    "xlmr": {
-        "layers": ("roberta.encoder.layer", "encoder.layer"),
-        "resid_post": ("", "out"),
-        "pattern": ("attention.self", "out1"),
-        "attn_out": ("attention.output.dense", "out"),
-        "mlp_post": ("intermediate", "out"),
-    },
-    # BertModel (e.g. multilingual-e5-small, interp.zoo.e5_small): XLM-R's layer, no `roberta.` root.
-    "bert": {
-        "layers": ("encoder.layer", "bert.encoder.layer"),
-        "resid_post": ("", "out"),
-        "pattern": ("attention.self", "out1"),
-        "attn_out": ("attention.output.dense", "out"),
-        "mlp_post": ("intermediate", "out"),
-    },
-    "t5": {
-        "layers": ("encoder.block",),
-        "resid_post": ("", "out0"),
-        "pattern": ("layer.0.SelfAttention", "out2"),
-        "attn_out": ("layer.0.SelfAttention", "out0"),
-        "mlp_post": ("layer.1.DenseReluDense.wo", "in0"),
-    },
-}
-
-_ARCH_OF_CLASS = {
-    "CLIPTextModel": "clip",
-    "CLIPTextModelWithProjection": "clip",
-    "RobertaSeriesModelWithTransformation": "xlmr",
-    "XLMRobertaModel": "xlmr",
-    "T5EncoderModel": "t5",
-}
-# An encoder-only Model also opens a bare BertModel (no T2I pipeline here conditions on one).
-_ENCODER_ONLY_ARCH_OF_CLASS = {**_ARCH_OF_CLASS, "BertModel": "bert"}
-
-# Encoder-only folders (a transformers text-encoder folder, no pipeline): config `model_type` ->
-# the class that opens it. A full T5 checkpoint opens as its encoder half, as SD3 uses it.
-ENCODER_CLASS_OF_TYPE = {
-    "bert": "BertModel",
-    "xlm-roberta": "XLMRobertaModel",
-    "clip_text_model": "CLIPTextModel",
-    "t5": "T5EncoderModel",
-}
 ENCODER_ONLY = "encoder"  # Model.family of an encoder-only model
 # The length an encoder-only model pads prompts to unless told otherwise: what the T2I pipelines
 # here pad to (CLIP, AltDiffusion: 77). Padding to a BERT's 512 would make every captured
@@ -83,14 +33,6 @@ ENCODER_ONLY = "encoder"  # Model.family of an encoder-only model
 ENCODER_MAX_LENGTH = 77
 
 _PREFIX_OF_COMPONENT = {"text_encoder": "text", "text_encoder_2": "text_2", "text_encoder_3": "text_3"}
-
-
-def get_path(root: Any, path: str) -> Any:
-    """`root.a.b.0.c` by a dotted path ("" is root); integer parts index into ModuleLists."""
-    obj = root
-    for part in filter(None, path.split(".")):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj
 
 
 @dataclass
@@ -144,7 +86,7 @@ class TextEncoder:
 
 def _text_encoder(prefix: str, component: str, module: Any, tokenizer: Any, family: str) -> TextEncoder:
     cls = type(module).__name__
-    archs = _ENCODER_ONLY_ARCH_OF_CLASS if family == ENCODER_ONLY else _ARCH_OF_CLASS
+    archs = ENCODER_ONLY_ARCH_OF_CLASS if family == ENCODER_ONLY else ARCH_OF_CLASS
     arch = archs.get(cls)
     if arch is None:
         raise UnsupportedModelError(
@@ -280,7 +222,7 @@ def load_encoder_folder(path: str | os.PathLike, device: str | torch.device = "c
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise UnsupportedModelError(f"{cfg_file}, line {e.lineno}: invalid JSON ({e.msg})") from e
-    archs = [a for a in cfg.get("architectures") or [] if a in _ENCODER_ONLY_ARCH_OF_CLASS]
+    archs = [a for a in cfg.get("architectures") or [] if a in ENCODER_ONLY_ARCH_OF_CLASS]
     mtype = cfg.get("model_type")
     cls_name = archs[0] if archs else ENCODER_CLASS_OF_TYPE.get(mtype)
     if cls_name is None or cls_name == "RobertaSeriesModelWithTransformation":
@@ -404,13 +346,9 @@ class Model:
         "attn_out"; UNet: "xattn_{q,k,v,z,pattern,out}" (attn2), "sattn_..." (attn1), "tblock_out",
         "resnet_out"; MMDiT: "jattn_{q,k,v,z,pattern}", "img_out", "txt_out") or by prefix ("text",
         "text_2", "unet", "transformer")."""
-        from .sites import all_sites
-
         return [s.name for s in all_sites(self) if kind is None or kind in (s.kind, s.encoder)]
 
     def encoder(self, prefix: str = "text") -> TextEncoder:
-        from .errors import SiteError
-
         if prefix not in self.encoders:
             raise SiteError(f"no text encoder {prefix!r} in this {self.family} model; valid: {list(self.encoders)}")
         return self.encoders[prefix]

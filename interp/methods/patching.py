@@ -25,11 +25,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .capture import capture, trace_encoder
-from .errors import CultureLensError, SiteError
-from .interventions import Intervention, Replace
-from .result_io import load_result, save_result
-from .sites import Site, parse
+from interp.errors import CultureLensError, SiteError
+from interp.interventions import Intervention, Replace
+from interp.methods.capture import capture, trace_encoder
+from interp.methods.generation import Generation, capture_generation, generate, prompt_seeds
+from interp.model.sites import Site, parse
+from interp.result_io import load_result, save_result
 
 # metric(out) -> scalar (or a tensor, averaged). `out` is what the patched run produced: for text
 # sites the encoder output [B, S, d] (what the denoiser receives); for denoiser sites the
@@ -356,8 +357,6 @@ class _Condition:
 def _patch_denoiser(model: Any, clean: list[str], corrupt: list[str], groups: list[tuple[Site, ...]], metric: Metric,
                     steps: Groups, heads: Groups, positions: Sequence[int] | None, seed: Any, num_steps: int | None,
                     guidance: float | None, branch: str, batch_size: int, truncate: bool) -> PatchResult:
-    from .generation import Generation, capture_generation, generate, prompt_seeds
-
     if branch not in BRANCHES:
         raise CultureLensError(f"patch: branch={branch!r}; use one of {BRANCHES}")
     n_prompts = len(clean)

@@ -5,7 +5,7 @@ Why plain torch hooks here and nnsight elsewhere: the context-manager form must 
 text encoder once per prompt batch and the denoiser once (or twice) per step with CFG rows.
 A forward hook handles every such call with no tracing cost and is removed with certainty in
 `finally`. nnsight is used where a single traced forward is the job: encoder capture
-(`interp.capture`) and patching, and `capture_generation(..., engine="nnsight")`.
+(`interp.methods.capture`) and patching, and `capture_generation(..., engine="nnsight")`.
 
 Where an edit happens (`Where`) is kept per model by one `_Runtime` shared by all open sessions:
 - a pipeline call starts when the pipeline object is called (its class is swapped for a
@@ -16,7 +16,7 @@ Where an edit happens (`Where`) is kept per model by one `_Runtime` shared by al
 - CFG branches: the i-th call of a text encoder in a pipeline call encodes the prompt (i = 0)
   or the negative prompt (i = 1); a denoiser call with 2B rows holds [uncond; cond], one with B
   rows the conditional branch (FLUX's true CFG: the second call of a step is the negative).
-q/k/v/z/pattern sites run inside our attention processors (interp/attention.py), installed on
+q/k/v/z/pattern sites run inside our attention processors (interp/engine/attention.py), installed on
 the named attention modules only while a session needs them, and calling the original
 processor whenever nothing acts at that call.
 """
@@ -32,10 +32,11 @@ from typing import Any
 
 import torch
 
-from .attention import PROCESSORS, WRITES, check_supported, style_of
-from .errors import CultureLensError, SiteError
-from .interventions import BRANCHES, Where, apply_all, check_branch, check_indexing, is_active
-from .sites import PROC_HOOKS, Site, check_indices, parse, resolve_module
+from interp.engine.apply import apply_all, is_active
+from interp.engine.attention import PROCESSORS, WRITES, check_supported, style_of
+from interp.errors import CultureLensError, SiteError
+from interp.interventions import BRANCHES, Where, check_branch, check_indexing
+from interp.model.sites import PROC_HOOKS, Site, check_indices, parse, resolve_module
 
 Recorder = Callable[[Site, torch.Tensor, Where], None]
 
@@ -416,3 +417,9 @@ class _Undo:
 
     def remove(self) -> None:
         self.fn()
+
+
+def intervene(model: Any, interventions: Sequence[Any]):
+    """`with interp.intervene(model, [...]):` applies the interventions to any forward or pipeline
+    call inside the block; every hook and processor is removed on exit, even on exceptions."""
+    return HookSession(model, interventions)

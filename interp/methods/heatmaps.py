@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, UInt8
 from torch import Tensor
 
-from .errors import CultureLensError
+from interp.errors import CultureLensError
 
 
 def image_tensor(image: Any) -> UInt8[Tensor, "H W 3"]:

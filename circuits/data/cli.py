@@ -22,7 +22,7 @@ _SEED = re.compile(r"_(?:s|seed)\d+$")
 
 def collect(root: str | Path) -> tuple[list[str], list[str], list[str]]:
     """(image paths, intended cultures, prompt groups) from either folder layout."""
-    from interp.culturebench import CULTURES, DataError, load
+    from circuits.data.culturebench import CULTURES, DataError, load
 
     root = Path(root)
     if any((root / n).is_file() for n in ("samples.jsonl", "samples.csv")):
@@ -51,7 +51,7 @@ def make_judge(kind: str, model: str | None = None, fn: str | None = None, seed:
                threshold: float | None = None) -> Any:
     """A judge by name: "clip" / "vlm" need `model` (a local folder); "callable" needs
     `fn` = "package.module:attribute" (a function images -> [N, 16] probabilities)."""
-    from interp import judges
+    from circuits.data import judges
 
     if kind in ("clip", "vlm") and not model:
         raise judges.JudgeError(f"--judge {kind} needs --model PATH (a local model folder)")
@@ -73,8 +73,8 @@ def evaluate(root: str | Path, judge: Any, out: str | Path, n_boot: int = 2000, 
     import torch
     from tqdm.auto import tqdm
 
-    from interp import stats
-    from interp.culturebench import LABELS
+    from circuits import stats
+    from circuits.data.culturebench import LABELS
 
     paths, target, groups = collect(root)
     probs = []

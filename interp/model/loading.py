@@ -6,90 +6,25 @@ AltDiffusion folders cannot go through `DiffusionPipeline.from_pretrained` (brok
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CultureLensError, NotAPipelineError, UnsupportedModelError
-from .model import _ARCH_OF_CLASS, DEFAULTS_FILE, Model, is_encoder_folder, load_encoder_folder
-from .zoo.e5 import resolve as zoo_resolve
-
-# Generation defaults a culturelens.json may set: (kind, minimum). Counts and sizes are ints ≥ 1
-# (`steps: -3` or `0` would fail deep in the scheduler), guidance a finite number.
-_DEFAULT_KEYS: dict[str, tuple[str, int | None]] = {"steps": ("int", 1), "guidance": ("number", None),
-                                                    "height": ("int", 1), "width": ("int", 1)}
-
-
-def _read_json(file: Path, error: type[CultureLensError]) -> Any:
-    """Parse a JSON file; any read, decoding or syntax problem is `error` naming the file (and line)."""
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise error(f"{file}: not UTF-8 text (byte {e.start}); JSON config files are UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise error(f"{file}, line {e.lineno}: invalid JSON ({e.msg})") from None
-    except OSError as e:
-        raise error(f"{file}: cannot read ({e.strerror or e})") from None
-
-
-def read_index(path: Path) -> dict[str, Any]:
-    index = path / "model_index.json"
-    if not path.is_dir():
-        raise NotAPipelineError(f"{path}: not a directory (expected a diffusers pipeline folder)")
-    if not index.is_file():
-        found = sorted(p.name for p in path.iterdir())[:10]
-        raise NotAPipelineError(
-            f"{path}: no model_index.json, so this is not a diffusers pipeline folder (found: {found})"
-        )
-    data = _read_json(index, NotAPipelineError)
-    if not isinstance(data, dict):
-        raise NotAPipelineError(f"{index}: expected a JSON object (component name -> [library, class]), "
-                                f"got a JSON {type(data).__name__}")
-    cls = data.get("_class_name")
-    if not (isinstance(cls, str) or isinstance(cls, list) and len(cls) == 2 and all(isinstance(c, str) for c in cls)):
-        raise NotAPipelineError(f"{index}: '_class_name' should be a pipeline class name (a string), got {cls!r}")
-    for name, spec in data.items():
-        # A component is [library, class] (either may be null for an absent optional component).
-        if not name.startswith("_") and isinstance(spec, list) and (
-                len(spec) != 2 or not all(x is None or isinstance(x, str) for x in spec)):
-            raise NotAPipelineError(f"{index}: component {name!r} should be [library, class], got {spec!r}")
-    return data
-
-
-def read_defaults(path: Path) -> dict[str, Any]:
-    """Generation defaults shipped in the folder's culturelens.json (optional)."""
-    f = path / DEFAULTS_FILE
-    if not f.is_file():
-        return {}
-    data = _read_json(f, CultureLensError)
-    if not isinstance(data, dict):
-        raise CultureLensError(f"{f}: expected a JSON object of generation defaults, got a JSON {type(data).__name__}")
-    for key, value in data.items():
-        if key not in _DEFAULT_KEYS:
-            continue
-        kind, minimum = _DEFAULT_KEYS[key]
-        # bool is an int in Python and NaN/Infinity parse as floats: both refused.
-        if kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-            want = f"an integer ≥ {minimum}"
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            want = "a finite number"
-        if not ok:
-            raise CultureLensError(f"{f}: {key!r} should be {want}, got {value!r}")
-    return data
+from interp.errors import UnsupportedModelError
+from interp.model.folders import read_defaults, read_index
+from interp.model.layout import ARCH_OF_CLASS
+from interp.model.model import Model, is_encoder_folder, load_encoder_folder
+from interp.zoo.e5 import resolve as zoo_resolve
 
 
 def _check_text_encoders(path: Path, index: dict[str, Any]) -> None:
     for name, spec in index.items():
         if name.startswith("text_encoder") and isinstance(spec, list) and spec[1] is not None:
-            if spec[1] not in _ARCH_OF_CLASS:
+            if spec[1] not in ARCH_OF_CLASS:
                 raise UnsupportedModelError(
                     f"{path / 'model_index.json'}: component {name!r} is a {spec[1]}; supported text "
-                    f"encoders: {', '.join(_ARCH_OF_CLASS)}"
+                    f"encoders: {', '.join(ARCH_OF_CLASS)}"
                 )
 
 
