@@ -70,13 +70,17 @@ def run_demo(out: str | Path, model: Any = None, family: str = "sd", seed: int =
     lines += [f"| {l} | {d:.4f} |" for l, d in enumerate(diff)]
     lines.append("\n![trace](trace.png)\n")
 
-    # 2. Patching: which layer's residual, patched from modifier into noun-only, restores the output.
-    # Whole sequences, not per token position: the two prompts differ in token length, so their
-    # positions do not line up (interp.patch refuses positions= then).
+    # 2. Patching: which layer's attention / MLP output, patched from modifier into noun-only,
+    # restores the output. Whole sequences, not per token position: the two prompts differ in
+    # token length, so their positions do not line up (interp.patch refuses positions= then). Not
+    # hook_resid_post: the whole residual stream of any layer carries everything downstream, so
+    # every layer would restore the clean output (effect 1) by construction.
+    parts = [f"text.blocks.{l}.{hook}" for l in range(enc.n_layers) for hook in ("hook_attn_out", "mlp.hook_post")]
     target = interp.encoder_output(model, mod)
-    res = interp.patch(model, mod, plain, resid, metric=lambda o: -(o - target).pow(2).mean())
+    res = interp.patch(model, mod, plain, parts, metric=lambda o: -(o - target).pow(2).mean())
     res.plot(out / "patching.png", title="patch modifier → noun-only (normalised effect)")
-    lines.append("## Activation patching (per layer)\n\n" + res.to_markdown() + "\n\n![patching](patching.png)\n")
+    lines.append("## Activation patching (attention and MLP outputs per layer)\n\n" + res.to_markdown()
+                 + "\n\n![patching](patching.png)\n")
 
     # 3. Mask the k MLP units that differ most between the prompt sets vs k random units.
     layer = enc.n_layers // 2

@@ -270,3 +270,29 @@ def test_bridge_covers_encoder_only_folders(models, which):
 def test_bridge_refuses_t5_encoder(models):
     with pytest.raises(interp.UnsupportedModelError, match="no TransformerBridge adapter for text \\(t5\\)"):
         bridge(models["t5"])
+
+
+def test_model_to_moves_the_pipeline_and_clears_cached_state(folders):
+    """`Model.to` on a pipeline Model and on an encoder-only one (where `pipe` is an EncoderOnly,
+    whose `.to` it calls): every module moves, the model is returned, the per-model caches that
+    depend on the placement are dropped and rebuilt on next use; refused while hooks are in."""
+    site = "text.blocks.0.hook_resid_post"
+    pipe_model = interp.tiny("sd")
+    enc_model = interp.load(folders["bert"])
+    for m in (pipe_model, enc_model):
+        interp.capture(m, PROMPTS[:2], [site])  # fills the nnsight cache
+        interp.sites.denoiser_sites(m)
+        with interp.intervene(m, []):
+            pass
+        cached = {k for k in ("_nnsight", "_denoiser_sites", "_hook_runtime") if k in m.__dict__}
+        assert "_nnsight" in cached and "_hook_runtime" in cached
+        assert m.to(torch.bfloat16) is m
+        assert m.dtype == torch.bfloat16 and not cached & set(m.__dict__)
+        modules = [e.module for e in m.encoders.values()]
+        modules += [m.denoiser, m.pipe.vae] if m.has_denoiser else []
+        assert {p.dtype for mod in modules for p in mod.parameters()} == {torch.bfloat16}
+        assert interp.capture(m, PROMPTS[:2], [site])[site].dtype == torch.bfloat16
+        with interp.intervene(m, [interp.Mask(interp.Units(site, [0]))]):
+            with pytest.raises(interp.CultureLensError, match="move it before or after"):
+                m.to(torch.float32)
+        assert m.to("cpu", torch.float32).dtype == torch.float32 and str(m.device) == "cpu"

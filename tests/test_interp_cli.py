@@ -19,6 +19,10 @@ def test_demo_report(tiny_sd, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary["units"]) == 4 and not set(summary["units"]) & set(summary["random_units"])
     assert summary["mask_shift"]["top-Δ mask"] > 0
+    # the patch map shows a real effect: not every site restores the clean output (effect 1)
+    effects = [r["effect"] for r in summary["patch"]]
+    assert len(effects) == 4 and len({round(e, 6) for e in effects}) > 1
+    assert not all(abs(e - 1.0) < 1e-6 for e in effects) and max(abs(e) for e in effects) > 1e-3
 
 
 def test_demo_is_registered():

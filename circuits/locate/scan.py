@@ -153,6 +153,7 @@ def culture_layer_scan(
     ci: float = 0.95,
     margin: float = 0.0,
     batch_size: int = 16,
+    *,
     interventions: Sequence[Any] = (),
     trim: bool = True,
     min_pairs: int = 20,
