@@ -86,7 +86,8 @@ def test_sampled_positions_do_not_depend_on_batching(tiny_sd, tmp_path):
     cap = DenoiserCapture(sample_positions=4, sample_seed=7)
     a = _build(tmp_path / "a", tiny_sd, XATTN, cap, batch_size=2)
     b = _build(tmp_path / "b", tiny_sd, XATTN, cap, batch_size=5)
-    key = lambda st: sorted(map(tuple, st.index().tolist()))  # noqa: E731
+    def key(st):
+        return sorted(map(tuple, st.index().tolist()))
     assert key(a) == key(b)
     order_a, order_b = a.index().tolist(), b.index().tolist()
     rows_b = {tuple(i): r for i, r in zip(order_b, b.all())}

@@ -327,7 +327,8 @@ def _validation_row(name: str, v: Any, units: Any = None) -> str:
     from circuits.results import jsonable
 
     d = jsonable(v) if not isinstance(v, dict) else v
-    pct = lambda r: f"{100 * r['mean']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"  # noqa: E731
+    def pct(r):
+        return f"{100 * r['mean']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
     n = "–" if units is None else f"{sum(len(u.indices) for u in units.cultures.values()) / len(units.cultures):.1f}"
     act = (d.get("controls") or {}).get("activity")
     matched = "–" if not act else f"{100 * act['mean']:.1f} ± {100 * act['sd']:.1f} ({act['k']} draws)"
@@ -488,8 +489,10 @@ def units_dim(units: Any) -> int:
 
 def enhancer_table(rows: dict[str, tuple[Any, dict]]) -> str:
     """The enhancer table with fidelity beside the gain (`circuits.evaluate.summarise` per row)."""
-    f = lambda r: "–" if r is None else r.pct()  # noqa: E731
-    g = lambda r: "–" if r is None else f"{r.mean:.3f} [{r.low:.3f}, {r.high:.3f}]"  # noqa: E731
+    def f(r):
+        return "–" if r is None else r.pct()
+    def g(r):
+        return "–" if r is None else f"{r.mean:.3f} [{r.low:.3f}, {r.high:.3f}]"
     lines = ["## 7b. Layer enhancer", "", "| enhancer | layer | CultureVQA % (noun-only prompts) | noun acc % | "
              "SSIM vs baseline image |", "|---|---|---|---|---|"]
     for name, (layer, m) in rows.items():
