@@ -86,7 +86,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     prompts = _read_prompts(args.prompts)
     model = (args.load or interp.load)(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
-    store = ActivationStore.build(out / "store", model, prompts, args.site, drop=args.drop)
+    store = ActivationStore.build(model, prompts, args.site, out / "store", drop=args.drop)
     batch = min(args.batch_size, store.n_tokens)
     if batch < args.batch_size:
         print(f"note: store holds {store.n_tokens} tokens; batch size lowered to {batch}")
@@ -97,7 +97,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
                  checkpoint_every=args.checkpoint_every, resume=args.resume)
     sae.eval()
     quality = evaluate(sae, store.sample(min(store.n_tokens, 65_536), seed=args.seed + 7))
-    quality["downstream"] = downstream_error(model, sae.to(args.device), args.site, prompts[:32])
+    quality["downstream"] = downstream_error(model, prompts[:32], sae.to(args.device), args.site)
     if not distributed.is_main():  # under torchrun every rank holds the same SAE; rank 0 writes it
         return 0
     save_saelens(sae, out / "sae", hook_name=args.site, model_name=Path(args.model).name,

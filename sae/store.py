@@ -281,7 +281,7 @@ class ActivationStore:
         return {"run": run, "rank": rank, "d": d, "shards": shards, "peak": peak}
 
     @classmethod
-    def build(cls, path: str | Path, model: Any, prompts: Sequence[str], site: str,
+    def build(cls, model: Any, prompts: Sequence[str], site: str, path: str | Path,
               batch_size: int = 16, drop: Drop = "special", special_ids: Iterable[int] | None = None,
               shard_tokens: int = 65_536, dtype: torch.dtype = torch.float32,
               progress: bool = True, *, seeds: Sequence[int] = (0,), capture: DenoiserCapture | None = None,
@@ -296,10 +296,16 @@ class ActivationStore:
         tokenization (`model.tokenize`) and the tokenizer's special ids (override with
         `special_ids`). Note SD's UNet does read the padding positions; use drop="none" to
         keep what the UNet sees. Under torchrun, ranks that name the same folder each capture
-        a contiguous share of the prompts (more ranks than prompts is an error)."""
+        a contiguous share of the prompts (more ranks than prompts is an error).
+
+        Model first, then prompts, then the site, as `interp.capture(model, prompts, sites)`;
+        the store folder `path` comes last (a path first is the old order and is refused)."""
         import interp
         from interp import distributed
 
+        if isinstance(model, (str, os.PathLike)):
+            raise SAEError(f"ActivationStore.build(model, prompts, site, path, ...): the first argument is the "
+                           f"model, got the path {str(model)!r}; the folder comes fourth (or path=...)")
         if not prompts:
             raise SAEError(f"ActivationStore.build({site}): empty prompt list")
         if site.split(".", 1)[0] in DENOISER_PREFIXES:

@@ -28,7 +28,7 @@ HEADS = "unet.down.0.attn.0.attn1.hook_z"  # [B, Q, H, d]
 
 
 def _build(path, model, site, cap=None, seeds=(0, 3), batch_size=2, prompts=PROMPTS, **kw):
-    return ActivationStore.build(path, model, prompts, site, batch_size=batch_size, seeds=seeds, capture=cap,
+    return ActivationStore.build(model, prompts, site, path, batch_size=batch_size, seeds=seeds, capture=cap,
                                  shard_tokens=kw.pop("shard_tokens", 100), progress=False, **kw)
 
 
@@ -232,7 +232,7 @@ import sys, torch, interp
 from sae import ActivationStore
 torch.set_num_threads(1)
 model = interp.tiny("sd", seed=0)
-ActivationStore.build(sys.argv[1], model, PROMPTS, SITE, batch_size=1, seeds=(0, 3), shard_tokens=100,
+ActivationStore.build(model, PROMPTS, SITE, sys.argv[1], batch_size=1, seeds=(0, 3), shard_tokens=100,
                       progress=False)
 '''
 

@@ -18,7 +18,7 @@ PROMPTS = [f"{a} {b}" for a in ("red", "old", "big", "blue", "tall", "new")
 @pytest.fixture(scope="module")
 def trained(tiny_sd, tmp_path_factory):
     path = tmp_path_factory.mktemp("store")
-    store = ActivationStore.build(path, tiny_sd, PROMPTS, SITE, batch_size=8, shard_tokens=64,
+    store = ActivationStore.build(tiny_sd, PROMPTS, SITE, path, batch_size=8, shard_tokens=64,
                                   progress=False)
     sae = TopKSAE(store.d, 64, 8, dead_tokens=2 * store.n_tokens, seed=0)
     train(sae, store, batch_size=32, total_tokens=32 * 150, lr=3e-3, progress=False)
@@ -36,19 +36,34 @@ def test_store_keeps_only_real_tokens(tiny_sd, trained):
     assert store.fingerprints["site"] == SITE
     # a different prompt set must not silently reuse this store
     with pytest.raises(SAEError, match="prompts: store has"):
-        ActivationStore.build(store.path, tiny_sd, PROMPTS[:-1], SITE, progress=False)
+        ActivationStore.build(tiny_sd, PROMPTS[:-1], SITE, store.path, progress=False)
     with pytest.raises(SAEError, match="site: store has"):
-        ActivationStore.build(store.path, tiny_sd, PROMPTS, "text.blocks.1.hook_resid_post",
+        ActivationStore.build(tiny_sd, PROMPTS, "text.blocks.1.hook_resid_post", store.path,
                               progress=False)
 
 
 def test_downstream_error_splice(tiny_sd, trained):
     _, sae = trained
-    r = downstream_error(tiny_sd, sae, SITE, PROMPTS[:6])
+    r = downstream_error(tiny_sd, PROMPTS[:6], sae, SITE)
     assert r["with_error"] == 0.0 and r["max_abs_with_error"] == 0.0
     assert 0.0 < r["relative_error"] < 1.0
-    untrained = downstream_error(tiny_sd, TopKSAE(sae.d_in, 64, 8, seed=5), SITE, PROMPTS[:6])
+    untrained = downstream_error(tiny_sd, PROMPTS[:6], TopKSAE(sae.d_in, 64, 8, seed=5), SITE)
     assert untrained["relative_error"] > r["relative_error"]
+
+
+def test_model_first_order_and_old_order_refused(tiny_sd, trained, tmp_path):
+    """build(model, prompts, site, path) and downstream_error(model, prompts, sae, site), the order
+    of interp.capture(model, prompts, sites); the old orders fail naming the new one."""
+    store, sae = trained
+    built = ActivationStore.build(tiny_sd, PROMPTS[:4], SITE, path=tmp_path / "kw", progress=False)
+    assert built.fingerprints["site"] == SITE and built.n_tokens > 0
+    with pytest.raises(SAEError, match=r"build\(model, prompts, site, path"):
+        ActivationStore.build(tmp_path / "old", tiny_sd, PROMPTS[:4], SITE, progress=False)
+    with pytest.raises(SAEError, match=r"build\(model, prompts, site, path"):
+        ActivationStore.build(str(tmp_path / "old"), tiny_sd, PROMPTS[:4], SITE, progress=False)
+    assert not (tmp_path / "old").exists()
+    with pytest.raises(SAEError, match=r"downstream_error\(model, prompts, sae, site\)"):
+        downstream_error(tiny_sd, sae, SITE, PROMPTS[:6])
 
 
 def test_steer_in_generate(tiny_sd, trained):

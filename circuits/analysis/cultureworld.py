@@ -251,8 +251,8 @@ def train_site_sae(model, site: str, tokens: int, cfg: AnalysisConfig, out: Path
     # Every position the UNet reads (the organism pads with end-of-text and has no attention
     # mask, and its pooled vector sits at the first end-of-text), so nothing is dropped.
     stores = out / "sae_stores" / name
-    store = saelib.ActivationStore.build(stores / "train", model, train_corpus, site, drop="none", progress=False)
-    held = saelib.ActivationStore.build(stores / "heldout", model, heldout_corpus, site, drop="none", progress=False)
+    store = saelib.ActivationStore.build(model, train_corpus, site, stores / "train", drop="none", progress=False)
+    held = saelib.ActivationStore.build(model, heldout_corpus, site, stores / "heldout", drop="none", progress=False)
     kw = {} if cfg.sae_dead_tokens is None else {"dead_tokens": cfg.sae_dead_tokens}
     sae_seed = cfg.seed if cfg.sae_seed is None else cfg.sae_seed
     sae = saelib.TopKSAE(store.d, d_sae=cfg.sae_latents, k=cfg.sae_k, seed=sae_seed, **kw)
@@ -283,7 +283,7 @@ def train_culture_sae(model, layer: int, cfg: AnalysisConfig, out: Path, report:
     site = f"text.blocks.{layer}.hook_resid_post"
     sae, info = train_site_sae(model, site, cfg.sae_tokens, cfg, out, "sae")
     test_prompts = [p.concept_prompt for p in organism_pairs(TEST_NOUNS)]
-    down = saelib.downstream_error(model, sae, site, test_prompts)
+    down = saelib.downstream_error(model, test_prompts, sae, site)
     plot_metrics(info["log"], out / "sae_training.png", title=f"Top-K SAE on {site}", dead_tokens=sae.cfg.dead_tokens)
     q, h = info["quality_train"], info["quality_heldout"]
     report.add(

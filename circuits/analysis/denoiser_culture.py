@@ -609,11 +609,11 @@ def denoiser_culture(model: Any, judge: Any = None, *, site: str = SITE, cfg: De
         # plain images (generated once, read for FVU, WFS_noun and as the link's baseline).
         te_pairs = organism_pairs(cfg.test_nouns)
         te_cult = [p.concept for p in te_pairs]
-        store = saelib.ActivationStore.build(work / "stores" / "train", model, tr_prompts, site, batch_size=cfg.batch_size,
+        store = saelib.ActivationStore.build(model, tr_prompts, site, work / "stores" / "train", batch_size=cfg.batch_size,
                                              seeds=cfg.seeds, capture=cap, progress=progress)
-        held = saelib.ActivationStore.build(work / "stores" / "heldout", model, [p.concept_prompt for p in te_pairs],
-                                            site, batch_size=cfg.batch_size, seeds=cfg.heldout_seeds, capture=cap,
-                                            progress=progress)
+        held = saelib.ActivationStore.build(model, [p.concept_prompt for p in te_pairs], site,
+                                            work / "stores" / "heldout", batch_size=cfg.batch_size,
+                                            seeds=cfg.heldout_seeds, capture=cap, progress=progress)
         done("stores")
 
         dsae = saelib.TopKSAE(store.d, d_sae=cfg.sae_latents, k=cfg.sae_k, seed=cfg.seed)
