@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import interp
-from sae import ActivationStore, SAEError, Steer, TopKSAE, downstream_error, load_saelens, train
-from sae.store import token_keep_mask
+from sae import ActivationStore, SAEError, Steer, TopKSAE, downstream_error, evaluate, load_saelens, train
+from sae.store import prompts_fingerprint, token_keep_mask
 
 SITE = "text.blocks.0.hook_resid_post"
 # the tiny pipelines take 16 tokens of a character-level vocabulary: short prompts
@@ -96,3 +96,29 @@ def test_cli_sae_train(tiny_sd, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["fvu"] < 0.5 and summary["downstream"]["with_error"] == 0.0
     assert (out / "checkpoints" / "metrics.jsonl").exists()
+    # The reported FVU is on prompts the trainer never saw: the training store holds exactly the
+    # other prompts, and the number is the SAE's FVU on the held-out store.
+    held = summary["heldout_prompts"]
+    assert len(held) == 3 and set(held) <= set(PROMPTS) and summary["eval"].startswith("held out: 3 of 30")
+    train_store = ActivationStore(out / "store")
+    assert train_store.fingerprints["prompts"] == prompts_fingerprint([p for p in PROMPTS if p not in held])
+    assert sae.saelens_cfg["metadata"]["prompts_fingerprint"] == train_store.fingerprints["prompts"]
+    held_store = ActivationStore(out / "heldout_store")
+    assert held_store.fingerprints["prompts"] == prompts_fingerprint(held)
+    acts = interp.capture(tiny_sd, held, sites=[SITE])[SITE]
+    tok = tiny_sd.tokenize(held)
+    keep = token_keep_mask(tok["input_ids"], tok["attention_mask"],
+                           tiny_sd.encoders["text"].tokenizer.all_special_ids, "special")
+    assert summary["fvu"] == pytest.approx(evaluate(sae, acts[keep].float())["fvu"], rel=1e-5)
+    assert summary["fvu"] != summary["train"]["fvu"]
+    assert "held out" in capsys.readouterr().out
+
+    # --eval-store: every prompt trains, the FVU is on the given store
+    rc = main(["sae-train", "--model", str(tmp_path / "pipe"), "--prompts", str(tmp_path / "prompts.txt"),
+               "--site", SITE, "--out", str(tmp_path / "run2"), "--d-sae", "64", "--k", "8", "--batch-size", "64",
+               "--tokens", "640", "--eval-store", str(out / "heldout_store")])
+    assert rc == 0
+    s2 = json.loads((tmp_path / "run2" / "summary.json").read_text())
+    assert s2["eval"].startswith("--eval-store") and "heldout_prompts" not in s2
+    assert ActivationStore(tmp_path / "run2" / "store").fingerprints["prompts"] == prompts_fingerprint(PROMPTS)
+    assert s2["fvu"] == pytest.approx(evaluate(load_saelens(tmp_path / "run2" / "sae"), held_store)["fvu"], rel=1e-5)
