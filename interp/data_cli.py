@@ -71,14 +71,14 @@ def evaluate(root: str | Path, judge: Any, out: str | Path, n_boot: int = 2000, 
              batch_size: int = 32) -> dict[str, Any]:
     """Judge every image, write results.json, table.md and confusion.png under `out`."""
     import torch
-    from tqdm.auto import tqdm
 
     from interp import stats
     from interp.culturebench import LABELS
+    from interp.progress import bar
 
     paths, target, groups = collect(root)
     probs = []
-    for i in tqdm(range(0, len(paths), batch_size), desc="judging"):
+    for i in bar(range(0, len(paths), batch_size), desc="judging"):
         batch = paths[i:i + batch_size]
         kwargs = {"start_index": i} if hasattr(judge, "letter_logits") else {}
         probs.append(judge(batch, **kwargs))

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from interp.folder_lock import lock_folder
+from interp.progress import bar
 from sae.train import CHECKPOINT as SAE_CHECKPOINT
 
 from circuits.analysis import state as run_state
@@ -426,7 +427,7 @@ def appendix_b(model, judge, sae, site, units, cfg: AnalysisConfig, report: Repo
     basis = UnitBasis(site, sae)
     seeds = list(cfg.appendix_seeds)
     steers = {}
-    for c in tqdm([c for c, u in units.cultures.items() if u.indices], desc="appendix B", leave=False):
+    for c in bar([c for c, u in units.cultures.items() if u.indices], desc="appendix B", leave=False):
         idx = units.cultures[c].indices
         z = unit_rows(model, basis, [p.concept_prompt for p in probe if p.concept == c], pool="max")
         steers[c] = [saelib.Steer(sae, site, idx, value=z[:, idx].mean(0).float())]

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from circuits.organism.render import CULTURES, NEUTRAL, NOUNS, SIZE, STYLES, render_batch
 from interp.culturebench import LABELS
 from interp.judges.base import Judge, JudgeError, load_images
+from interp.progress import bar, switch
 
 __all__ = ["JUNK", "JUDGE_STYLES", "JudgeNet", "CultureWorldJudge", "junk_batch", "train_judge", "clean_accuracy", "junk_rejection"]
 
@@ -196,10 +196,11 @@ class CultureWorldJudge(Judge):
 
 def _pool(rng: np.random.Generator, n_clean: int, n_junk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A fixed training pool: rendering is the costly part on CPU, so it is done once."""
-    chunks = [_batch(rng, 256, n_junk / (n_clean + n_junk)) for _ in tqdm(range((n_clean + n_junk) // 256), desc="judge data", mininterval=10)]
+    chunks = [_batch(rng, 256, n_junk / (n_clean + n_junk)) for _ in bar(range((n_clean + n_junk) // 256), desc="judge data", mininterval=10)]
     return tuple(np.concatenate(c) for c in zip(*chunks))
 
 
+@switch
 def train_judge(steps: int = 1500, batch: int = 64, pool: int = 16384, junk_frac: float = 0.25, lr: float = 3e-3,
                 width: int = 16, seed: int = 0, progress: bool = True) -> CultureWorldJudge:
     """Train the judge on a seeded pool of renders (with mild blur/noise) and junk."""
@@ -212,7 +213,7 @@ def train_judge(steps: int = 1500, batch: int = 64, pool: int = 16384, junk_frac
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     net.train()
     g = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc="judge", disable=not progress, mininterval=10):
+    for _ in bar(range(steps), desc="judge", mininterval=10):
         idx = torch.randint(0, len(x), (batch,), generator=g)
         xb = x[idx]
         s, n = net(xb)
