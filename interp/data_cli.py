@@ -75,6 +75,7 @@ def evaluate(root: str | Path, judge: Any, out: str | Path, n_boot: int = 2000, 
     from interp import stats
     from interp.culturebench import LABELS
     from interp.progress import bar
+    from interp.result_io import atomic_write_text
 
     paths, target, groups = collect(root)
     probs = []
@@ -101,9 +102,7 @@ def evaluate(root: str | Path, judge: Any, out: str | Path, n_boot: int = 2000, 
         "images": [{"path": pth, "intended": t, "judged": pr, "group": g, "probs": [round(x, 6) for x in row]}
                    for pth, t, pr, g, row in zip(paths, target, pred, groups, p.tolist())],
     }
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(out / "results.json")
+    atomic_write_text(out / "results.json", json.dumps(result, ensure_ascii=False, indent=1))
     print("\n".join(table))
     return result
 

@@ -36,10 +36,10 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Bool, Float, Int
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.result_io import atomic_save_file, atomic_write_text
 from interp.sites import DENOISER_PREFIXES
 from sae import denoiser
 from sae.denoiser import INDEX_COLUMNS, DenoiserCapture
@@ -52,9 +52,7 @@ Drop = Literal["special", "padding", "none"]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _sha(data: bytes | str) -> str:
@@ -255,9 +253,7 @@ class ActivationStore:
 
         def flush(rows: Tensor) -> None:
             name = f"{prefix}shard_{len(shards):05d}.safetensors"
-            tmp = path / (name + ".tmp")
-            save_file({"acts": rows.contiguous()}, str(tmp))
-            os.replace(tmp, path / name)
+            atomic_save_file(path / name, {"acts": rows.contiguous()})
             shards.append({"file": name, "n": rows.shape[0]})
 
         bar = tqdm(desc=f"store {path.name}", unit="tok", disable=not progress)
@@ -402,10 +398,8 @@ class ActivationStore:
         def flush() -> None:
             nonlocal bufs, n_buf
             name = f"{prefix}shard_{len(state['shards']):05d}.safetensors"
-            tmp = path / (name + ".tmp")
-            save_file({"acts": torch.cat([r for r, _ in bufs]).contiguous(),
-                       "index": torch.cat([i for _, i in bufs]).contiguous()}, str(tmp))
-            os.replace(tmp, path / name)
+            atomic_save_file(path / name, {"acts": torch.cat([r for r, _ in bufs]).contiguous(),
+                                           "index": torch.cat([i for _, i in bufs]).contiguous()})
             state["shards"].append({"file": name, "n": n_buf})
             bufs, n_buf = [], 0
 

@@ -10,7 +10,6 @@ nearest culture. As a project judge it returns [N, 16] over `culturebench.LABELS
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from circuits.organism.render import CULTURES, NEUTRAL, NOUNS, SIZE, STYLES, render_batch
 from interp.culturebench import LABELS
 from interp.judges.base import Judge, JudgeError, load_images
 from interp.progress import bar, switch
+from interp.result_io import atomic_save_file
 
 __all__ = ["JUNK", "JUDGE_STYLES", "JudgeNet", "CultureWorldJudge", "junk_batch", "train_judge", "clean_accuracy", "junk_rejection"]
 
@@ -173,9 +173,7 @@ class CultureWorldJudge(Judge):
         """`judge.safetensors` + `judge_config.json` (labels, nouns, input convention)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (WEIGHTS + ".tmp")
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp))
-        os.replace(tmp, folder / WEIGHTS)
+        atomic_save_file(folder / WEIGHTS, {k: v.contiguous() for k, v in self.net.state_dict().items()})
         cfg = {"class": "CultureWorldJudge", "width": self.net.features[0].out_channels, "styles": list(JUDGE_STYLES),
                "nouns": list(NOUNS), "labels": list(LABELS), "input": "RGB 32x32, scaled to [-1, 1]",
                "unrecognisable": "P(neutral) + P(junk)"}
