@@ -65,6 +65,23 @@ def register(sub: argparse._SubParsersAction, load: Loader | None = None) -> Non
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_browse_cmd, load=load)
 
+    p = sub.add_parser("export-features", help="export chosen latents of an SAE as steering features "
+                       "(features.safetensors: decoder rows; features.json: labels, module, activation scales)")
+    p.add_argument("--sae", required=True, help="SAELens folder (sae-train's OUT/sae)")
+    p.add_argument("--latents", required=True, type=int, nargs="+", help="latent indices to export")
+    p.add_argument("--labels", nargs="+", default=None, help="one label per latent (default: 'latent N')")
+    p.add_argument("--site", default=None, help="default: the SAE's hook_name")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", default=None,
+                   help="local diffusers pipeline folder: features.json then names the site's module")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a --model folder that ships its own pipeline.py (only folders you trust)")
+    p.add_argument("--store", default=None,
+                   help="the activation store the SAE was trained on (sae-train's OUT/store): "
+                        "activation scales, firing rates and the kept positions")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_export_features_cmd, load=load)
+
 
 def _fraction(text: str) -> float:
     """argparse type: a number in [0, 1)."""
@@ -168,6 +185,31 @@ def _train_cmd(args: argparse.Namespace) -> int:
     print(json.dumps(quality, indent=2))
     print(f"FVU {quality['fvu']:.4f} on {quality['eval']} (training tokens: {on_train['fvu']:.4f})")
     print(f"wrote {out / 'sae'} (SAELens), {out / 'checkpoints' / 'metrics.jsonl'}, {out / 'metrics.png'}")
+    return 0
+
+
+def _export_features_cmd(args: argparse.Namespace) -> int:
+    import interp
+    from sae import ActivationStore, export_features
+    from sae.saelens import load_saelens
+
+    sae = load_saelens(args.sae, device=args.device)
+    site = args.site or sae.saelens_cfg.get("metadata", {}).get("hook_name")
+    if not site:
+        raise SAEError(f"--sae {args.sae}: cfg.json names no hook_name; pass --site")
+    bad = [i for i in args.latents if not 0 <= i < sae.d_sae]
+    if bad or len(set(args.latents)) != len(args.latents):
+        raise SAEError(f"--latents {args.latents}: need distinct indices in [0, {sae.d_sae}); "
+                       f"{'out of range: ' + str(bad) if bad else 'repeats'}")
+    labels = args.labels or [f"latent {i}" for i in args.latents]
+    if len(labels) != len(args.latents):
+        raise SAEError(f"--labels: {len(labels)} labels for {len(args.latents)} latents")
+    model = None
+    if args.model:
+        model = (args.load or interp.load)(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    store = ActivationStore(args.store) if args.store else None
+    out = export_features(sae, args.latents, labels, args.out, site=site, model=model, store=store)
+    print(f"wrote {out / 'features.safetensors'} and {out / 'features.json'} ({len(args.latents)} latents of {site})")
     return 0
 
 
