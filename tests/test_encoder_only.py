@@ -185,7 +185,7 @@ def test_scan_store_sae_and_units_on_each_family(models, arch, tmp_path):
     assert s.direction == ("noun->modifier" if arch == "clip" else "modifier->noun")
     site = f"text.blocks.{scan.chosen}.hook_resid_post"
     prompts = [p for pair in PAIRS for p in pair[:2]]
-    store = ActivationStore.build(tmp_path / "store", model, prompts, site, batch_size=4, progress=False)
+    store = ActivationStore.build(model, prompts, site, tmp_path / "store", batch_size=4, progress=False)
     sae = TopKSAE(D, 32, 4, seed=0)
     train(sae, store, batch_size=16, total_tokens=16 * 30, lr=3e-3, progress=False)
     units = circuits.culture_units(model, circuits.sae_basis(sae, site), {"ja": PAIRS[:2], "de": PAIRS[2:]}, k_max=4)
@@ -227,7 +227,7 @@ def test_real_e5_capture_scan_store_sae_patch(e5_model, tmp_path):
     assert s.layers == list(range(12)) and s.direction == "modifier->noun" and 0 <= scan.chosen < 12
     site = f"text.blocks.{scan.chosen}.hook_resid_post"
     prompts = [p for r in recs for p in (r.modifier_noun, r.noun_only)]
-    store = ActivationStore.build(tmp_path / "store", model, prompts, site, batch_size=6, progress=False)
+    store = ActivationStore.build(model, prompts, site, tmp_path / "store", batch_size=6, progress=False)
     assert store.d == 384 and store.n_tokens > len(prompts)
     sae = TopKSAE(384, 128, 8, seed=0)
     log = train(sae, store, batch_size=32, total_tokens=32 * 40, lr=2e-3, progress=False)

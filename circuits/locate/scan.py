@@ -214,7 +214,8 @@ def _scan_encoder(model, pairs, enc, causal, layers, direction, seeds, n_boot, c
         )
     keep = ok.nonzero().flatten().tolist()
     P = [pairs[i] for i in keep]
-    pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
+    def pick(xs):
+        return [xs[i] for i in keep]
     c = layer_ca(model, [p.concept_prompt for p in P], pick(sp.modifier), pick(sp.noun), enc, layers, direction,
                  batch_size, desc=f"{enc} concept", interventions=ivs, trim=trim)
     n = layer_ca(model, [p.noun_prompt for p in P], pick(sp.noun_only_src), pick(sp.noun_only_noun), enc, layers,
