@@ -72,7 +72,7 @@ def main() -> None:
     amp = interp.Amplify(interp.Units(SITE.replace("hook_z", "hook_out"), list(range(8))), 4.0)
 
     def effect():
-        return interp.effect_map(model, CLEAN[0], [amp], seed=0)
+        return interp.effect_map(model, CLEAN[0], interventions=[amp], seed=0)
 
     t_plain, t_one, t_packed, t_maps, t_eff = median_times(
         [plain, grid(1), grid(n_cond), maps, effect], args.repeats)

@@ -47,7 +47,7 @@ def prompts(n: int) -> list[str]:
 def build(model, folder: Path, ps: list[str], seeds: list[int], batch: int, shard_tokens: int,
           family_site: str) -> ActivationStore:
     shutil.rmtree(folder, ignore_errors=True)
-    return ActivationStore.build(folder, model, ps, family_site, batch_size=batch, seeds=seeds,
+    return ActivationStore.build(model, ps, family_site, folder, batch_size=batch, seeds=seeds,
                                  shard_tokens=shard_tokens, progress=False)
 
 

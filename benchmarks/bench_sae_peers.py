@@ -74,7 +74,7 @@ def organism_data() -> tuple[torch.Tensor, torch.Tensor, None]:
     train = sorted(set(op.training_corpus(PROBE_NOUNS + TRAIN_NOUNS)) - {""}) + [""]
     held = sorted(set(op.training_corpus(TEST_NOUNS)) - {""})
     with tempfile.TemporaryDirectory() as d:
-        xs = [ActivationStore.build(Path(d) / n, model, p, site, drop="none", progress=False).all()
+        xs = [ActivationStore.build(model, p, site, Path(d) / n, drop="none", progress=False).all()
               for n, p in (("train", train), ("held", held))]
     return xs[0], xs[1], None
 

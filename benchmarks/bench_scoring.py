@@ -39,7 +39,8 @@ def main() -> None:
     site = "text.blocks.0.mlp.hook_post"
     # A different unit set per culture, so every condition needs its own interventions.
     units = {c: interp.Units(site, [4 * i + j for j in range(4)]) for i, c in enumerate(groups)}
-    mask = lambda c: [interp.Mask(units[c])]  # noqa: E731
+    def mask(c):
+        return [interp.Mask(units[c])]
     score(model, {c: v[:1] for c, v in list(groups.items())[:2]}, judge, mask)  # warm-up
 
     times, results = {}, {}

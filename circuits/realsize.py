@@ -232,7 +232,7 @@ def _sae(model: Any, rec: RealSizeRun, tokens: int, folder: str | Path | None) -
     prompts = (base * (tokens // (per_prompt * len(base)) + 1))[: -(-tokens // per_prompt)]
     folder = Path(folder or tempfile.mkdtemp(prefix="realsize-sae-"))
     store = rec.measure(f"activation store ({tokens:,} tokens)", lambda: sae.ActivationStore.build(
-        folder / "store", model, prompts, site, batch_size=128, drop="none", progress=False))
+        model, prompts, site, folder / "store", batch_size=128, drop="none", progress=False))
     d = model.encoders["text"].d_model
     s = sae.TopKSAE(d_in=d, d_sae=8 * d, k=32).to(model.device)
     logs = rec.measure(f"SAE training ({tokens:,} tokens)", lambda: sae.train(

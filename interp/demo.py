@@ -8,9 +8,10 @@ It runs on a tiny random pipeline by default (seconds, offline), or on any pipel
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from interp.result_io import atomic_write_text
 
 
 PAIRS = [("a Japanese-style box", "a box"), ("a Thai-style hat", "a hat"), ("a French vase", "a vase")]
@@ -25,12 +26,6 @@ def _grid(images: list[Any], rows: int, path: Path, scale: int = 4) -> None:
     for i, im in enumerate(images):
         grid.paste(im.resize((w * scale, h * scale), Image.NEAREST), ((i % cols) * w * scale, (i // cols) * h * scale))
     grid.save(path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_demo(out: str | Path, model: Any = None, family: str = "sd", seed: int = 0, steps: int | None = None,
@@ -70,13 +65,17 @@ def run_demo(out: str | Path, model: Any = None, family: str = "sd", seed: int =
     lines += [f"| {l} | {d:.4f} |" for l, d in enumerate(diff)]
     lines.append("\n![trace](trace.png)\n")
 
-    # 2. Patching: which layer's residual, patched from modifier into noun-only, restores the output.
-    # Whole sequences, not per token position: the two prompts differ in token length, so their
-    # positions do not line up (interp.patch refuses positions= then).
+    # 2. Patching: which layer's attention / MLP output, patched from modifier into noun-only,
+    # restores the output. Whole sequences, not per token position: the two prompts differ in
+    # token length, so their positions do not line up (interp.patch refuses positions= then). Not
+    # hook_resid_post: the whole residual stream of any layer carries everything downstream, so
+    # every layer would restore the clean output (effect 1) by construction.
+    parts = [f"text.blocks.{l}.{hook}" for l in range(enc.n_layers) for hook in ("hook_attn_out", "mlp.hook_post")]
     target = interp.encoder_output(model, mod)
-    res = interp.patch(model, mod, plain, resid, metric=lambda o: -(o - target).pow(2).mean())
+    res = interp.patch(model, mod, plain, parts, metric=lambda o: -(o - target).pow(2).mean())
     res.plot(out / "patching.png", title="patch modifier → noun-only (normalised effect)")
-    lines.append("## Activation patching (per layer)\n\n" + res.to_markdown() + "\n\n![patching](patching.png)\n")
+    lines.append("## Activation patching (attention and MLP outputs per layer)\n\n" + res.to_markdown()
+                 + "\n\n![patching](patching.png)\n")
 
     # 3. Mask the k MLP units that differ most between the prompt sets vs k random units.
     layer = enc.n_layers // 2
@@ -110,7 +109,7 @@ def run_demo(out: str | Path, model: Any = None, family: str = "sd", seed: int =
     lines += [f"| {n} | {float((v - lat['baseline']).abs().mean()):.4f} |" for n, v in lat.items()]
     summary = {"layer_diff": diff, "patch": res.rows, "mask_shift": shift,
                "units": top.indices.tolist(), "random_units": rand.indices.tolist()}
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     report = out / "report.md"
-    _atomic_write(report, "\n".join(lines) + "\n")
+    atomic_write_text(report, "\n".join(lines) + "\n")
     return report

@@ -222,7 +222,8 @@ def ssim(
     g = torch.exp(-((torch.arange(w, dtype=torch.float64) - (w - 1) / 2) ** 2) / (2 * sigma ** 2))
     g = (g / g.sum())
     k = (g[:, None] * g[None, :]).expand(x.shape[1], 1, w, w).contiguous()
-    conv = lambda t: torch.nn.functional.conv2d(t, k, groups=x.shape[1])  # noqa: E731
+    def conv(t):
+        return torch.nn.functional.conv2d(t, k, groups=x.shape[1])
     mx, my = conv(x), conv(y)
     sxx, syy, sxy = conv(x * x) - mx ** 2, conv(y * y) - my ** 2, conv(x * y) - mx * my
     c1, c2 = 0.01 ** 2, 0.03 ** 2

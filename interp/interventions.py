@@ -37,6 +37,11 @@ from interp.checks import check_range, describe, finite_number, index_list, is_i
 from interp.errors import CultureLensError, SiteError
 from interp.model.sites import parse, site_axes
 
+# The one definition of the classifier-free-guidance branches (interp.patching imports it):
+# BRANCHES maps a branch to its row label in `Where.branches`; BRANCH_CHOICES is every valid
+# `branch=` value. Defaults differ on purpose and are stated where they apply: an intervention
+# edits branch="cond" (the prompt's side) unless told otherwise; `interp.patch` patches
+# branch="both" (all rows of the clean run) unless told otherwise.
 BRANCHES = {"uncond": 0, "cond": 1}
 BRANCH_CHOICES = ("cond", "uncond", "both")
 

@@ -20,7 +20,8 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
+import secrets
+import shutil
 import types
 import typing
 import warnings
@@ -74,19 +75,61 @@ def jsonable(x: Any) -> Any:
     return x
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a temporary file in the same folder, then os.replace: readers never see half a file."""
+def atomic_write(path: str | Path, write: collections.abc.Callable[[Path], Any]) -> None:
+    """The one atomic writer: `write(tmp)` fills a temporary file in the same folder, then
+    os.replace puts it at `path`, so readers never see half a file (the old file stays until
+    then; the temporary one is removed on any failure). `path`'s folder is created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # a fresh random name per write (concurrent writers never share one), created by a plain
+    # open, so the file gets the mode the umask gives any other file
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _write_new(tmp: Path, data: bytes) -> None:
+    with open(tmp, "xb") as f:
+        f.write(data)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (`atomic_write`)."""
+    atomic_write(path, lambda tmp: _write_new(tmp, data))
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    """Write `text` to `path` atomically (`atomic_write`), encoded as `encoding`."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_save_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file` atomically (`atomic_write`): the file is written straight
+    to disk, not assembled in memory first (activation-store shards are large)."""
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def atomic_replace_folder(src: str | Path, dst: str | Path) -> Path:
+    """Put the finished folder `src` at `dst` (same file system): an old `dst` is first moved
+    aside to `dst.old` and removed after the swap, so `dst` is always a whole folder, the old
+    one or the new one (never a mix), and a crash between the two renames leaves `dst.old`."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        old = dst.with_name(dst.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(src, dst)
+    return dst
 
 
 def result_folder(path: str | Path, name: str) -> Path:

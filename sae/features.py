@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
+from interp.result_io import atomic_save_file, atomic_write_text
 from sae.describe import describe
 from sae.errors import SAEError
 from sae.model import TopKSAE
@@ -54,9 +53,7 @@ def export_features(sae: TopKSAE, units: Sequence[int], labels: Sequence[str],
                "scores": sc}
     if per is not None:
         tensors.update(typical_activation=per["typical"].contiguous(), max_activation=per["max"].contiguous())
-    tmp = out / "features.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"site": site or "", "d_in": str(sae.d_in)})
-    os.replace(tmp, out / "features.safetensors")
+    atomic_save_file(out / "features.safetensors", tensors, metadata={"site": site or "", "d_in": str(sae.d_in)})
     feats = []
     for i, (u, lab, s) in enumerate(zip(units, labels, scores or [None] * len(units))):
         rec = {"row": i, "latent": u, "label": str(lab), "score": None if scores is None else float(s)}
@@ -66,7 +63,5 @@ def export_features(sae: TopKSAE, units: Sequence[int], labels: Sequence[str],
                        firing_rate=float(per["firing_rate"][i]), coefficient_scale=typ)
         feats.append(rec)
     recs = {"site": site, "d_in": sae.d_in, "d_sae": sae.d_sae, "k": sae.k, **info, "features": feats}
-    tmp = out / "features.json.tmp"
-    tmp.write_text(json.dumps(recs, indent=2, ensure_ascii=False))
-    os.replace(tmp, out / "features.json")
+    atomic_write_text(out / "features.json", json.dumps(recs, indent=2, ensure_ascii=False))
     return out

@@ -54,13 +54,19 @@ def _rel(a: Tensor, b: Tensor) -> float:
 
 
 @torch.no_grad()
-def downstream_error(model: Any, sae: TopKSAE, site: str, prompts: Sequence[str],
+def downstream_error(model: Any, prompts: Sequence[str], sae: TopKSAE, site: str,
                      encoder: str | None = None) -> dict[str, float]:
     """Relative error ‖out_spliced − out‖ / ‖out‖ of `interp.encoder_output` (what the UNet
     sees) with decode(encode(x)) spliced in at `site`, and the same with the SAE error added
-    back (`with_error`, which must be exactly 0)."""
+    back (`with_error`, which must be exactly 0). Model first, then prompts, then the SAE and
+    its site (the order of `interp.capture(model, prompts, sites)`)."""
     import interp
 
+    if isinstance(prompts, TopKSAE) or isinstance(sae, str):
+        raise SAEError("downstream_error(model, prompts, sae, site): got the SAE second or a site third, "
+                       "the old order (model, sae, site, prompts); pass the prompts second")
+    if isinstance(prompts, str):
+        raise SAEError(f"downstream_error: prompts must be a list of strings, not one string {prompts!r}")
     encoder = encoder or site.split(".", 1)[0]
     base = interp.encoder_output(model, list(prompts), encoder=encoder)
     spliced = interp.encoder_output(model, list(prompts), encoder=encoder,

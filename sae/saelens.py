@@ -13,14 +13,14 @@ and `model_name`; so `metadata.sae_lens_version` is always written."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from interp.result_io import atomic_save_file, atomic_write_text
 from sae.describe import describe
 from sae.errors import SAEError
 from sae.store import ActivationStore
@@ -72,18 +72,12 @@ def save_saelens(sae: TopKSAE, directory: str | Path, hook_name: str,
     if per is not None:
         for name, t in ((SPARSITY, {"sparsity": per["firing_rate"].clamp_min(1e-10).log10()}),
                         (LATENT_STATS, {"typical_activation": per["typical"], "max_activation": per["max"]})):
-            tmp = out / (name + ".tmp")
-            save_file({k: v.contiguous() for k, v in t.items()}, str(tmp))
-            os.replace(tmp, out / name)
+            atomic_save_file(out / name, {k: v.contiguous() for k, v in t.items()})
     tensors = {n: getattr(sae, n).detach().to("cpu", _DTYPES[dtype]).contiguous()
                for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    tmp = out / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out / WEIGHTS)
+    atomic_save_file(out / WEIGHTS, tensors)
     cfg = saelens_cfg(sae, hook_name, model_name, dtype, **metadata)
-    tmp = out / (CFG + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2))
-    os.replace(tmp, out / CFG)
+    atomic_write_text(out / CFG, json.dumps(cfg, indent=2))
     return out
 
 

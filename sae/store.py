@@ -36,10 +36,10 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Bool, Float, Int
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.result_io import atomic_save_file, atomic_write_text
 from interp.model.sites import DENOISER_PREFIXES
 from sae import denoiser
 from sae.denoiser import INDEX_COLUMNS, DenoiserCapture
@@ -52,9 +52,7 @@ Drop = Literal["special", "padding", "none"]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _sha(data: bytes | str) -> str:
@@ -255,9 +253,7 @@ class ActivationStore:
 
         def flush(rows: Tensor) -> None:
             name = f"{prefix}shard_{len(shards):05d}.safetensors"
-            tmp = path / (name + ".tmp")
-            save_file({"acts": rows.contiguous()}, str(tmp))
-            os.replace(tmp, path / name)
+            atomic_save_file(path / name, {"acts": rows.contiguous()})
             shards.append({"file": name, "n": rows.shape[0]})
 
         bar = tqdm(desc=f"store {path.name}", unit="tok", disable=not progress)
@@ -281,7 +277,7 @@ class ActivationStore:
         return {"run": run, "rank": rank, "d": d, "shards": shards, "peak": peak}
 
     @classmethod
-    def build(cls, path: str | Path, model: Any, prompts: Sequence[str], site: str,
+    def build(cls, model: Any, prompts: Sequence[str], site: str, path: str | Path,
               batch_size: int = 16, drop: Drop = "special", special_ids: Iterable[int] | None = None,
               shard_tokens: int = 65_536, dtype: torch.dtype = torch.float32,
               progress: bool = True, *, seeds: Sequence[int] = (0,), capture: DenoiserCapture | None = None,
@@ -296,10 +292,16 @@ class ActivationStore:
         tokenization (`model.tokenize`) and the tokenizer's special ids (override with
         `special_ids`). Note SD's UNet does read the padding positions; use drop="none" to
         keep what the UNet sees. Under torchrun, ranks that name the same folder each capture
-        a contiguous share of the prompts (more ranks than prompts is an error)."""
+        a contiguous share of the prompts (more ranks than prompts is an error).
+
+        Model first, then prompts, then the site, as `interp.capture(model, prompts, sites)`;
+        the store folder `path` comes last (a path first is the old order and is refused)."""
         import interp
         from interp import distributed
 
+        if isinstance(model, (str, os.PathLike)):
+            raise SAEError(f"ActivationStore.build(model, prompts, site, path, ...): the first argument is the "
+                           f"model, got the path {str(model)!r}; the folder comes fourth (or path=...)")
         if not prompts:
             raise SAEError(f"ActivationStore.build({site}): empty prompt list")
         if site.split(".", 1)[0] in DENOISER_PREFIXES:
@@ -396,10 +398,8 @@ class ActivationStore:
         def flush() -> None:
             nonlocal bufs, n_buf
             name = f"{prefix}shard_{len(state['shards']):05d}.safetensors"
-            tmp = path / (name + ".tmp")
-            save_file({"acts": torch.cat([r for r, _ in bufs]).contiguous(),
-                       "index": torch.cat([i for _, i in bufs]).contiguous()}, str(tmp))
-            os.replace(tmp, path / name)
+            atomic_save_file(path / name, {"acts": torch.cat([r for r, _ in bufs]).contiguous(),
+                                           "index": torch.cat([i for _, i in bufs]).contiguous()})
             state["shards"].append({"file": name, "n": n_buf})
             bufs, n_buf = [], 0
 

@@ -84,8 +84,9 @@ def job_store(out: Path, mode: str = "") -> None:
 
         interp.capture = dying_capture
     try:
-        st = ActivationStore.build(out / ("store_mismatch" if mode == "mismatch" else "store"), model, prompts,
-                                   "text.blocks.1.hook_resid_post", batch_size=4, shard_tokens=40, progress=False)
+        st = ActivationStore.build(model, prompts, "text.blocks.1.hook_resid_post",
+                                   out / ("store_mismatch" if mode == "mismatch" else "store"),
+                                   batch_size=4, shard_tokens=40, progress=False)
     except SAEError as e:
         if mode != "mismatch":
             raise

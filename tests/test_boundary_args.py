@@ -26,6 +26,7 @@ from circuits.io import load_model
 from interp import Amplify, Mask, Units
 from interp.errors import CultureLensError
 from interp.interventions import OnRows, Replace
+from interp.model.sites import parse
 from sae import Steer, TopKSAE
 
 TEXT = "text.blocks.0.hook_resid_post"  # tiny sd: d_model 32, 16 tokens
@@ -153,6 +154,23 @@ CALLS: list[Case] = [
     ("tiny-spec-unknown-family", lambda c: load_model("tiny:nope"), r"unknown family 'nope'"),
     ("tiny-text-layers-0", lambda c: interp.tiny("sd", text_layers=0), r"text_layers: must be ≥ 1, got 0"),
     ("tiny-seed-float", lambda c: interp.tiny("sd", seed=0.5), r"seed must be an integer"),
+    ("tiny-dtype-string", lambda c: interp.tiny("sd", dtype="float16"),
+     r"dtype='float16'; use one of torch\.float32, torch\.float16, torch\.bfloat16"),
+    ("generate-batch-size-0", lambda c: _gen(c, ["a box", "a cat"], batch_size=0),
+     r"batch_size \(prompts per pipeline call\): must be ≥ 1, got 0"),
+    # Replace errors raised while the model runs (apply time): the value's shape, not its repr
+    ("replace-value-wrong-shape-at-apply", lambda c: _cap(c, Replace(TEXT, torch.ones(3, 5))),
+     r"Replace at 'text\.blocks\.0\.hook_resid_post': value of shape \(3, 5\) does not fit the activation "
+     r"\(2, 16, 32\)"),
+    ("replace-position-16-at-apply", lambda c: _cap(c, Replace(TEXT, torch.ones(32), positions=[16])),
+     r"Replace\('text\.blocks\.0\.hook_resid_post', positions=.*\[16\] out of range.*length 16"),
+    ("replace-per-step-value-at-text-site", lambda c: _cap(c, Replace(TEXT, torch.ones(1, 1, 2, 16, 32))),
+     r"a \[T, C, B, \.\.\.\] value \(\(1, 1, 2, 16, 32\)\) needs a denoiser site during generation"),
+    ("replace-per-step-value-too-few-steps", lambda c: _gen(c, steps=2, interventions=[
+        Replace(UNET_OUT, torch.ones(1, 2, 1, 64, parse(c.model, UNET_OUT).dim))]),
+     r"value holds 1 steps but this is step 1 \(of 2\)"),
+    ("replace-per-step-value-wrong-width", lambda c: _gen(c, interventions=[Replace(UNET_OUT, torch.ones(1, 2, 1, 64, 3))]),
+     r"value \(1, 2, 1, 64, 3\) = \[T, C, B, \.\.\.\] does not fit an activation of"),
 ]
 
 
@@ -199,6 +217,27 @@ def test_good_arguments_still_work(tiny_sd: interp.Model) -> None:
     torch.testing.assert_close(amp[..., :2], 2 * base[..., :2])
     g = interp.generate(tiny_sd, "a box", steps=2, interventions=[Mask(Units(UNET_OUT, [0]), steps=[1])])
     assert len(g.images) == 1
+
+
+KEYWORD_ONLY_INTERVENTIONS = [interp.generate, interp.capture, interp.capture_generation, interp.encoder_output,
+                              interp.effect_map]
+
+
+def test_interventions_are_keyword_only() -> None:
+    """One argument grammar: `interventions=` is never positional (a list in 4th/6th place could
+    be taken for sites, seeds or steps)."""
+    import inspect
+
+    from circuits.locate.scan import culture_layer_scan
+    from circuits.locate.units import culture_units
+
+    for fn in KEYWORD_ONLY_INTERVENTIONS + [culture_units, culture_layer_scan]:
+        param = inspect.signature(fn).parameters["interventions"]
+        assert param.kind is inspect.Parameter.KEYWORD_ONLY, fn.__qualname__
+    with pytest.raises(TypeError, match="positional"):
+        interp.capture(None, P, [TEXT], [Mask(U)])  # refused before the model is touched
+    with pytest.raises(TypeError, match="positional"):
+        interp.generate(None, P, 0, 1, None, [Mask(U)])
 
 
 def _inventory() -> Counter:

@@ -297,7 +297,8 @@ def test_score_does_not_depend_on_batching(model, units):
     from circuits.causal.validate import masked_interventions
 
     groups = circuits.by_concept(circuits.as_pairs(PAIRS))
-    mask = lambda c: masked_interventions(units, c)  # noqa: E731
+    def mask(c):
+        return masked_interventions(units, c)
     one = score(model, groups, colour_judge, mask, batch_size=1)
     shared = score(model, groups, colour_judge, mask, batch_size=64)
     assert one.ids == shared.ids and one.predicted == shared.predicted

@@ -44,3 +44,11 @@ def test_sae_units_amplify_zero_is_identity_and_mask_zeroes():
     assert torch.equal(g0.latents, g1.latents)
     r = circuits.amplify(units, 2.0, culture="ja", random_seed=0)
     assert len(r.latents) == 3 and not set(r.latents.tolist()) & {3, 5, 9}
+
+
+def test_enhancer_site_is_parsed_as_a_text_block_site():
+    assert circuits.LayerEnhancer("text_2.blocks.1.hook_resid_post", 8).layer == 1
+    # names with ".blocks." and the right hook that are no text block site are refused
+    for bad in ("transformer.blocks.0.hook_resid_post", "text.blocks.x.hook_resid_post", "text.blocks.0.mlp.hook_post"):
+        with pytest.raises(interp.CultureLensError, match="site must be a text"):
+            circuits.LayerEnhancer(bad, 8)

@@ -88,7 +88,8 @@ def test_sweep_with_an_sae_per_layer(model, tmp_path):
 
     d = model.encoders["text"].d_model
     saes = {l: sae.TopKSAE(d, d_sae=48, k=4, seed=l) for l in range(3)}
-    judge = lambda im: torch.zeros(len(im), len(LABELS))  # noqa: E731
+    def judge(im):
+        return torch.zeros(len(im), len(LABELS))
     sw = circuits.causal_sweep(model, PROBE, EVAL, judge, n_units=2, basis_for=saes, chosen=0, n_boot=20)
     assert sw.basis_kind == "sae" and sw.sites == [f"text.blocks.{l}.hook_resid_post" for l in range(3)]
     assert sw.drops == [0.0, 0.0, 0.0] and sw.chosen_rank == 1 and sw.n_tied == 2
@@ -104,7 +105,8 @@ def test_sweep_with_an_sae_per_layer(model, tmp_path):
 
 
 def test_sweep_refuses_overlap_unless_allowed(model):
-    judge = lambda im: torch.zeros(len(im), len(LABELS))  # noqa: E731
+    def judge(im):
+        return torch.zeros(len(im), len(LABELS))
     with pytest.raises(SplitError, match="share 2 prompt texts"):
         circuits.causal_sweep(model, PROBE, PROBE[:1] + EVAL, judge, layers=[0])
     sw = circuits.causal_sweep(model, PROBE, PROBE[:1] + EVAL, judge, layers=[0], allow_overlap=True, n_boot=20)

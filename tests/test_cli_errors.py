@@ -92,3 +92,16 @@ def test_organism_build_never_defaults_to_the_package_data() -> None:
     parser = build_parser()
     assert parser.parse_args(["organism-build", "--out", "x"]).out == "x"
     assert ORGANISM.name in parser._subparsers._group_actions[0].choices["organism-build"].format_help()
+
+
+def test_imports_and_a_tiny_model_print_nothing_on_stderr():
+    """`import interp, sae, circuits` and building `interp.tiny("sd")` are silent: no
+    torchvision/transformers fallback warnings, no progress bars, no deprecation noise."""
+    import os
+
+    code = "import interp, sae, circuits\ninterp.tiny('sd')\n"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("PYTHONWARNINGS", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "", out.stderr

@@ -104,3 +104,18 @@ def test_tiny_tokenizers_are_the_same_in_every_process():
                            env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout.strip().splitlines()[-1]
             for h in (1, 2)]
     assert runs[0] == runs[1]
+
+
+def test_tiny_dtype_casts_the_same_weights():
+    import interp
+
+    site = "text.blocks.0.hook_resid_post"
+    ref = interp.tiny("sd")
+    w = next(ref.denoiser.parameters())
+    for dtype in (torch.float16, torch.bfloat16):
+        m = interp.tiny("sd", dtype=dtype)
+        modules = [m.denoiser, m.pipe.vae] + [e.module for e in m.encoders.values()]
+        assert m.dtype == dtype and {p.dtype for mod in modules for p in mod.parameters()} == {dtype}
+        torch.testing.assert_close(next(m.denoiser.parameters()), w.to(dtype))  # same weights, rounded
+        assert interp.capture(m, ["a box"], [site])[site].dtype == dtype
+    assert interp.tiny("sd", dtype=torch.float32).dtype == torch.float32

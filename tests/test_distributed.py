@@ -203,7 +203,7 @@ def test_crash_of_one_rank_resumes(tmp_path):
     kept = {f.name: f.stat().st_mtime_ns for f in folder.glob("rank000-*")}
     with pytest.raises(SAEError, match="part-000-of-002.json: part of an interrupted store built with other "
                                        "settings .*world_size"):
-        ActivationStore.build(folder, interp.tiny("sd", seed=0), w.STORE_PROMPTS, "text.blocks.1.hook_resid_post",
+        ActivationStore.build(interp.tiny("sd", seed=0), w.STORE_PROMPTS, "text.blocks.1.hook_resid_post", folder,
                               batch_size=4, shard_tokens=40, progress=False)
     p = torchrun(tmp_path, "store", "sae:kill")
     assert p.returncode != 0 and not (tmp_path / "sae.pt").exists()

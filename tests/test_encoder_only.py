@@ -17,6 +17,7 @@ import interp
 import circuits.data.culturebench as cb
 from circuits.causal.validate import masked_interventions
 from interp.bridge import bridge, run_with_cache
+from interp.model.sites import denoiser_sites
 from interp.model.tiny import CORPUS
 from interp.model.tokenizer_training import train_bpe, train_unigram
 from sae import ActivationStore, TopKSAE, train
@@ -185,7 +186,7 @@ def test_scan_store_sae_and_units_on_each_family(models, arch, tmp_path):
     assert s.direction == ("noun->modifier" if arch == "clip" else "modifier->noun")
     site = f"text.blocks.{scan.chosen}.hook_resid_post"
     prompts = [p for pair in PAIRS for p in pair[:2]]
-    store = ActivationStore.build(tmp_path / "store", model, prompts, site, batch_size=4, progress=False)
+    store = ActivationStore.build(model, prompts, site, tmp_path / "store", batch_size=4, progress=False)
     sae = TopKSAE(D, 32, 4, seed=0)
     train(sae, store, batch_size=16, total_tokens=16 * 30, lr=3e-3, progress=False)
     units = circuits.culture_units(model, circuits.sae_basis(sae, site), {"ja": PAIRS[:2], "de": PAIRS[2:]}, k_max=4)
@@ -227,7 +228,7 @@ def test_real_e5_capture_scan_store_sae_patch(e5_model, tmp_path):
     assert s.layers == list(range(12)) and s.direction == "modifier->noun" and 0 <= scan.chosen < 12
     site = f"text.blocks.{scan.chosen}.hook_resid_post"
     prompts = [p for r in recs for p in (r.modifier_noun, r.noun_only)]
-    store = ActivationStore.build(tmp_path / "store", model, prompts, site, batch_size=6, progress=False)
+    store = ActivationStore.build(model, prompts, site, tmp_path / "store", batch_size=6, progress=False)
     assert store.d == 384 and store.n_tokens > len(prompts)
     sae = TopKSAE(384, 128, 8, seed=0)
     log = train(sae, store, batch_size=32, total_tokens=32 * 40, lr=2e-3, progress=False)
@@ -270,3 +271,29 @@ def test_bridge_covers_encoder_only_folders(models, which):
 def test_bridge_refuses_t5_encoder(models):
     with pytest.raises(interp.UnsupportedModelError, match="no TransformerBridge adapter for text \\(t5\\)"):
         bridge(models["t5"])
+
+
+def test_model_to_moves_the_pipeline_and_clears_cached_state(folders):
+    """`Model.to` on a pipeline Model and on an encoder-only one (where `pipe` is an EncoderOnly,
+    whose `.to` it calls): every module moves, the model is returned, the per-model caches that
+    depend on the placement are dropped and rebuilt on next use; refused while hooks are in."""
+    site = "text.blocks.0.hook_resid_post"
+    pipe_model = interp.tiny("sd")
+    enc_model = interp.load(folders["bert"])
+    for m in (pipe_model, enc_model):
+        interp.capture(m, PROMPTS[:2], [site])  # fills the nnsight cache
+        denoiser_sites(m)
+        with interp.intervene(m, []):
+            pass
+        cached = {k for k in ("_nnsight", "_denoiser_sites", "_hook_runtime") if k in m.__dict__}
+        assert "_nnsight" in cached and "_hook_runtime" in cached
+        assert m.to(torch.bfloat16) is m
+        assert m.dtype == torch.bfloat16 and not cached & set(m.__dict__)
+        modules = [e.module for e in m.encoders.values()]
+        modules += [m.denoiser, m.pipe.vae] if m.has_denoiser else []
+        assert {p.dtype for mod in modules for p in mod.parameters()} == {torch.bfloat16}
+        assert interp.capture(m, PROMPTS[:2], [site])[site].dtype == torch.bfloat16
+        with interp.intervene(m, [interp.Mask(interp.Units(site, [0]))]):
+            with pytest.raises(interp.CultureLensError, match="move it before or after"):
+                m.to(torch.float32)
+        assert m.to("cpu", torch.float32).dtype == torch.float32 and str(m.device) == "cpu"

@@ -136,7 +136,7 @@ def test_effect_map_step0_matches_two_separate_runs(tiny_sd):
     """At step 0 both runs start from the same noise, so |Δε| there can be computed from two
     independent generations; a step-0-only intervention leaves later steps' maps exactly 0."""
     amp = interp.Amplify(interp.Units(SITE, [0, 1, 2, 3]), 4.0, steps=[0])
-    res = effect_map(tiny_sd, PROMPT, [amp])
+    res = effect_map(tiny_sd, PROMPT, interventions=[amp])
     g = tiny_sd.defaults["guidance"]
     outs = []
     h = tiny_sd.denoiser.register_forward_hook(lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o.sample))
@@ -160,10 +160,10 @@ def test_effect_map_step0_matches_two_separate_runs(tiny_sd):
 
 
 def test_effect_map_identity_is_zero_and_round_trip(tiny_sd, tmp_path):
-    res = effect_map(tiny_sd, PROMPT, [interp.Amplify(interp.Units(SITE, [0, 1]), 3.0)])
+    res = effect_map(tiny_sd, PROMPT, interventions=[interp.Amplify(interp.Units(SITE, [0, 1]), 3.0)])
     assert res.per_step.shape == (2, *res.image.shape[:2]) and float(res.total.max()) > 1e-3
     # the identity edit leaves only batch-row rounding (0 on most kernels, ~1e-6 under ATen's default ones)
-    zero = effect_map(tiny_sd, PROMPT, [interp.Amplify(interp.Units(SITE, [0, 1]), 0.0)])
+    zero = effect_map(tiny_sd, PROMPT, interventions=[interp.Amplify(interp.Units(SITE, [0, 1]), 0.0)])
     assert float(zero.per_step.abs().max()) <= 1e-3 * float(res.per_step.abs().max())
     res.save(tmp_path / "e")
     back = EffectMap.load(tmp_path / "e")
@@ -172,7 +172,7 @@ def test_effect_map_identity_is_zero_and_round_trip(tiny_sd, tmp_path):
     res.plot(tmp_path / "effect.png")
     assert (tmp_path / "effect.png").stat().st_size > 1000
     with pytest.raises(interp.CultureLensError, match="no interventions"):
-        effect_map(tiny_sd, PROMPT, [])
+        effect_map(tiny_sd, PROMPT, interventions=[])
 
 
 def test_no_hook_survives_an_exception(tiny_sd):
@@ -185,7 +185,7 @@ def test_no_hook_survives_an_exception(tiny_sd):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        effect_map(tiny_sd, PROMPT, [Boom()])
+        effect_map(tiny_sd, PROMPT, interventions=[Boom()])
     assert _hook_state(tiny_sd) == before
     with pytest.raises(interp.CultureLensError):
         attribution(tiny_sd, PROMPT, ["box", "nowhere"])
@@ -198,7 +198,7 @@ def test_no_hook_survives_an_exception(tiny_sd):
 def test_effect_map_on_everytiny_family(request, family):
     model = tiny_family(request, family)
     z = next(s for s in model.sites() if s.endswith("hook_z"))
-    res = effect_map(model, PROMPT, [interp.Amplify(interp.Units(z, [0]), 3.0, steps=[0])])
+    res = effect_map(model, PROMPT, interventions=[interp.Amplify(interp.Units(z, [0]), 3.0, steps=[0])])
     H, W = res.image.shape[:2]
     assert res.per_step.shape == (model.defaults["steps"], H, W) and torch.isfinite(res.per_step).all()
     peak = float(res.per_step[0].max())

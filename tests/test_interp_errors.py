@@ -84,3 +84,17 @@ def test_truncate_is_accepted_where_prompts_are_tokenized(tiny_sd):
     assert g.acts[site].shape[-2] == 16
     with pytest.raises(interp.PromptTooLongError, match="prompt 0"):
         interp.generate(tiny_sd, ["a box"], steps=1, negative_prompt=long)
+
+
+def test_text_block_parses_text_block_sites_and_names_the_rest():
+    from interp.model.sites import TextBlock, text_block
+
+    assert text_block("text_2.blocks.9.hook_resid_post") == TextBlock("text_2", 9, "hook_resid_post")
+    assert text_block("text.blocks.0.mlp.hook_post") == ("text", 0, "mlp.hook_post")
+    for bad in ("unet.down.0.attn.0.attn2.hook_out", "transformer.blocks.0.attn.hook_q", "text.blocks.x.hook_resid_post",
+                "text.layers.1.hook_resid_post", "blocks.1.hook_resid_post", ""):
+        with pytest.raises(interp.SiteError, match="not a text-encoder block site") as e:
+            text_block(bad)
+        assert repr(bad) in str(e.value)
+    with pytest.raises(interp.SiteError, match="not a text-encoder block site"):
+        text_block(3)

@@ -164,3 +164,38 @@ def test_negative_prompt_as_str_or_list(tiny_sd):
     assert torch.equal(one.latents, each.latents) and not torch.equal(one.latents, none.latents)
     with pytest.raises(interp.CultureLensError, match="1 negative prompts for 2 prompts"):
         interp.generate(tiny_sd, PROMPTS, steps=2, negative_prompt=["blurry"])
+
+
+def test_generate_in_chunks_of_batch_size(tiny_sd):
+    prompts = ["a box", "和風の箱", "a hat", "a Thai-style hat", "a vase"]
+    seeds, negs = [3, 1, 4, 1, 5], ["blurry", "dark", "blurry", "dark", "blurry"]
+    unet, text = "unet.down.0.attn.0.attn2.hook_out", "text.blocks.0.hook_resid_post"
+    mask = interp.Mask(interp.Units("text.blocks.0.mlp.hook_post", list(range(6))))
+    rows = [True, False, False, True, True]
+    kw = dict(steps=2, negative_prompt=negs)
+    whole = interp.capture_generation(tiny_sd, prompts, [unet, text], seed=seeds,
+                                      interventions=[interp.OnRows(mask, rows)], **kw)
+    chunked = interp.capture_generation(tiny_sd, prompts, [unet, text], seed=seeds, batch_size=2,
+                                        interventions=[interp.OnRows(mask, rows)], **kw)
+    # each chunk is bit for bit the generation of its own prompts, seeds and row masks ...
+    part = interp.capture_generation(tiny_sd, prompts[2:4], [unet, text], seed=seeds[2:4], steps=2,
+                                     negative_prompt=negs[2:4], interventions=[interp.OnRows(mask, rows[2:4])])
+    assert torch.equal(chunked.latents[2:4], part.latents)
+    assert torch.equal(chunked.acts[unet][:, :, 2:4], part.acts[unet])
+    assert torch.equal(chunked.acts[text][:, 2:4], part.acts[text])
+    # ... and equals the single call up to float rounding only: the plain batched path is not
+    # bit-identical across batch sizes (batched matmuls round differently; see
+    # test_image_i_does_not_depend_on_batch), so this comparison has a tolerance
+    assert len(chunked.images) == 5 and chunked.latents.shape == whole.latents.shape
+    torch.testing.assert_close(chunked.latents, whole.latents, atol=1e-4, rtol=1e-4)
+    for name in (unet, text):
+        assert chunked.acts[name].shape == whole.acts[name].shape
+        torch.testing.assert_close(chunked.acts[name], whole.acts[name], atol=1e-4, rtol=1e-4)
+    # the row mask went with its prompts: the masked prompts differ from an unmasked run
+    plain = interp.generate(tiny_sd, prompts, seed=seeds, batch_size=2, **kw)
+    changed = [not torch.allclose(a, b) for a, b in zip(chunked.latents, plain.latents)]
+    assert changed == rows
+    # a Replace value with one entry per prompt cannot be split
+    value = whole.acts[unet]
+    with pytest.raises(interp.CultureLensError, match="batch_size= splits the 5 prompts.*batch_size=None"):
+        interp.generate(tiny_sd, prompts, seed=seeds, batch_size=2, interventions=[interp.Replace(unet, value)], **kw)

@@ -273,3 +273,64 @@ def test_head_matrix_keeps_sites_apart_and_plot_scales_to_the_data(tiny_sd, tmp_
     fig = res.plot(rows="step", cols="head", vmin=-1, vmax=1)
     assert fig.axes[0].images[0].get_clim() == (-1, 1)
     matplotlib.pyplot.close("all")
+
+
+def test_branch_choices_are_defined_once_and_patch_states_its_default(tiny_sd):
+    import interp.methods.patching as patching
+    from interp.interventions import BRANCH_CHOICES
+
+    assert patching.BRANCH_CHOICES is BRANCH_CHOICES and not hasattr(patching, "BRANCHES")
+    m = _to_clean(tiny_sd)
+    with pytest.raises(interp.CultureLensError) as patch_err:
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, ["unet.down.0.attn.0.attn2.hook_out"], m, branch="neg")
+    with pytest.raises(interp.CultureLensError) as iv_err:
+        interp.Replace("unet.down.0.attn.0.attn2.hook_out", torch.zeros(1), branch="neg")
+    choices = "'cond', 'uncond', 'both'"
+    assert choices in str(patch_err.value) and choices in str(iv_err.value)
+    assert "patch's default is 'both'" in str(patch_err.value)
+
+
+def test_flux_branches_say_guidance_is_embedded_and_uncond_is_refused(request):
+    flux = tiny_family(request, "flux")
+    z = "transformer.blocks.0.attn.hook_z"
+    m = _to_clean(flux)
+    for b in ("cond", "uncond"):
+        with pytest.raises(interp.CultureLensError) as e:
+            interp.patch(flux, D_CLEAN, D_CORRUPT, [z], m, branch=b)
+        msg = str(e.value)
+        assert "embedded" in msg and "one row" in msg and "conditional" in msg, msg
+        assert "no classifier-free guidance" not in msg and "guidance > 1" not in msg, msg
+    # an intervention on the (absent) unconditional branch is refused, not a silent no-op
+    clean = interp.capture_generation(flux, D_CLEAN, [z], seed=0)
+    for iv in (interp.Replace(z, clean.acts[z], branch="uncond"), interp.Mask(interp.Units(z, [0]), branch="uncond"),
+               interp.Mask(interp.Units("text_2.blocks.0.mlp.hook_post", [0]), branch="uncond")):
+        with pytest.raises(interp.CultureLensError, match="branch='uncond' on FLUX.*embedded.*true_cfg_scale"):
+            interp.generate(flux, D_CORRUPT, seed=0, interventions=[iv])
+    assert _hook_state(flux)[2] == 0
+    # with true CFG the unconditional branch exists and the same edit is accepted
+    iv = interp.Mask(interp.Units(z, [0]), branch="uncond")
+    interp.generate(flux, D_CORRUPT, seed=0, negative_prompt="blurry", true_cfg_scale=3.0, interventions=[iv])
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_patch_positions_on_joint_attention_mean_what_replace_positions_mean(request, family):
+    model = tiny_family(request, family)
+    k = "transformer.blocks.0.attn.hook_k"
+    joint = model.joint_positions()
+    text_pos, image_pos = joint["text"][1], joint["image"][2]
+    # prompts of different token lengths: joint positions index the padded joint sequence
+    clean, corrupt = ["a Japanese-style box"], ["a hat"]
+    metric = _to_clean(model, clean)
+    res = interp.patch(model, clean, corrupt, [k], metric, positions=[text_pos, image_pos, -1])
+    assert [r["position"] for r in res.rows] == [text_pos, image_pos, -1]
+    assert all(math.isfinite(r["effect"]) for r in res.rows)
+    captured = interp.capture_generation(model, clean, [k], seed=0).acts[k]
+    for r in res.rows:
+        iv = interp.Replace(k, captured, positions=[r["position"]], branch="both")
+        by_replace = float(metric(interp.generate(model, corrupt, seed=0, interventions=[iv])))
+        assert r["value"] == pytest.approx(by_replace, rel=1e-4, abs=1e-7), r["position"]
+    assert res.rows[0]["value"] != res.rows[1]["value"]
+    # out of range is refused in both, naming the joint length
+    n = acts_n = captured.shape[3]
+    with pytest.raises(interp.SiteError, match=f"positions \\[{n}\\] out of range for {acts_n} tokens"):
+        interp.patch(model, clean, corrupt, [k], metric, positions=[n])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from circuits.organism.judge import JUDGE_STYLES, JUNK, CultureWorldJudge, JudgeNet, clean_accuracy, junk_batch, junk_rejection
+from circuits.organism.judge import JUDGE_STYLES, JUNK, CultureWorldJudge, JudgeNet, clean_accuracy, junk_batch, junk_rejection, train_judge
 from circuits.organism.render import render
 from circuits.organism.shipped import JUDGE
 from circuits.data.culturebench import LABELS
@@ -51,3 +51,12 @@ def test_shipped_judge_accuracy():
     acc = clean_accuracy(judge, per_cell=3, seed=99)
     assert acc["culture_acc"] >= 0.98 and acc["noun_acc"] >= 0.98 and acc["neutral_acc"] >= 0.95
     assert junk_rejection(judge, n=200, seed=5)["unrecognisable"] >= 0.8
+
+
+def test_train_judge_progress_false_draws_no_bar(capfd):
+    """progress=False silences every bar of the call, the pool's "judge data" bar included."""
+    train_judge(steps=2, batch=8, pool=512, width=4, progress=False)
+    assert capfd.readouterr().err == ""
+    train_judge(steps=2, batch=8, pool=512, width=4)
+    err = capfd.readouterr().err
+    assert "judge data" in err and "judge" in err

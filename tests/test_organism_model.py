@@ -36,7 +36,8 @@ def test_parts_are_standard_classes(pipe):
 
 
 def test_pipeline_call_shapes_and_guidance(pipe):
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    def g():
+        return torch.Generator().manual_seed(0)
     out = pipe(["a box", "和風の箱"], num_inference_steps=2, generator=g())
     assert len(out.images) == 2 and out.images[0].size == (32, 32)
     a = pipe(["a box"], num_inference_steps=2, generator=g(), output_type="pt").images
@@ -54,7 +55,8 @@ def test_folder_round_trip(pipe, tmp_path):
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     assert {p.parent.name for p in files if p.suffix == ".safetensors"} == {"text_encoder", "unet"}
-    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    def g():
+        return torch.Generator().manual_seed(1)
     ref = pipe(["a hat"], num_inference_steps=2, generator=g(), output_type="pt").images
     mine = load_pipeline(folder)(["a hat"], num_inference_steps=2, generator=g(), output_type="pt").images
     stock = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
+from safetensors.torch import load_file
 
 import circuits
 import interp
@@ -269,3 +270,40 @@ def test_feature_maps(tmp_path):
     f = FeatureMaps("a box", "unet.mid.0.attn.0.attn2.hook_out", [3, 7], [0, 1], torch.rand(2, 2, 8, 8, generator=g),
                     torch.rand(2, 8, 8, generator=g), torch.rand(2, 2, 4, 4, generator=g), _image(), {"seed": 0})
     check_protocol(f, tmp_path, "| 7 |")
+
+
+def test_one_atomic_writer(tmp_path):
+    """Files and folders are swapped in by interp.result_io only: a failed write keeps the old
+    file and leaves no temporary; a folder swap leaves the new folder whole and nothing beside it."""
+    import re
+
+    from interp import result_io
+
+    root = Path(__file__).resolve().parents[1]
+    allowed = {"interp/result_io.py"}
+    hand_rolled = [f"{p.relative_to(root)}:{i}" for pkg in ("interp", "sae", "circuits") for p in (root / pkg).rglob("*.py")
+                   if str(p.relative_to(root)) not in allowed
+                   for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+                   if re.search(r"os\.replace\(|os\.rename\(|\.replace\(tmp|\.rename\(", line)]
+    assert hand_rolled == []
+
+    f = tmp_path / "a.json"
+    result_io.atomic_write_text(f, "old")
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        result_io.atomic_write(f, fail)
+    assert f.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    result_io.atomic_save_file(tmp_path / "t.safetensors", {"x": torch.arange(3)}, metadata={"k": "v"})
+    assert torch.equal(load_file(str(tmp_path / "t.safetensors"))["x"], torch.arange(3))
+
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "old.txt").write_text("1")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "new.txt").write_text("2")
+    assert result_io.atomic_replace_folder(tmp_path / "src", tmp_path / "dst") == tmp_path / "dst"
+    assert [p.name for p in (tmp_path / "dst").iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "dst", "t.safetensors"]

@@ -28,7 +28,7 @@ HEADS = "unet.down.0.attn.0.attn1.hook_z"  # [B, Q, H, d]
 
 
 def _build(path, model, site, cap=None, seeds=(0, 3), batch_size=2, prompts=PROMPTS, **kw):
-    return ActivationStore.build(path, model, prompts, site, batch_size=batch_size, seeds=seeds, capture=cap,
+    return ActivationStore.build(model, prompts, site, path, batch_size=batch_size, seeds=seeds, capture=cap,
                                  shard_tokens=kw.pop("shard_tokens", 100), progress=False, **kw)
 
 
@@ -86,7 +86,8 @@ def test_sampled_positions_do_not_depend_on_batching(tiny_sd, tmp_path):
     cap = DenoiserCapture(sample_positions=4, sample_seed=7)
     a = _build(tmp_path / "a", tiny_sd, XATTN, cap, batch_size=2)
     b = _build(tmp_path / "b", tiny_sd, XATTN, cap, batch_size=5)
-    key = lambda st: sorted(map(tuple, st.index().tolist()))  # noqa: E731
+    def key(st):
+        return sorted(map(tuple, st.index().tolist()))
     assert key(a) == key(b)
     order_a, order_b = a.index().tolist(), b.index().tolist()
     rows_b = {tuple(i): r for i, r in zip(order_b, b.all())}
@@ -231,7 +232,7 @@ import sys, torch, interp
 from sae import ActivationStore
 torch.set_num_threads(1)
 model = interp.tiny("sd", seed=0)
-ActivationStore.build(sys.argv[1], model, PROMPTS, SITE, batch_size=1, seeds=(0, 3), shard_tokens=100,
+ActivationStore.build(model, PROMPTS, SITE, sys.argv[1], batch_size=1, seeds=(0, 3), shard_tokens=100,
                       progress=False)
 '''
 

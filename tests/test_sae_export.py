@@ -218,3 +218,22 @@ def test_steer_lambda_zero_is_identity_and_scaling_is_exact(sae):
         Steer(sae, SITE, [64], 1.0)
     with pytest.raises(SAEError, match="last dim 8"):
         Steer(sae, SITE, [1], 1.0).apply(torch.randn(3, 8))
+
+
+def test_export_features_command(sae, tmp_path, capsys):
+    """culturelens export-features: an SAE folder + latents -> export_features' files, site from
+    the SAE's hook_name; bad latents are one-line errors."""
+    from circuits.cli import main
+
+    save_saelens(sae, tmp_path / "sae", hook_name=SITE)
+    out = tmp_path / "feats"
+    assert main(["export-features", "--sae", str(tmp_path / "sae"), "--latents", "5", "2",
+                 "--labels", "ja", "ko", "--out", str(out)]) == 0
+    t = load_file(str(out / "features.safetensors"))
+    assert t["latents"].tolist() == [5, 2]
+    torch.testing.assert_close(t["vectors"], sae.W_dec.detach()[[5, 2]])
+    recs = json.loads((out / "features.json").read_text())
+    assert recs["site"] == SITE and [f["label"] for f in recs["features"]] == ["ja", "ko"]
+    assert "features.json" in capsys.readouterr().out
+    assert main(["export-features", "--sae", str(tmp_path / "sae"), "--latents", "64", "--out", str(out)]) == 1
+    assert "out of range: [64]" in capsys.readouterr().err

@@ -33,7 +33,7 @@ class Plant(Intervention):
 
 @pytest.fixture(scope="module")
 def planted(tiny_sd, tmp_path_factory):
-    store = ActivationStore.build(tmp_path_factory.mktemp("planted"), tiny_sd, PROMPTS, SITE, batch_size=6,
+    store = ActivationStore.build(tiny_sd, PROMPTS, SITE, tmp_path_factory.mktemp("planted"), batch_size=6,
                                   seeds=[0, 1], interventions=[Plant()], shard_tokens=1024, progress=False)
     sae = TopKSAE(16, 32, 4, seed=0, dead_tokens=2 * store.n_tokens)
     train(sae, store, batch_size=128, total_tokens=128 * 300, lr=3e-3, progress=False)

@@ -30,7 +30,7 @@ RECIPE = re.search(r"^```py\n(# Steer a plain diffusers pipeline.*?)^```", READM
 @pytest.fixture(scope="module")
 def exported(tiny_sd, tmp_path_factory):
     root = tmp_path_factory.mktemp("plain")
-    store = ActivationStore.build(root / "store", tiny_sd, PROMPTS, SITE, batch_size=6, seeds=[0],
+    store = ActivationStore.build(tiny_sd, PROMPTS, SITE, root / "store", batch_size=6, seeds=[0],
                                   shard_tokens=1024, progress=False)
     sae = TopKSAE(16, 32, 4, seed=0, dead_tokens=2 * store.n_tokens)
     train(sae, store, batch_size=128, total_tokens=128 * 200, lr=3e-3, progress=False)
@@ -66,7 +66,7 @@ def test_exports_are_self_describing(tiny_sd, exported):
     assert cfg["metadata"]["hook_name"] == SITE and (out / "sparsity.safetensors").exists()
     assert torch.equal(load_saelens(out).W_dec, sae.W_dec.detach())
     # text stores record which tokens were kept
-    text = ActivationStore.build(root / "text", tiny_sd, PROMPTS[:4], "text.blocks.0.hook_resid_post", progress=False)
+    text = ActivationStore.build(tiny_sd, PROMPTS[:4], "text.blocks.0.hook_resid_post", root / "text", progress=False)
     t = export_features(TopKSAE(32, 16, 4, seed=0), [0], ["x"], root / "text_export",
                         site="text.blocks.0.hook_resid_post", model=tiny_sd, store=text)
     tp = json.loads((t / "features.json").read_text())

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from interp.folder_lock import lock_folder
+from interp.progress import bar
 from sae.train import CHECKPOINT as SAE_CHECKPOINT
 
 from circuits.analysis import state as run_state
@@ -251,8 +252,8 @@ def train_site_sae(model, site: str, tokens: int, cfg: AnalysisConfig, out: Path
     # Every position the UNet reads (the organism pads with end-of-text and has no attention
     # mask, and its pooled vector sits at the first end-of-text), so nothing is dropped.
     stores = out / "sae_stores" / name
-    store = saelib.ActivationStore.build(stores / "train", model, train_corpus, site, drop="none", progress=False)
-    held = saelib.ActivationStore.build(stores / "heldout", model, heldout_corpus, site, drop="none", progress=False)
+    store = saelib.ActivationStore.build(model, train_corpus, site, stores / "train", drop="none", progress=False)
+    held = saelib.ActivationStore.build(model, heldout_corpus, site, stores / "heldout", drop="none", progress=False)
     kw = {} if cfg.sae_dead_tokens is None else {"dead_tokens": cfg.sae_dead_tokens}
     sae_seed = cfg.seed if cfg.sae_seed is None else cfg.sae_seed
     sae = saelib.TopKSAE(store.d, d_sae=cfg.sae_latents, k=cfg.sae_k, seed=sae_seed, **kw)
@@ -283,7 +284,7 @@ def train_culture_sae(model, layer: int, cfg: AnalysisConfig, out: Path, report:
     site = f"text.blocks.{layer}.hook_resid_post"
     sae, info = train_site_sae(model, site, cfg.sae_tokens, cfg, out, "sae")
     test_prompts = [p.concept_prompt for p in organism_pairs(TEST_NOUNS)]
-    down = saelib.downstream_error(model, sae, site, test_prompts)
+    down = saelib.downstream_error(model, test_prompts, sae, site)
     plot_metrics(info["log"], out / "sae_training.png", title=f"Top-K SAE on {site}", dead_tokens=sae.cfg.dead_tokens)
     q, h = info["quality_train"], info["quality_heldout"]
     report.add(
@@ -327,7 +328,8 @@ def _validation_row(name: str, v: Any, units: Any = None) -> str:
     from circuits.results import jsonable
 
     d = jsonable(v) if not isinstance(v, dict) else v
-    pct = lambda r: f"{100 * r['mean']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"  # noqa: E731
+    def pct(r):
+        return f"{100 * r['mean']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
     n = "–" if units is None else f"{sum(len(u.indices) for u in units.cultures.values()) / len(units.cultures):.1f}"
     act = (d.get("controls") or {}).get("activity")
     matched = "–" if not act else f"{100 * act['mean']:.1f} ± {100 * act['sd']:.1f} ({act['k']} draws)"
@@ -425,7 +427,7 @@ def appendix_b(model, judge, sae, site, units, cfg: AnalysisConfig, report: Repo
     basis = UnitBasis(site, sae)
     seeds = list(cfg.appendix_seeds)
     steers = {}
-    for c in tqdm([c for c, u in units.cultures.items() if u.indices], desc="appendix B", leave=False):
+    for c in bar([c for c, u in units.cultures.items() if u.indices], desc="appendix B", leave=False):
         idx = units.cultures[c].indices
         z = unit_rows(model, basis, [p.concept_prompt for p in probe if p.concept == c], pool="max")
         steers[c] = [saelib.Steer(sae, site, idx, value=z[:, idx].mean(0).float())]
@@ -488,8 +490,10 @@ def units_dim(units: Any) -> int:
 
 def enhancer_table(rows: dict[str, tuple[Any, dict]]) -> str:
     """The enhancer table with fidelity beside the gain (`circuits.evaluate.summarise` per row)."""
-    f = lambda r: "–" if r is None else r.pct()  # noqa: E731
-    g = lambda r: "–" if r is None else f"{r.mean:.3f} [{r.low:.3f}, {r.high:.3f}]"  # noqa: E731
+    def f(r):
+        return "–" if r is None else r.pct()
+    def g(r):
+        return "–" if r is None else f"{r.mean:.3f} [{r.low:.3f}, {r.high:.3f}]"
     lines = ["## 7b. Layer enhancer", "", "| enhancer | layer | CultureVQA % (noun-only prompts) | noun acc % | "
              "SSIM vs baseline image |", "|---|---|---|---|---|"]
     for name, (layer, m) in rows.items():

@@ -265,7 +265,8 @@ class DenoiserCulture:
         the same for other cultures' latents (mean over B ≠ A) and for the random-units control,
         and chance (|A's latents| / latents firing)."""
         rows = [r for r in self.link["per_culture"].values() if r.get("top") is not None]
-        mean = lambda key: float(np.mean([r[key] for r in rows])) if rows else float("nan")  # noqa: E731
+        def mean(key):
+            return float(np.mean([r[key] for r in rows])) if rows else float("nan")
         way = [r for r in rows if r.get("way") is not None]
         return {"own": mean("own_share"), "other": mean("other_share"), "control_own": mean("control_own_share"),
                 "chance": mean("chance"), "n_cultures": len(rows),
@@ -311,7 +312,8 @@ class DenoiserCulture:
                       "| culture | latent | background | edge | fill | density bg / object | pattern corr | verdict |",
                       "|---|---|---|---|---|---|---|---|"]
             for r in self.regions:
-                f = lambda k: f"{r[k + '_mass']:.2f} ({r[k + '_area']:.2f})"  # noqa: E731
+                def f(k):
+                    return f"{r[k + '_mass']:.2f} ({r[k + '_area']:.2f})"
                 lines.append(f"| {r['culture']} | {r['latent']} | {f('background')} | {f('edge')} | {f('fill')} | "
                              f"{r['background_density']:.2f} / {r['object_density']:.2f} | {_f(r['pattern_corr'], '.2f')} | "
                              f"{r['verdict']} |")
@@ -530,7 +532,8 @@ def _link_stats(runs: _LinkRuns, units: CultureUnits, latents: dict[str, list[in
     C, M = len(names), zi.shape[-1]
     moved, moved_ctl = torch.zeros(C, M, dtype=torch.float64), torch.zeros(C, M, dtype=torch.float64)
     alive = int((runs.z.amax((0, 1)) > 0).sum())
-    share = lambda idx, s: len(set(idx) & s) / len(idx)  # noqa: E731
+    def share(idx, s):
+        return len(set(idx) & s) / len(idx)
     per: dict[str, Any] = {}
     for ci, c in enumerate(names):
         at = {cond: [i for i, (_, cc, k) in enumerate(items) if cc == c and k == cond] for cond in ("plain", "amp", "ctl")}
@@ -553,7 +556,8 @@ def _link_stats(runs: _LinkRuns, units: CultureUnits, latents: dict[str, list[in
                        modifier_gap=gap, way=float(moved[ci, lat].mean()) / gap if gap > 0 else None,
                        way_control=float(moved_ctl[ci, lat].mean()) / gap if gap > 0 else None)
         if judged:
-            hit = lambda idx: float(np.mean([g == c for i in idx for g in runs.judged[i]]))  # noqa: E731
+            def hit(idx):
+                return float(np.mean([g == c for i in idx for g in runs.judged[i]]))
             row.update(judge_plain=hit(at["plain"]), judge_amplified=hit(at["amp"]), judge_control=hit(at["ctl"]))
         per[c] = row
     return moved, moved_ctl, {"per_culture": per, "n_alive": alive, "lam": cfg.lam, "text_site": units.basis.site,
@@ -605,11 +609,11 @@ def denoiser_culture(model: Any, judge: Any = None, *, site: str = SITE, cfg: De
         # plain images (generated once, read for FVU, WFS_noun and as the link's baseline).
         te_pairs = organism_pairs(cfg.test_nouns)
         te_cult = [p.concept for p in te_pairs]
-        store = saelib.ActivationStore.build(work / "stores" / "train", model, tr_prompts, site, batch_size=cfg.batch_size,
+        store = saelib.ActivationStore.build(model, tr_prompts, site, work / "stores" / "train", batch_size=cfg.batch_size,
                                              seeds=cfg.seeds, capture=cap, progress=progress)
-        held = saelib.ActivationStore.build(work / "stores" / "heldout", model, [p.concept_prompt for p in te_pairs],
-                                            site, batch_size=cfg.batch_size, seeds=cfg.heldout_seeds, capture=cap,
-                                            progress=progress)
+        held = saelib.ActivationStore.build(model, [p.concept_prompt for p in te_pairs], site,
+                                            work / "stores" / "heldout", batch_size=cfg.batch_size,
+                                            seeds=cfg.heldout_seeds, capture=cap, progress=progress)
         done("stores")
 
         dsae = saelib.TopKSAE(store.d, d_sae=cfg.sae_latents, k=cfg.sae_k, seed=cfg.seed)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from interp import result_io
 
 _CSS = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;line-height:1.45;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
@@ -25,10 +26,8 @@ INCOMPLETE_BANNER = ("> **Incomplete report**: this run has not finished (it is 
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file + rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write UTF-8 text atomically (`interp.result_io.atomic_write_text`, the one writer)."""
+    result_io.atomic_write_text(path, text)
 
 
 def jsonable(obj: Any) -> Any:

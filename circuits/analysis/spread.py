@@ -151,7 +151,8 @@ class Spread:
             raise CultureLensError(f"{path}: not a spread written by culturelens spread ({e})") from None
 
     def to_markdown(self, heading: str = "## SAE-dependent rows over SAE seeds") -> str:
-        fmt = lambda v: "–" if v is None else (f"{v:.4f}" if abs(v) < 1 and v != 0 else f"{v:.1f}")  # noqa: E731
+        def fmt(v):
+            return "–" if v is None else (f"{v:.4f}" if abs(v) < 1 and v != 0 else f"{v:.1f}")
         lines = [heading, "", "| row | " + " | ".join(f"SAE seed {s}" for s in self.seeds) + " | mean | range |",
                  "|---|" + "---|" * (len(self.seeds) + 2)]
         for r in self.rows:

@@ -278,8 +278,14 @@ def lambda_sweep(
         raise CultureLensError("lambda_sweep: n_matched > 0 needs reference= unit activations (reference_activity)")
     kinds = {k: n for k, n in (("uniform", n_random), ("activity", n_matched)) if n > 0}
     gen = dict(prompt=prompt, noun_judge=noun_judge, seed=seed, steps=steps, batch_size=batch_size, keep_images=True)
-    amp = lambda lam, **kw: (lambda c: [amplify(units, lam, culture=c, keep_error=keep_error, model=model, **kw)])  # noqa: E731
-    draw_kw = lambda kind, r: dict(random_seed=seed + 1 + r, match=KINDS[kind], reference=reference)  # noqa: E731
+    def amp(lam, **kw):
+        """The per-culture interventions that amplify the units (or a random draw, `kw`) by `lam`."""
+        def per_culture(c):
+            return [amplify(units, lam, culture=c, keep_error=keep_error, model=model, **kw)]
+        return per_culture
+
+    def draw_kw(kind, r):
+        return dict(random_seed=seed + 1 + r, match=KINDS[kind], reference=reference)
 
     # The unsteered images: λ = 0 with the error kept is exactly the identity, so reuse it.
     base = None

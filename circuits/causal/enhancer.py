@@ -64,7 +64,11 @@ class LayerEnhancer(nn.Module):
         super().__init__()
         if norm not in NORMS:
             raise CultureLensError(f"LayerEnhancer: norm must be one of {NORMS}; got {norm!r}")
-        if not site.endswith("hook_resid_post") or ".blocks." not in site:
+        try:
+            block = text_block(site)
+        except CultureLensError:  # SiteError: not a text block site at all
+            block = None
+        if block is None or block.rest != "hook_resid_post":
             raise CultureLensError(f"LayerEnhancer: site must be a text '*.blocks.{{l}}.hook_resid_post' site; got {site!r}")
         self.site = site
         self.norm_kind = norm

@@ -152,10 +152,15 @@ def specificity_matrix(
                                f"cultures {sorted(groups)}; have units for {sorted(units.cultures)}")
     groups = {c: groups[c] for c in names}
     prompt = "concept" if mode == "mask" else "noun"
-    run = lambda ivs, desc: score(model, groups, judge, ivs, prompt, None, seed, steps, batch_size, desc=desc)  # noqa: E731
+    def run(ivs, desc):
+        return score(model, groups, judge, ivs, prompt, None, seed, steps, batch_size, desc=desc)
+
     base = run(None, "baseline")
     cuts = np.cumsum([0] + [len(groups[c]) for c in names])
-    per_b = lambda flags: [np.asarray(flags[cuts[j]:cuts[j + 1]], np.float64) for j in range(len(names))]  # noqa: E731
+
+    def per_b(flags):
+        return [np.asarray(flags[cuts[j]:cuts[j + 1]], np.float64) for j in range(len(names))]
+
     if mode == "mask":
         base_b = per_b(base.correct.numpy())
         outcome = [np.zeros((len(names), len(groups[b]))) for b in names]

@@ -66,7 +66,9 @@ class Validation(DataclassResult):
         accuracy and each control's site change relative to the Top-K units; `heading` (a
         Markdown heading line) first when given."""
         noun = self.noun or {}
-        n = lambda k: f"{100 * noun[k]:.1f}" if k in noun else "–"  # noqa: E731
+
+        def n(k):
+            return f"{100 * noun[k]:.1f}" if k in noun else "–"
         rows = [
             "| condition | CultureVQA % (95% CI) | noun acc % | site change vs Top-K (per draw: median [min, max]) |",
             "|---|---|---|---|",
@@ -149,18 +151,24 @@ def validate_units(
     groups = by_concept(as_pairs(prompts))
     gen = dict(prompt="concept", noun_judge=noun_judge, seed=seed, steps=steps, batch_size=batch_size)
     base = score(model, groups, judge, None, desc="baseline", **gen)
-    top = lambda c: masked_interventions(units, c)  # noqa: E731
+    def top(c):
+        return masked_interventions(units, c)
+
+    def random_masks(kind, r):
+        """The interventions of random draw `r` of control `kind`, per culture."""
+        def per_culture(c):
+            return masked_interventions(units, c, seed + 1 + r, model, match=KINDS[kind], reference=reference)
+        return per_culture
+
     mask = score(model, groups, judge, top, desc="Top-K masked", **gen)
     change = site_change(model, groups, top, "concept", max(batch_size, 16))
     controls = {}
     for kind, k in (("uniform", n_random), ("activity", n_matched)):
         if k < 1:
             continue
-        ivs = lambda r, kind=kind: (lambda c: masked_interventions(units, c, seed + 1 + r, model, match=KINDS[kind],  # noqa: E731
-                                                                   reference=reference))
         controls[kind] = run_control(
-            kind, k, lambda r: score(model, groups, judge, ivs(r), desc=f"{kind} random {r}", **gen),
-            lambda r: site_change(model, groups, ivs(r), "concept", max(batch_size, 16)), mask, change,
+            kind, k, lambda r: score(model, groups, judge, random_masks(kind, r), desc=f"{kind} random {r}", **gen),
+            lambda r: site_change(model, groups, random_masks(kind, r), "concept", max(batch_size, 16)), mask, change,
             lower_is_extreme=True)
     uni = controls["uniform"]
     per = {}

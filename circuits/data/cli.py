@@ -71,14 +71,15 @@ def evaluate(root: str | Path, judge: Any, out: str | Path, n_boot: int = 2000, 
              batch_size: int = 32) -> dict[str, Any]:
     """Judge every image, write results.json, table.md and confusion.png under `out`."""
     import torch
-    from tqdm.auto import tqdm
 
     from circuits import stats
     from circuits.data.culturebench import LABELS
+    from interp.progress import bar
+    from interp.result_io import atomic_write_text
 
     paths, target, groups = collect(root)
     probs = []
-    for i in tqdm(range(0, len(paths), batch_size), desc="judging"):
+    for i in bar(range(0, len(paths), batch_size), desc="judging"):
         batch = paths[i:i + batch_size]
         kwargs = {"start_index": i} if hasattr(judge, "letter_logits") else {}
         probs.append(judge(batch, **kwargs))
@@ -101,9 +102,7 @@ def evaluate(root: str | Path, judge: Any, out: str | Path, n_boot: int = 2000, 
         "images": [{"path": pth, "intended": t, "judged": pr, "group": g, "probs": [round(x, 6) for x in row]}
                    for pth, t, pr, g, row in zip(paths, target, pred, groups, p.tolist())],
     }
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(out / "results.json")
+    atomic_write_text(out / "results.json", json.dumps(result, ensure_ascii=False, indent=1))
     print("\n".join(table))
     return result
 

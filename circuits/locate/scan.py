@@ -154,6 +154,7 @@ def culture_layer_scan(
     ci: float = 0.95,
     margin: float = 0.0,
     batch_size: int = 16,
+    *,
     interventions: Sequence[Any] = (),
     trim: bool = True,
     min_pairs: int = 20,
@@ -212,7 +213,8 @@ def _scan_encoder(model, pairs, enc, causal, layers, direction, seeds, n_boot, c
         )
     keep = ok.nonzero().flatten().tolist()
     P = [pairs[i] for i in keep]
-    pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
+    def pick(xs):
+        return [xs[i] for i in keep]
     c = layer_ca(model, [p.concept_prompt for p in P], pick(sp.modifier), pick(sp.noun), enc, layers, direction,
                  batch_size, desc=f"{enc} concept", interventions=ivs, trim=trim)
     n = layer_ca(model, [p.noun_prompt for p in P], pick(sp.noun_only_src), pick(sp.noun_only_noun), enc, layers,

@@ -279,6 +279,7 @@ def culture_units(
     k_max: int | None = 64,
     pool: str = "max",
     batch_size: int = 16,
+    *,
     interventions: Sequence[Any] = (),
     select: str = "wfs",
     min_drop: float = MIN_DROP,

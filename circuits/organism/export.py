@@ -9,13 +9,14 @@ defaults that `interp.load` reads).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextModel
+
+from interp.result_io import atomic_replace_folder
 
 from circuits.organism import pipeline as pipeline_module
 from circuits.organism.model import GENERATION_DEFAULTS, build_scheduler, build_text_encoder, build_unet
@@ -40,15 +41,7 @@ def save_pipeline(pipe: CultureWorldPipeline, out_dir: str | Path) -> Path:
     shutil.copyfile(pipeline_module.__file__, tmp / "pipeline.py")
     defaults = dict(GENERATION_DEFAULTS, scheduler=type(pipe.scheduler).__name__)
     (tmp / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n")
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
-    return out_dir
+    return atomic_replace_folder(tmp, out_dir)
 
 
 def load_pipeline(folder: str | Path, device: str = "cpu") -> CultureWorldPipeline:

@@ -10,7 +10,6 @@ nearest culture. As a project judge it returns [N, 16] over `culturebench.LABELS
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from PIL import Image
-from safetensors.torch import load_file, save_file
-from tqdm import tqdm
+from safetensors.torch import load_file
 
 from circuits.organism.render import CULTURES, NEUTRAL, NOUNS, SIZE, STYLES, render_batch
 from circuits.data.culturebench import LABELS
 from circuits.data.judges.base import Judge, JudgeError, load_images
+from interp.progress import bar, switch
+from interp.result_io import atomic_save_file
 
 __all__ = ["JUNK", "JUDGE_STYLES", "JudgeNet", "CultureWorldJudge", "junk_batch", "train_judge", "clean_accuracy", "junk_rejection"]
 
@@ -173,9 +173,7 @@ class CultureWorldJudge(Judge):
         """`judge.safetensors` + `judge_config.json` (labels, nouns, input convention)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (WEIGHTS + ".tmp")
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp))
-        os.replace(tmp, folder / WEIGHTS)
+        atomic_save_file(folder / WEIGHTS, {k: v.contiguous() for k, v in self.net.state_dict().items()})
         cfg = {"class": "CultureWorldJudge", "width": self.net.features[0].out_channels, "styles": list(JUDGE_STYLES),
                "nouns": list(NOUNS), "labels": list(LABELS), "input": "RGB 32x32, scaled to [-1, 1]",
                "unrecognisable": "P(neutral) + P(junk)"}
@@ -196,10 +194,11 @@ class CultureWorldJudge(Judge):
 
 def _pool(rng: np.random.Generator, n_clean: int, n_junk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A fixed training pool: rendering is the costly part on CPU, so it is done once."""
-    chunks = [_batch(rng, 256, n_junk / (n_clean + n_junk)) for _ in tqdm(range((n_clean + n_junk) // 256), desc="judge data", mininterval=10)]
+    chunks = [_batch(rng, 256, n_junk / (n_clean + n_junk)) for _ in bar(range((n_clean + n_junk) // 256), desc="judge data", mininterval=10)]
     return tuple(np.concatenate(c) for c in zip(*chunks))
 
 
+@switch
 def train_judge(steps: int = 1500, batch: int = 64, pool: int = 16384, junk_frac: float = 0.25, lr: float = 3e-3,
                 width: int = 16, seed: int = 0, progress: bool = True) -> CultureWorldJudge:
     """Train the judge on a seeded pool of renders (with mild blur/noise) and junk."""
@@ -212,7 +211,7 @@ def train_judge(steps: int = 1500, batch: int = 64, pool: int = 16384, junk_frac
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     net.train()
     g = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc="judge", disable=not progress, mininterval=10):
+    for _ in bar(range(steps), desc="judge", mininterval=10):
         idx = torch.randint(0, len(x), (batch,), generator=g)
         xb = x[idx]
         s, n = net(xb)

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from interp.checkpoint import check_settings, load_checkpoint as _load_tree, refuse_legacy, save_checkpoint
 from interp.folder_lock import lock_folder
+from interp.progress import bar as progress_bar, switch
 
 from circuits.organism.model import (
     MAX_LENGTH, TEXT_DIM, build_text_encoder, build_tokenizer, build_unet, train_scheduler,
@@ -121,9 +121,10 @@ def _log(run_dir: Path, msg: str) -> None:
         f.write(f"{stamp} {msg}\n")
 
 
+@switch
 def train(run_dir: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = True, device: str | None = None,
-          stop_at: int | None = None) -> dict:
-    """Train (or resume) in `run_dir`; returns the latest checkpoint dict.
+          stop_at: int | None = None, progress: bool = True) -> dict:
+    """Train (or resume) in `run_dir`; returns the latest checkpoint dict (`progress=False`: no bar).
 
     `stop_at` ends the process early after checkpointing at that step, as a kill would
     (tests use it to check that a resumed run matches an uninterrupted one). A resume with
@@ -197,7 +198,7 @@ def _train(run_dir: Path, cfg: TrainConfig, resume: bool, device: str | None, st
     te.train(), unet.train()
     t_mark, step_mark = time.time(), step
     acc = {"loss": 0.0, "mse": 0.0, "aux": 0.0, "n": 0}
-    bar = tqdm(total=total, initial=step, desc="organism", mininterval=20, dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=step, desc="organism", mininterval=20, dynamic_ncols=True)
     ck = None
     while step < total:
         rng = np.random.default_rng([cfg.seed, step])

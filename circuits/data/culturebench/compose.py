@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from interp.result_io import atomic_write_text
 from circuits.data.culturebench.constants import CULTURE_NAMES, CULTURES
 from circuits.data.culturebench.record import Record
 
@@ -221,11 +222,7 @@ def compose(
 
 def write_jsonl(records: list[Record], path: Path) -> None:
     """Write records one JSON object per line (UTF-8, not ASCII-escaped), atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records))
 
 
 def main() -> None:
