@@ -94,7 +94,9 @@ def atomic_write(path: str | Path, write: collections.abc.Callable[[Path], Any])
 
 
 def _write_new(tmp: Path, data: bytes) -> None:
-    with open(tmp, "xb") as f:
+    # O_EXCL: a new file, never another writer's; mode 0o666 & ~umask, as for any other file
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
 
 
