@@ -27,6 +27,7 @@ import torch
 import interp
 from circuits.organism.shipped import PIPELINE
 from interp.methods.generation import pipeline_kwargs
+from circuits.io import load_pipeline  # the shipped organism is trusted by fingerprint, not by opt-in
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_interp import median_times, print_ratios  # noqa: E402  (the benchmarks' shared timing helpers)
@@ -44,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not (ORGANISM / "model_index.json").exists():
         sys.exit(f"no organism at {ORGANISM}: run `culturelens organism-build` first")
-    model = interp.load(ORGANISM, trust_remote_code=True)
+    model = load_pipeline(ORGANISM)
     steps = model.defaults["steps"]
     n_heads = interp.model.sites.parse(model, SITE).dim
     n_cond = n_heads * steps

@@ -56,6 +56,7 @@ import torch
 from sae.model import TopKSAE, dead_tokens_for
 from sae.synthetic import planted, recovery
 from sae.train import make_optimizer, train_step
+from circuits.io import load_pipeline  # the shipped organism is trusted by fingerprint, not by opt-in
 
 D_SAE, K, BATCH, LR, AUX = 4096, 32, 1024, 4e-4, 1 / 32
 ACTIVE = 1e-3  # a latent above this in a batch is active there (our SAEConfig.dead_threshold)
@@ -63,13 +64,12 @@ SAELENS_ENV = "CULTURELENS_SAELENS_PYTHON"
 
 
 def organism_data() -> tuple[torch.Tensor, torch.Tensor, None]:
-    import interp
     from circuits.analysis.cultureworld import PROBE_NOUNS, TEST_NOUNS, TRAIN_NOUNS
     from circuits.organism import prompts as op
     from circuits.organism.shipped import ORGANISM
     from sae.store import ActivationStore
 
-    model = interp.load(ORGANISM / "pipeline", trust_remote_code=True)
+    model = load_pipeline(ORGANISM / "pipeline")
     site = "text.blocks.0.hook_resid_post"
     train = sorted(set(op.training_corpus(PROBE_NOUNS + TRAIN_NOUNS)) - {""}) + [""]
     held = sorted(set(op.training_corpus(TEST_NOUNS)) - {""})

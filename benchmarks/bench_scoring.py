@@ -29,10 +29,11 @@ def main() -> None:
     import interp
     from circuits.analysis.cultureworld import ASSETS, TEST_NOUNS, organism_pairs
     from circuits.evaluate import score
+    from circuits.io import load_pipeline  # the shipped organism is trusted by fingerprint, not by opt-in
     from circuits.organism.judge import CultureWorldJudge
     from circuits.pairs import by_concept
 
-    model = interp.load(ASSETS / "pipeline", trust_remote_code=True)
+    model = load_pipeline(ASSETS / "pipeline")
     judge = CultureWorldJudge.load(ASSETS / "judge")
     groups = by_concept(organism_pairs(TEST_NOUNS))
     per_culture = max(len(v) for v in groups.values())

@@ -75,6 +75,19 @@ def jsonable(x: Any) -> Any:
     return x
 
 
+def read_json(file: Path, error: type[CultureLensError] = CultureLensError) -> Any:
+    """Parse a JSON file; any read, decoding or syntax problem is `error` naming the file (and line)."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{file}: not UTF-8 text (byte {e.start}); JSON config files are UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{file}, line {e.lineno}: invalid JSON ({e.msg})") from None
+    except OSError as e:
+        raise error(f"{file}: cannot read ({e.strerror or e})") from None
+
+
+
 def atomic_write(path: str | Path, write: collections.abc.Callable[[Path], Any]) -> None:
     """The one atomic writer: `write(tmp)` fills a temporary file in the same folder, then
     os.replace puts it at `path`, so readers never see half a file (the old file stays until

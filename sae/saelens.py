@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from interp.result_io import atomic_save_file, atomic_write_text
+from interp.result_io import atomic_save_file, atomic_write_text, read_json
 from sae.describe import describe
 from sae.errors import SAEError
 from sae.store import ActivationStore
@@ -101,14 +101,7 @@ def _fold_decoder_norm(w: dict[str, torch.Tensor], where: Path) -> None:
 
 def _read_cfg(cfg_path: Path) -> dict:
     """cfg.json as a dict; any read, decoding or syntax problem names the file."""
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise SAEError(f"{cfg_path}: not UTF-8 text (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise SAEError(f"{cfg_path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    except OSError as e:
-        raise SAEError(f"{cfg_path}: cannot read ({e.strerror or e})") from None
+    cfg = read_json(cfg_path, SAEError)
     if not isinstance(cfg, dict):
         raise SAEError(f"{cfg_path}: expected a JSON object, got a JSON {type(cfg).__name__}")
     return cfg

@@ -5,12 +5,12 @@ Below `loading` (which opens a folder) and `interp.zoo` (which opens a meta fold
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from interp.errors import CultureLensError, NotAPipelineError
+from interp.result_io import read_json
 
 DEFAULTS_FILE = "culturelens.json"
 
@@ -19,17 +19,6 @@ DEFAULTS_FILE = "culturelens.json"
 _DEFAULT_KEYS: dict[str, tuple[str, int | None]] = {"steps": ("int", 1), "guidance": ("number", None),
                                                     "height": ("int", 1), "width": ("int", 1)}
 
-
-def _read_json(file: Path, error: type[CultureLensError]) -> Any:
-    """Parse a JSON file; any read, decoding or syntax problem is `error` naming the file (and line)."""
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise error(f"{file}: not UTF-8 text (byte {e.start}); JSON config files are UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise error(f"{file}, line {e.lineno}: invalid JSON ({e.msg})") from None
-    except OSError as e:
-        raise error(f"{file}: cannot read ({e.strerror or e})") from None
 
 
 def read_index(path: Path) -> dict[str, Any]:
@@ -41,7 +30,7 @@ def read_index(path: Path) -> dict[str, Any]:
         raise NotAPipelineError(
             f"{path}: no model_index.json, so this is not a diffusers pipeline folder (found: {found})"
         )
-    data = _read_json(index, NotAPipelineError)
+    data = read_json(index, NotAPipelineError)
     if not isinstance(data, dict):
         raise NotAPipelineError(f"{index}: expected a JSON object (component name -> [library, class]), "
                                 f"got a JSON {type(data).__name__}")
@@ -61,7 +50,7 @@ def read_defaults(path: Path) -> dict[str, Any]:
     f = path / DEFAULTS_FILE
     if not f.is_file():
         return {}
-    data = _read_json(f, CultureLensError)
+    data = read_json(f, CultureLensError)
     if not isinstance(data, dict):
         raise CultureLensError(f"{f}: expected a JSON object of generation defaults, got a JSON {type(data).__name__}")
     for key, value in data.items():
