@@ -304,4 +304,12 @@ def test_fingerprint_mismatch_is_an_error_and_rebuild_is_deterministic(e5_folder
     assert fresh["files"] == stamp["files"]  # same sha256 for every file: deterministic
     assert sorted(p.name for p in stale.iterdir()) == sorted(p.name for p in e5_folder.iterdir())
     assert not list(tmp_path.glob(".e5-small.tmp-*"))
+    assert "transformers_version" not in json.loads((stale / "config.json").read_text())  # no library stamp
+    # A folder of the right source from an older converter (here: version 1, which stamped
+    # config.json with the transformers version) is our own derived data: converted again, said so.
+    (stale / e5.STAMP).write_text(json.dumps({**stamp, "converter_version": 1}))
+    (stale / "config.json").write_text("{}")
+    with pytest.warns(UserWarning, match=r"written by converter \{'converter_version': 1, .*converting again"):
+        assert e5.e5_small(cache=tmp_path) == stale
+    assert e5.check(stale, full=True)["files"] == stamp["files"]
     shutil.rmtree(stale)  # 470 MB: pytest keeps the last runs' tmp folders

