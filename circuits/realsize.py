@@ -139,8 +139,15 @@ def prompts_of(n_pairs: int) -> tuple[list[Any], list[str]]:
     return pairs, [p for r in pairs for p in (r.noun_only, r.modifier_noun)]
 
 
+# The text hooks the real-size workload captures: the same workload as the runs recorded before the
+# per-head q/k/v/z sites existed, so the measured times stay comparable.
+WORKLOAD_TEXT_HOOKS = ("hook_resid_post", "attn.hook_pattern", "hook_attn_out", "mlp.hook_post")
+
+
 def text_sites(model: Any) -> list[str]:
-    return [s for s in model.sites() if s.split(".", 1)[0] in model.encoders]
+    """Every layer's WORKLOAD_TEXT_HOOKS on every text encoder."""
+    return [s for s in model.sites() if s.split(".", 1)[0] in model.encoders
+            and s.split(".", 3)[3] in WORKLOAD_TEXT_HOOKS]
 
 
 def culture_site(model: Any) -> str:

@@ -269,7 +269,8 @@ def _register_methods(sub: argparse._SubParsersAction, load: Loader | None) -> N
     p.add_argument("--positions", type=int, nargs="+", default=None, metavar="I",
                    help="token positions, one condition each (clean and corrupt of equal token length)")
     p.add_argument("--heads", nargs="+", default=None, metavar="H",
-                   help="denoiser sites with heads: head indices, one condition each, or 'each' (default: all at once)")
+                   help="sites with heads (q/k/v/z/pattern; text: attn.hook_q/k/v/z): head indices, one "
+                        "condition each, or 'each' (default: all at once)")
     p.add_argument("--steps", nargs="+", default=None, metavar="I",
                    help="denoiser sites: step indices, one condition each, or 'each' (default: all at once)")
     p.add_argument("--branch", default="both", choices=list(BRANCH_CHOICES),

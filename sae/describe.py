@@ -21,7 +21,9 @@ from sae.store import ActivationStore
 _LAYOUT = {"map": "[B, C, h, w]: features on axis 1, positions = the h·w pixels in raster order",
            "heads": "[B, P, H, d]: per head on axis 2 (inside the attention processor)",
            "pattern": "[B, H, Q, K] attention probabilities (inside the attention processor)",
-           "plain": "[B, P, D]: features on the last axis, positions on axis 1"}
+           "plain": "[B, P, D]: features on the last axis, positions on axis 1",
+           "text_heads": "[B, P, H·d] at the module (a q/k/v projection's output, or the output projection's "
+                         "input); culturelens views it as [B, P, H, d]: head h is features h·d..(h+1)·d-1"}
 
 
 def site_module(model: Any, site: str) -> dict[str, Any]:
@@ -33,7 +35,7 @@ def site_module(model: Any, site: str) -> dict[str, Any]:
         else model.encoders[s.encoder].component
     root_path = s.module_path  # relative to the component module (the UNet/transformer or the text encoder)
     module = resolve_module(model, s)
-    kind = _kind(s.name)
+    kind = "text_heads" if s.heads_view else _kind(s.name)
     if s.mode == "in0":
         hook, index = "forward_input", 0
     elif s.mode == "proc":

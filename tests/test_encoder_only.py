@@ -95,7 +95,8 @@ def test_load_opens_each_family_as_encoder_only(models, arch):
     assert model.family == "encoder" and list(model.encoders) == ["text"] and not model.has_denoiser
     assert (enc.arch, enc.n_layers, enc.d_model, enc.max_length) == (arch, LAYERS, D, MAX_LEN)
     assert enc.uses_attention_mask
-    hooks = ["hook_resid_post", "attn.hook_pattern", "hook_attn_out", "mlp.hook_post"]
+    hooks = ["hook_resid_post", "attn.hook_pattern", "hook_attn_out", "mlp.hook_post",
+             "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z"]
     assert model.sites() == [f"text.blocks.{l}.{h}" for l in range(LAYERS) for h in hooks]
     assert "encoder" in repr(model) and f"{arch}[{LAYERS}x{D}]" in repr(model)
 

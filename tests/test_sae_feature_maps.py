@@ -84,7 +84,7 @@ def test_per_step_shapes_round_trip_table_and_plot(tiny_sd, planted, tmp_path):
 def test_mmdit_image_stream_and_joint_attention_maps(request, family):
     model = tiny_family(request, family)
     img = [s for s in model.sites() if s.endswith("hook_img_out")][0]
-    z = [s for s in model.sites() if s.endswith("attn.hook_z")][0]
+    z = [s for s in model.sites() if s.startswith("transformer.") and s.endswith("attn.hook_z")][0]
     n_img = len(model.joint_positions()["image"])
     side = int(n_img ** 0.5)
     fm = feature_maps(model, TopKSAE(16, 8, 2, seed=0), img, "a cat", [0, 1], seed=0)

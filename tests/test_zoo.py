@@ -99,6 +99,9 @@ def test_text_site_shapes_for_a_batch_on_meta(meta):
             assert shapes[f"{prefix}.blocks.0.attn.hook_pattern"] == (3, h, s, s), (name, prefix)
             assert shapes[f"{prefix}.blocks.0.hook_attn_out"] == (3, s, d), (name, prefix)
             assert shapes[f"{prefix}.blocks.{last}.mlp.hook_post"] == (3, s, f), (name, prefix)
+            # per-head q/k/v/z: every published encoder here has 64-wide heads (T5-XXL: d_kv = 64)
+            for hook in ("hook_q", "hook_k", "hook_v", "hook_z"):
+                assert shapes[f"{prefix}.blocks.{last}.attn.{hook}"] == (3, s, h, 64), (name, prefix, hook)
 
 
 def test_meta_models_use_no_memory_and_list_sites(meta):

@@ -16,9 +16,10 @@ Where an edit happens (`Where`) is kept per model by one `_Runtime` shared by al
 - CFG branches: the i-th call of a text encoder in a pipeline call encodes the prompt (i = 0)
   or the negative prompt (i = 1); a denoiser call with 2B rows holds [uncond; cond], one with B
   rows the conditional branch (FLUX's true CFG: the second call of a step is the negative).
-q/k/v/z/pattern sites run inside our attention processors (interp/engine/attention.py), installed on
-the named attention modules only while a session needs them, and calling the original
-processor whenever nothing acts at that call.
+Denoiser q/k/v/z/pattern sites run inside our attention processors (interp/engine/attention.py),
+installed on the named attention modules only while a session needs them, and calling the
+original processor whenever nothing acts at that call. Text q/k/v/z sites are plain forward
+(pre-)hooks on the projections (`Site.view` / `unview` give the per-head layout).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from interp.engine.apply import apply_all, is_active
 from interp.engine.attention import PROCESSORS, WRITES, check_supported, style_of
 from interp.errors import CultureLensError, SiteError
 from interp.interventions import BRANCHES, Where, check_branch, check_indexing
-from interp.model.sites import PROC_HOOKS, Site, check_indices, parse, resolve_module
+from interp.model.sites import PROC_HOOKS, Site, check_indices, edit_through, parse, resolve_module
 
 Recorder = Callable[[Site, torch.Tensor, Where], None]
 
@@ -395,9 +396,11 @@ class HookSession:
             ctx = enc.eager_attention()
             ctx.__enter__()
             self._handles.append(_Undo(lambda: ctx.__exit__(None, None, None)))
+        # The module's tensor -> the site's activation (text q/k/v/z: its per-head view) -> back.
+        edit = functools.partial(self.edit, site)
         if mode == "in0":
             def pre(mod: Any, args: tuple) -> tuple:
-                return (self.edit(site, args[0]),) + tuple(args[1:])
+                return (edit_through(site, args[0], edit),) + tuple(args[1:])
 
             self._handles.append(module.register_forward_pre_hook(pre))
             return
@@ -405,14 +408,14 @@ class HookSession:
 
         def post(mod: Any, args: Any, out: Any) -> Any:
             if isinstance(out, torch.Tensor):
-                return self.edit(site, out)
+                return edit_through(site, out, edit)
             if isinstance(out, tuple):
                 items = list(out)
-                items[k] = self.edit(site, items[k])
+                items[k] = edit_through(site, items[k], edit)
                 return tuple(items)
             if hasattr(out, "to_tuple"):  # a diffusers/transformers ModelOutput
                 key = list(out.keys())[k]
-                out[key] = self.edit(site, out[key])
+                out[key] = edit_through(site, out[key], edit)
                 return out
             raise CultureLensError(f"site {site.name!r}: unexpected output type {type(out).__name__}")
 

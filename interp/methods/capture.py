@@ -90,23 +90,26 @@ def trace_encoder(model: Any, prefix: str, batch: Any, reads: Sequence[Site],
         for site in ordered:
             env = envoy(nm, site.module_path)
             edits = ivs.get(site.name)
+            # `site.view` / `unview`: the module's tensor as the site's activation and back (text
+            # q/k/v/z are [B, S, H·d] in the module, [B, S, H, d] as sites).
             if site.mode == "in0":
-                act = env.input
+                act = site.view(env.input)
                 if edits:
                     act = apply_all(edits, act)
-                    env.input = act
+                    env.input = site.unview(act)
             elif site.mode == "out":
-                act = env.output
+                act = site.view(env.output)
                 if edits:
                     act = apply_all(edits, act)
-                    env.output = act
+                    env.output = site.unview(act)
             else:
                 k = int(site.mode[3:])
                 out = env.output
-                act = out[k]
+                act = site.view(out[k])
                 if edits:
                     act = apply_all(edits, act)
-                    env.output = tuple(act if i == k else o for i, o in enumerate(out))
+                    new = site.unview(act)
+                    env.output = tuple(new if i == k else o for i, o in enumerate(out))
             if site.name in read_names:
                 if outer.get(site.name):
                     act = apply_all(outer[site.name], act)
@@ -128,7 +131,8 @@ def _batches(prompts: list[str], size: int):
 def capture(model: Any, prompts: str | Sequence[str], sites: Sequence[str], *, interventions: Sequence[Any] = (),
             batch_size: int = 64, truncate: bool = False, progress: bool = False) -> dict[str, Tensor]:
     """Activations of text-encoder `sites` for `prompts` -> {site: tensor}, e.g.
-    hook_resid_post [B, S, d_model], attn.hook_pattern [B, H, S, S], mlp.hook_post [B, S, d_mlp].
+    hook_resid_post [B, S, d_model], attn.hook_pattern [B, H, S, S], mlp.hook_post [B, S, d_mlp],
+    attn.hook_q / hook_k / hook_v / hook_z [B, S, H, d].
     `interventions` on text sites are applied first (later sites see their effect)."""
     from tqdm.auto import tqdm
 

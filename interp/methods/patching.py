@@ -1,8 +1,8 @@
 """Activation patching: clean activations written into the corrupted run, for text and denoiser sites.
 
-Text sites (`text.blocks.{l}...`): each patched run is one nnsight trace of the encoder (write at
-one site, read the encoder output), the same code path as `interp.capture`; the metric scores what
-the denoiser would receive.
+Text sites (`text.blocks.{l}...`): each condition (site × head group × position; heads at
+attn.hook_q/k/v/z) is one nnsight trace of the encoder (write at one site, read the encoder
+output), the same code path as `interp.capture`; the metric scores what the denoiser would receive.
 
 Denoiser sites (`unet....`, `transformer....`): the clean prompts are generated once with every
 site captured at every step ([T, C, B, ...]); then each *condition* (site × step group × head
@@ -91,7 +91,8 @@ class PatchResult:
     def plot(self, path: str | Path | None = None, title: str = "activation patching", rows: str = "site",
              cols: str | None = None, vmin: float | None = None, vmax: float | None = None) -> Any:
         """Heat map of the normalised effect, `rows` × `cols` (default: sites × steps for denoiser
-        results, sites × token positions for text); e.g. rows="step", cols="head". The colour
+        results, sites × token positions for text, sites × heads for text patched per head
+        without positions); e.g. rows="step", cols="head". The colour
         scale is symmetric around 0 and fits the data (single-head effects of 1e-4 stay visible)
         unless `vmin`/`vmax` are given."""
         import matplotlib
@@ -100,7 +101,9 @@ class PatchResult:
         import matplotlib.pyplot as plt
 
         if cols is None:
-            cols = "step" if self.meta.get("kind") == "denoiser" else "position"
+            per_head = all(r.get("position") is None for r in self.rows) and any(r.get("head") is not None
+                                                                                 for r in self.rows)
+            cols = "step" if self.meta.get("kind") == "denoiser" else "head" if per_head else "position"
         rl, cl, m = self.matrix(rows, cols)
         fig, ax = plt.subplots(figsize=(4.0 + 0.4 * len(cl), 1.5 + 0.35 * len(rl)), layout="constrained")
         finite = m[~torch.isnan(m)]
@@ -203,9 +206,12 @@ def patch(model: Any, clean: str | Sequence[str], corrupt: str | Sequence[str], 
     condition's `Generation` for denoiser sites). A list inside `sites` is a group of denoiser
     sites patched together (one condition), e.g. every `attn2.hook_out`.
 
-    `steps` / `heads` (denoiser sites only): None = all at once (one condition); "each" = one
+    `steps` (denoiser sites only) / `heads` (sites with heads: q/k/v/z/pattern on the denoiser,
+    attn.hook_q/k/v/z on text encoders): None = all at once (one condition); "each" = one
     condition per step / head; a list of ints = one condition per listed step / head; a list of
-    lists = one condition per group. `positions`: token positions, one condition each (text sites;
+    lists = one condition per group. E.g. `sites=[f"text.blocks.{l}.attn.hook_z" for l in
+    layers], heads="each"` and `result.matrix("site", "head")` give a layers × heads effect map.
+    `positions`: token positions, one condition each (text sites;
     on denoiser sites only where there is a token axis: cross-attention `hook_pattern` keys and
     `attn2.hook_k` / `hook_v`); clean and corrupt prompts must then have equal token lengths. On
     SD3/FLUX joint attention (`transformer...attn.hook_q/k/v/z/pattern`) positions index the joint
@@ -242,14 +248,18 @@ def patch(model: Any, clean: str | Sequence[str], corrupt: str | Sequence[str], 
     joint_only = not text and all(s.kind in JOINT_KINDS for s in parsed)
     if positions is not None and not joint_only:
         _check_lengths(model, clean, corrupt, sorted({s.encoder for s in text} or set(model.encoders)))
+    if heads is not None:
+        nohead = [s.name for s in parsed if s.head_axis is None]
+        if nohead:
+            raise SiteError(f"patch: heads= given but {nohead[0]!r} has no heads (q/k/v/z/pattern sites have; on "
+                            "text encoders the writable ones are attn.hook_q/k/v/z)")
     if text:
-        for name, val in (("steps", steps), ("heads", heads)):
-            if val is not None:
-                raise SiteError(f"patch: {name}= applies to denoiser sites only; {text[0].name!r} is a text-encoder "
-                                "site (it runs once per prompt, not per denoising step)")
+        if steps is not None:
+            raise SiteError(f"patch: steps= applies to denoiser sites only; {text[0].name!r} is a text-encoder "
+                            "site (it runs once per prompt, not per denoising step)")
         if any(len(g) > 1 for g in groups):
             raise SiteError("patch: site groups (lists of sites patched together) are for denoiser sites only")
-        return _patch_text(model, clean, corrupt, text, metric, positions, truncate)
+        return _patch_text(model, clean, corrupt, text, metric, heads, positions, truncate)
     return _patch_denoiser(model, clean, corrupt, groups, metric, steps, heads, positions, seed, num_steps, guidance,
                            branch, batch_size, truncate)
 
@@ -270,7 +280,8 @@ def _check_lengths(model: Any, clean: list[str], corrupt: list[str], encoders: S
 
 
 def _patch_text(model: Any, clean: list[str], corrupt: list[str], parsed: list[Site], metric: Metric,
-                positions: Sequence[int] | None, truncate: bool) -> PatchResult:
+                heads: Groups, positions: Sequence[int] | None, truncate: bool) -> PatchResult:
+    head_groups = {s.name: _groups(heads, s.dim, "heads", f"site {s.name!r}") for s in parsed}  # checked first
     clean_acts = capture(model, clean, [s.name for s in parsed], truncate=truncate)
     outputs: dict[str, tuple[float, float]] = {}
     rows: list[dict[str, Any]] = []
@@ -289,13 +300,18 @@ def _patch_text(model: Any, clean: list[str], corrupt: list[str], parsed: list[S
             bad = [p for p in positions if not -n <= p < n]
             if bad:
                 raise SiteError(f"patch: positions {bad} out of range for sequence length {n}")
-        for pos in ([None] if positions is None else list(positions)):
-            iv = Replace(s.name, clean_acts[s.name], positions=None if pos is None else [pos])
-            _, out = trace_encoder(model, s.encoder, batch, [], {s.name: [iv]}, want_output=True)
-            value = _scalar(metric(out))
-            rows.append({"site": s.name, "layer": s.layer, "kind": s.kind, "step": None, "head": None,
-                         "position": pos, "value": value,
-                         "effect": _effect(value, c_val, x_val, f"site {s.name!r}, position {_label(pos)}")})
+        # One condition per head group × position: the clean value at those heads (q/k/v/z:
+        # axis 2 of [B, S, H, d]) and positions, the corrupt run's everywhere else.
+        for group in head_groups[s.name]:
+            head = _group_label(group)
+            for pos in ([None] if positions is None else list(positions)):
+                iv = Replace(s.name, clean_acts[s.name], positions=None if pos is None else [pos],
+                             heads=None if group is None else list(group))
+                _, out = trace_encoder(model, s.encoder, batch, [], {s.name: [iv]}, want_output=True)
+                value = _scalar(metric(out))
+                where = f"site {s.name!r}, head {_label(head)}, position {_label(pos)}"
+                rows.append({"site": s.name, "layer": s.layer, "kind": s.kind, "step": None, "head": head,
+                             "position": pos, "value": value, "effect": _effect(value, c_val, x_val, where)})
     first = outputs[parsed[0].encoder]
     return PatchResult(rows=rows, clean_value=first[0], corrupt_value=first[1],
                        meta={"kind": "text", "clean": clean, "corrupt": corrupt})
@@ -376,8 +392,6 @@ def _patch_denoiser(model: Any, clean: list[str], corrupt: list[str], groups: li
     step_groups = _groups(steps, T, "steps", f"a {T}-step run")
     parsed = list({s.name: s for g in groups for s in g}.values())
     for s in parsed:
-        if heads is not None and s.head_axis is None:
-            raise SiteError(f"patch: heads= given but {s.name!r} has no heads (q/k/v/z/pattern sites have)")
         if positions is not None and _token_axis(s) is None:
             raise SiteError(f"patch: positions= index text tokens, but {s.name!r} has no token axis (cross-attention "
                             "hook_pattern, attn2.hook_k and attn2.hook_v have; on SD3/FLUX joint attention "

@@ -11,6 +11,12 @@ from typing import Any
 # Where each architecture keeps its layers and, per site kind, (module path in a layer, what to read).
 # "out": the module output (first element when it is a tuple); "outK": element K of a tuple output;
 # "in0": the first positional input (the MLP's post-activation is the input of its down-projection).
+# attn_q/k/v/z are Linear boundaries: the q/k/v projections' outputs and the input of the output
+# projection, [B, S, H·d] in the module, seen per head as [B, S, H, d] (interp.model.sites). They
+# leave the attention math (scaling, masks, T5's position bias, any kernel) untouched.
+# "order": the order in which one layer computes its sites (nnsight reads them in that order).
+# XLM-R/BERT return the pattern from `attention.self` before `attention.output.dense` takes z;
+# CLIP/T5 take z inside the attention module, which returns the pattern afterwards.
 ARCH_LAYOUT: dict[str, dict[str, Any]] = {
     "clip": {
         "layers": ("encoder.layers", "text_model.encoder.layers"),
@@ -18,6 +24,11 @@ ARCH_LAYOUT: dict[str, dict[str, Any]] = {
         "pattern": ("self_attn", "out1"),
         "attn_out": ("self_attn", "out0"),
         "mlp_post": ("mlp.fc2", "in0"),
+        "attn_q": ("self_attn.q_proj", "out"),
+        "attn_k": ("self_attn.k_proj", "out"),
+        "attn_v": ("self_attn.v_proj", "out"),
+        "attn_z": ("self_attn.out_proj", "in0"),
+        "order": ("attn_q", "attn_k", "attn_v", "attn_z", "pattern", "attn_out", "mlp_post", "resid_post"),
     },
     "xlmr": {
         "layers": ("roberta.encoder.layer", "encoder.layer"),
@@ -25,6 +36,11 @@ ARCH_LAYOUT: dict[str, dict[str, Any]] = {
         "pattern": ("attention.self", "out1"),
         "attn_out": ("attention.output.dense", "out"),
         "mlp_post": ("intermediate", "out"),
+        "attn_q": ("attention.self.query", "out"),
+        "attn_k": ("attention.self.key", "out"),
+        "attn_v": ("attention.self.value", "out"),
+        "attn_z": ("attention.output.dense", "in0"),
+        "order": ("attn_q", "attn_k", "attn_v", "pattern", "attn_z", "attn_out", "mlp_post", "resid_post"),
     },
     # BertModel (e.g. multilingual-e5-small, interp.zoo.e5_small): XLM-R's layer, no `roberta.` root.
     "bert": {
@@ -33,6 +49,11 @@ ARCH_LAYOUT: dict[str, dict[str, Any]] = {
         "pattern": ("attention.self", "out1"),
         "attn_out": ("attention.output.dense", "out"),
         "mlp_post": ("intermediate", "out"),
+        "attn_q": ("attention.self.query", "out"),
+        "attn_k": ("attention.self.key", "out"),
+        "attn_v": ("attention.self.value", "out"),
+        "attn_z": ("attention.output.dense", "in0"),
+        "order": ("attn_q", "attn_k", "attn_v", "pattern", "attn_z", "attn_out", "mlp_post", "resid_post"),
     },
     "t5": {
         "layers": ("encoder.block",),
@@ -40,6 +61,11 @@ ARCH_LAYOUT: dict[str, dict[str, Any]] = {
         "pattern": ("layer.0.SelfAttention", "out2"),
         "attn_out": ("layer.0.SelfAttention", "out0"),
         "mlp_post": ("layer.1.DenseReluDense.wo", "in0"),
+        "attn_q": ("layer.0.SelfAttention.q", "out"),
+        "attn_k": ("layer.0.SelfAttention.k", "out"),
+        "attn_v": ("layer.0.SelfAttention.v", "out"),
+        "attn_z": ("layer.0.SelfAttention.o", "in0"),
+        "order": ("attn_q", "attn_k", "attn_v", "attn_z", "pattern", "attn_out", "mlp_post", "resid_post"),
     },
 }
 

@@ -381,7 +381,7 @@ class Model:
 
     def sites(self, kind: str | None = None) -> list[str]:
         """Valid site names; `kind` filters by site kind (text: "resid_post", "mlp_post", "pattern",
-        "attn_out"; UNet: "xattn_{q,k,v,z,pattern,out}" (attn2), "sattn_..." (attn1), "tblock_out",
+        "attn_out", "attn_q", "attn_k", "attn_v", "attn_z"; UNet: "xattn_{q,k,v,z,pattern,out}" (attn2), "sattn_..." (attn1), "tblock_out",
         "resnet_out"; MMDiT: "jattn_{q,k,v,z,pattern}", "img_out", "txt_out") or by prefix ("text",
         "text_2", "unet", "transformer")."""
         return [s.name for s in all_sites(self) if kind is None or kind in (s.kind, s.encoder)]

@@ -8,7 +8,26 @@ Text encoders (prefix "text", "text_2", "text_3"):
   `{prefix}.blocks.{l}.hook_resid_post`    [B, S, d_model]
   `{prefix}.blocks.{l}.hook_attn_out`      [B, S, d_model]
   `{prefix}.blocks.{l}.mlp.hook_post`      [B, S, d_mlp]
-  `{prefix}.blocks.{l}.attn.hook_pattern`  [B, H, S, S] (units = heads, axis 1; read-only)
+  `{prefix}.blocks.{l}.attn.hook_pattern`  [B, H, S, S] (units = heads, axis 1; read-only;
+      read from eager attention's returned weights, so reading it switches the encoder to eager)
+  `{prefix}.blocks.{l}.attn.hook_q|hook_k|hook_v`  [B, S, H, d] (units = heads, axis 2;
+      positions axis 1): the query / key / value projection's output, split per head
+  `{prefix}.blocks.{l}.attn.hook_z`        [B, S, H, d]: the per-head attention output, i.e. the
+      input of the output projection (hook_attn_out = out_proj(z) on every architecture here)
+  q/k/v/z are Linear boundaries (the module tensor [B, S, H·d] seen as [B, S, H, d], head h =
+  features h·d..(h+1)·d-1), readable and writable, and need no eager attention: the attention
+  math itself (scaling, masks, kernel) is untouched, so reading them changes nothing, bit for bit.
+  What each is exactly (transformers 5.24):
+  - CLIP: `self_attn.q_proj` / `k_proj` / `v_proj` outputs, with bias and *unscaled* (CLIPAttention
+    passes scaling=d^-0.5 to the attention function; q_proj's output does not carry it);
+    z = the input of `self_attn.out_proj`;
+  - XLM-R, BERT (e.g. multilingual-e5-small): `attention.self.query` / `key` / `value` outputs
+    (unscaled; the attention function scales by d^-0.5); z = the input of `attention.output.dense`
+    (hook_attn_out is that Linear's output, before dropout, residual and LayerNorm);
+  - T5: `layer.0.SelfAttention.q` / `k` / `v` outputs (no bias); T5 attention applies no scaling at
+    all (scaling = 1.0: the 1/√d is folded into the trained q weights) and adds its relative
+    position bias to the scores, which q/k do not contain; z = the input of `SelfAttention.o`;
+    d = d_kv, which need not be d_model / H.
 UNet (SD 1.x/2.x, SDXL, AltDiffusion, the organism); `.block.{k}` only for k > 0
 (`.block.0.` is accepted as an alias):
   `unet.{down|mid|up}.{i}.attn.{j}[.block.{k}].{attn1|attn2}.hook_q`        [B, Q, H, d]
@@ -34,8 +53,13 @@ MMDiT (SD3 and FLUX double-stream blocks `transformer.blocks.{i}`, FLUX single-s
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from interp.errors import SiteError
 from interp.model.layout import ARCH_LAYOUT, get_path
@@ -48,13 +72,19 @@ TEXT_HOOKS = {
     "attn.hook_pattern": "pattern",
     "hook_attn_out": "attn_out",
     "mlp.hook_post": "mlp_post",
+    "attn.hook_q": "attn_q",
+    "attn.hook_k": "attn_k",
+    "attn.hook_v": "attn_v",
+    "attn.hook_z": "attn_z",
 }
+# Text kinds read at a Linear boundary and seen per head ([B, S, H·d] -> [B, S, H, d]).
+TEXT_HEAD_KINDS = ("attn_q", "attn_k", "attn_v", "attn_z")
 ATTN_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_out")
 # Hooks computed inside our attention processor (interp/engine/attention.py), not by a module hook.
 PROC_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_pattern", "hook_z")
-# Execution order inside one layer / attention: nnsight needs requests in the order the model runs them.
-STAGE = {"pattern": 0, "attn_out": 1, "mlp_post": 2, "resid_post": 3,
-         "hook_q": 0, "hook_k": 1, "hook_v": 2, "hook_pattern": 3, "hook_z": 4, "hook_out": 5,
+# Execution order inside one denoiser attention / block: nnsight needs requests in the order the
+# model runs them (text layers: ARCH_LAYOUT's per-architecture "order", kept in `Site.stage`).
+STAGE = {"hook_q": 0, "hook_k": 1, "hook_v": 2, "hook_pattern": 3, "hook_z": 4, "hook_out": 5,
          "hook_txt_out": 6, "hook_img_out": 7}
 _TEXT_RE = re.compile(r"^(text(?:_\d)?)\.blocks\.(-?\d+)\.(.+)$")
 DENOISER_PREFIXES = ("unet", "transformer")
@@ -64,7 +94,9 @@ DENOISER_PREFIXES = ("unet", "transformer")
 class Site:
     """A resolved site. `dim` is the number of units along `unit_axis` (neurons, channels or heads);
     `head_axis` is the heads axis (None: the site has no heads); `position_axis` the token/pixel
-    axis that `positions=` selects (None: positions do not apply)."""
+    axis that `positions=` selects (None: positions do not apply). `heads_view`: the module tensor
+    is [B, S, H·d] and the site is its per-head view [B, S, H, d] (text q/k/v/z; see `view` and
+    `unview`). `stage`: the site's place in its text layer's execution order (None: from STAGE)."""
 
     name: str
     encoder: str  # "text", "text_2", "text_3", "unet" or "transformer"
@@ -76,11 +108,13 @@ class Site:
     unit_axis: int
     head_axis: int | None = None
     position_axis: int | None = 1
+    heads_view: bool = False
+    stage: int | None = None
 
     @property
     def order(self) -> tuple:
         """Sort key in execution order (text: layer then stage; denoiser: block order then stage)."""
-        stage = STAGE.get(self.kind, STAGE.get(self.name.rsplit(".", 1)[-1], 0))
+        stage = self.stage if self.stage is not None else STAGE.get(self.kind, STAGE.get(self.hook, 0))
         if isinstance(self.layer, int):
             return (self.encoder, self.layer, 0, 0, 0, 0, stage)
         return (self.encoder,) + tuple(self.layer) + (stage,)
@@ -99,6 +133,26 @@ class Site:
     def writable(self) -> bool:
         """Text attention patterns are read from eager attention's returned weights: read-only."""
         return self.kind != "pattern"
+
+    def view(self, raw: Float[Tensor, "B S HD"]) -> Float[Tensor, "B S H d"]:
+        """The site's activation from the tensor its module holds: for a heads view, [B, S, H·d] ->
+        [B, S, H, d] (a view, no copy); any other site's tensor as it is. The one place (with
+        `unview`) where the hook engine and the nnsight path turn module tensors into sites."""
+        if not self.heads_view:
+            return raw
+        if raw.ndim != 3 or raw.shape[-1] % self.dim:
+            raise SiteError(f"site {self.name!r}: the module tensor at {self.module_path!r} has shape "
+                            f"{tuple(raw.shape)}, expected [B, S, H·d] with H = {self.dim} heads")
+        return raw.unflatten(-1, (self.dim, raw.shape[-1] // self.dim))
+
+    def unview(self, act: Float[Tensor, "B S H d"]) -> Float[Tensor, "B S HD"]:
+        """Inverse of `view`: a (possibly edited) activation back in its module's layout."""
+        if not self.heads_view:
+            return act
+        if act.ndim != 4 or act.shape[2] != self.dim:
+            raise SiteError(f"site {self.name!r}: an edit returned shape {tuple(act.shape)}; the site is "
+                            f"[B, S, H, d] with H = {self.dim} heads")
+        return act.flatten(-2)
 
 
 class TextBlock(NamedTuple):
@@ -126,16 +180,26 @@ def site_axes(name: str) -> tuple[int, int | None, int | None]:
     if hook == "hook_pattern":
         # text patterns: positions are queries; denoiser patterns: keys (text tokens in cross-attention)
         return 1, 1, 3 if denoiser else 2
-    if denoiser and hook in ("hook_q", "hook_k", "hook_v", "hook_z"):
+    if hook in ("hook_q", "hook_k", "hook_v", "hook_z"):  # [B, S, H, d] on text and denoiser alike
         return 2, 2, 1
     if name.startswith("unet.") and hook == "hook_out" and not re.search(r"\.attn[12]\.hook_out$", name):
         return 1, None, None  # feature maps [B, C, h, w]
     return -1, None, 1
 
 
-def _site(name: str, encoder: str, layer: Any, kind: str, dim: int, path: str, mode: str) -> Site:
+def _site(name: str, encoder: str, layer: Any, kind: str, dim: int, path: str, mode: str,
+          heads_view: bool = False, stage: int | None = None) -> Site:
     unit, head, pos = site_axes(name)
-    return Site(name, encoder, layer, kind, dim, path, mode, unit, head, pos)
+    return Site(name, encoder, layer, kind, dim, path, mode, unit, head, pos, heads_view, stage)
+
+
+def edit_through(site: Site, raw: Tensor, edit: Callable[[Tensor], Tensor]) -> Tensor:
+    """`edit` applied to the site's activation inside the module tensor `raw`, in the module's
+    layout again; `raw` itself when `edit` returns its input (nothing changed: the module then
+    runs on its own tensor, bit for bit)."""
+    act = site.view(raw)
+    new = edit(act)
+    return raw if new is act else site.unview(new)
 
 
 def text_sites(model: "Model") -> list[Site]:
@@ -150,10 +214,13 @@ def text_sites(model: "Model") -> list[Site]:
 def _text_site(model: "Model", prefix: str, layer: int, hook: str) -> Site:
     enc = model.encoders[prefix]
     kind = TEXT_HOOKS[hook]
-    sub, mode = ARCH_LAYOUT[enc.arch][kind]
-    dim = {"resid_post": enc.d_model, "attn_out": enc.d_model, "mlp_post": enc.d_mlp, "pattern": enc.n_heads}[kind]
+    layout = ARCH_LAYOUT[enc.arch]
+    sub, mode = layout[kind]
+    heads = kind == "pattern" or kind in TEXT_HEAD_KINDS
+    dim = enc.n_heads if heads else {"resid_post": enc.d_model, "attn_out": enc.d_model, "mlp_post": enc.d_mlp}[kind]
     path = f"{enc.layers_path}.{layer}" + (f".{sub}" if sub else "")
-    return _site(f"{prefix}.blocks.{layer}.{hook}", prefix, layer, kind, dim, path, mode)
+    return _site(f"{prefix}.blocks.{layer}.{hook}", prefix, layer, kind, dim, path, mode,
+                 heads_view=kind in TEXT_HEAD_KINDS, stage=layout["order"].index(kind))
 
 
 def _attn_sites(stem: str, encoder: str, layer: tuple, attn: Any, path: str, kind_prefix: str,
@@ -285,8 +352,6 @@ def parse(model: "Model", name: str) -> Site:
 
 def check_indices(site: Site, indices: Any) -> None:
     """Raise SiteError if a unit index is outside 0..dim-1 for `site`."""
-    import torch
-
     idx = torch.as_tensor(indices).reshape(-1)
     if idx.numel() and (int(idx.min()) < -site.dim or int(idx.max()) >= site.dim):
         bad = [int(i) for i in idx if not -site.dim <= int(i) < site.dim]
