@@ -76,7 +76,7 @@ def test_installed_wheel_finds_the_organism_from_another_directory(wheel, tmp_pa
         "print(m.family, len(m.sites('text')), type(j).__name__)\n"
     )
     out = subprocess.run([str(py), "-c", code], cwd=work, env=envvars, check=True, capture_output=True, text=True)
-    assert out.stdout.split() == ["sd", "16", "CultureWorldJudge"], out.stdout + out.stderr
+    assert out.stdout.split() == ["sd", "32", "CultureWorldJudge"], out.stdout + out.stderr
     cli = subprocess.run([str(env / "bin" / "culturelens"), "analyze", "--help"], cwd=work, env=envvars,
                          check=True, capture_output=True, text=True)
     assert "--quick" in cli.stdout
