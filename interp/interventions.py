@@ -2,7 +2,9 @@
 controls. The types only: the rules that apply them at a call are `interp.engine.apply`, the hook
 session that runs them is `interp.engine.session` (`interp.intervene`).
 
-An intervention is any object with a `site: str` and `apply(act) -> act`; optional attributes
+An intervention is any object with a `site: str` and `apply(act) -> act` (the `Intervention`
+Protocol; `InterventionBase` is the base class of ours, with the defaults and a short repr);
+optional attributes, read by the engine with these defaults when absent
 - `positions`: token (or pixel) positions it touches; the others keep their value;
 - `steps`: denoising-step indices (denoiser sites only; None = every step). Step i is the i-th
   scheduler step of the current pipeline call: the counter restarts at every pipeline call;
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -115,9 +117,21 @@ class Units:
         return f"Units({self.site!r}, n={len(self)}{lab})"
 
 
-class Intervention:
-    """Base class: subclasses set `site` and implement `apply(act) -> act` (must not modify act in
-    place), or `apply_at(act, where)`; see the module doc for positions, steps, branch and heads."""
+@runtime_checkable
+class Intervention(Protocol):
+    """What the edit engine runs: anything with a `site` and `apply(act) -> act` that does not modify
+    `act` in place. Optional attributes (`positions`, `steps`, `branch`, `heads`, `reads_only`) and
+    `apply_at(act, where)` are read when present; see the module doc."""
+
+    site: str
+
+    def apply(self, act: Tensor) -> Tensor: ...
+
+
+class InterventionBase:
+    """Base class of culturelens' interventions: subclasses set `site` and implement
+    `apply(act) -> act` (must not modify act in place), or `apply_at(act, where)`; the optional
+    attributes default to "everywhere" (all positions, steps and heads; the conditional branch)."""
 
     site: str
     positions: Sequence[int] | None = None
@@ -128,8 +142,12 @@ class Intervention:
     # then computes the module's output exactly as without it (see interp/engine/attention.py).
     reads_only: bool = False
 
-    def apply(self, act: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def apply(self, act: Tensor) -> Tensor:
+        """`apply_at(act, None)` for a subclass that defines only that (a call outside a pipeline run)."""
+        at = getattr(self, "apply_at", None)
+        if at is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither apply nor apply_at")
+        return at(act, None)
 
     def __repr__(self) -> str:
         # Short on purpose: errors quote interventions, and a dataclass repr would print `mean` or
@@ -169,7 +187,7 @@ def _index(act: Tensor, site: str, idx: Tensor) -> tuple:
 
 
 @dataclass(repr=False)
-class Mask(Intervention):
+class Mask(InterventionBase):
     """Zero- or mean-ablate `units`. `mean` (mode="mean") has one value per unit or per site unit."""
 
     units: Units
@@ -239,7 +257,7 @@ class Mask(Intervention):
 
 
 @dataclass(repr=False)
-class Amplify(Intervention):
+class Amplify(InterventionBase):
     """Scale `units` by (1 + lam); lam = 0 is exactly the identity."""
 
     units: Units
@@ -265,7 +283,7 @@ class Amplify(Intervention):
 
 
 @dataclass(repr=False)
-class Replace(Intervention):
+class Replace(InterventionBase):
     """Set the site's activation to `value`; used by activation patching.
 
     `value` is either broadcastable to the activation, or exactly what `capture_generation`
@@ -333,7 +351,7 @@ class Replace(Intervention):
         return vt[branches, prompt]
 
 
-class OnRows(Intervention):
+class OnRows(InterventionBase):
     """`intervention` applied to some prompts of a batch only (`rows`: one bool per prompt; the
     others keep their activation), so prompts that need different interventions (each culture
     its own units) share one batched generation.

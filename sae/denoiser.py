@@ -22,7 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 import interp
-from interp.interventions import BRANCHES, Intervention, Where
+from interp.interventions import BRANCHES, InterventionBase, Where
 from interp.model.sites import Site, parse, resolve_module
 from sae.errors import SAEError
 from sae.layout import as_rows, has_heads
@@ -103,7 +103,7 @@ def _sample(n_pos: int, k: int, seed: int, key: tuple[int, ...]) -> Tensor:
     return torch.randperm(n_pos, generator=g)[:k].sort().values
 
 
-class _Reader(Intervention):
+class _Reader(InterventionBase):
     """Reads the site, leaves it unchanged, keeps the chosen rows: `rows` [n, D] and `index` [n, 5]
     (INDEX_COLUMNS) blocks, in call order. Per step and branch only the first call counts (as
     `capture_generation`: SD3's skip-layer guidance calls the denoiser again)."""

@@ -129,8 +129,30 @@ def test_duck_typed_intervention(tiny_sd):
     plain = interp.capture(tiny_sd, PROMPTS, [site])[site]
     got = interp.capture(tiny_sd, PROMPTS, [site], interventions=[_AddOne(site)])[site]
     torch.testing.assert_close(got, plain + 1.0)
-    with pytest.raises(interp.CultureLensError, match="not an intervention"):
+    with pytest.raises(interp.CultureLensError, match=r"not an intervention \(interp.Intervention\)"):
         with interp.intervene(tiny_sd, [object()]):
+            pass
+
+
+def test_intervention_protocol_covers_ours_and_duck_types(tiny_sd):
+    """`interp.Intervention` is the Protocol the engine runs (site + apply): our types, sae.Steer
+    and a duck-typed class satisfy it; an object with a site but no apply does not."""
+    from sae.model import TopKSAE
+    from sae.steer import Steer
+
+    site = "text.blocks.0.hook_resid_post"
+    units = interp.Units(site, [0, 1])
+    d = tiny_sd.encoders["text"].d_model
+    ours = [interp.Mask(units), interp.Amplify(units, 2.0), interp.Replace(site, torch.zeros(1)), _AddOne(site),
+            Steer(TopKSAE(d, 8, 2, seed=0), site, [0], lam=1.0)]
+    assert all(isinstance(iv, interp.Intervention) for iv in ours)
+
+    class SiteOnly:
+        site = "text.blocks.0.hook_resid_post"
+
+    assert not isinstance(SiteOnly(), interp.Intervention)
+    with pytest.raises(interp.CultureLensError, match="SiteOnly.*needs .site and .apply"):
+        with interp.intervene(tiny_sd, [SiteOnly()]):
             pass
 
 

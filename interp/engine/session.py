@@ -36,7 +36,7 @@ import torch
 from interp.engine.apply import apply_all, is_active
 from interp.engine.attention import PROCESSORS, WRITES, check_supported, style_of
 from interp.errors import CultureLensError, SiteError
-from interp.interventions import BRANCHES, Where, check_branch, check_indexing
+from interp.interventions import BRANCHES, Intervention, Where, check_branch, check_indexing
 from interp.model.sites import PROC_HOOKS, Site, check_indices, edit_through, parse, resolve_module
 
 Recorder = Callable[[Site, torch.Tensor, Where], None]
@@ -46,8 +46,8 @@ def resolve_intervention(model: Any, iv: Any) -> Site:
     """Check that `iv` is an intervention on a writable site of `model` with in-range units,
     steps only at denoiser sites, heads only where there are heads, and a valid branch; return its
     site (and fill in the units' pool size, which `random_units` needs)."""
-    if not (hasattr(iv, "site") and (callable(getattr(iv, "apply", None)) or callable(getattr(iv, "apply_at", None)))):
-        raise CultureLensError(f"{iv!r} is not an intervention: it needs .site and .apply(act)")
+    if not (isinstance(iv, Intervention) or (hasattr(iv, "site") and callable(getattr(iv, "apply_at", None)))):
+        raise CultureLensError(f"{iv!r} is not an intervention (interp.Intervention): it needs .site and .apply(act)")
     site = parse(model, iv.site)
     if not site.writable:
         raise SiteError(f"site {site.name!r} is read-only (text attention patterns cannot be edited)")

@@ -40,7 +40,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import CultureLensError, SiteError
-from interp.interventions import Intervention, OnRows
+from interp.interventions import InterventionBase, OnRows
 from interp.methods.generation import generate
 from interp.methods.heatmaps import figure, grid, image_tensor, mass_share, overlay, upsample
 from interp.methods.spans import SpanError, token_span
@@ -200,7 +200,7 @@ def word_positions(model: Any, prompt: str, word: str) -> list[int]:
 
 # -- attribution ------------------------------------------------------------------------------
 
-class _Accumulate(Intervention):
+class _Accumulate(InterventionBase):
     """Reads a cross-attention pattern, leaves it unchanged, sums the conditional rows' text-key
     columns over the steps it sees: `total` [B, H, Q_img, K_text]."""
 

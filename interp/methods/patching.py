@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from interp.errors import CultureLensError, SiteError
-from interp.interventions import BRANCH_CHOICES, Intervention, Replace
+from interp.interventions import BRANCH_CHOICES, InterventionBase, Replace
 from interp.methods.capture import capture, trace_encoder
 from interp.methods.generation import Generation, capture_generation, generate, prompt_seeds
 from interp.model.sites import Site, parse
@@ -358,7 +358,7 @@ def _token_axis(site: Site) -> int | None:
     return None
 
 
-class _MaskedReplace(Intervention):
+class _MaskedReplace(InterventionBase):
     """At one step, rows/heads/positions where `mask` is true take the clean `value`."""
 
     branch = "both"  # the mask already selects the CFG rows
