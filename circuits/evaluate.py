@@ -4,6 +4,10 @@ sweep, the enhancer evaluation and the causal sweep, so conditions stay paired."
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -32,6 +36,26 @@ class Scored:
     noun_correct: Bool[Tensor, " N"] | None
     predicted: list[str]
     images: list | None = None      # the generated images, canonical order (keep_images=True)
+
+
+# The plain (intervention-free) scores of one analysis run, by everything that decides them; set
+# only inside `reuse_plain_scores()`. Each value keeps the model and judges of its key alive, so
+# the ids in the key cannot be reused by other objects while the memo exists.
+_PLAIN_SCORES: ContextVar[dict | None] = ContextVar("plain_scores", default=None)
+
+
+@contextlib.contextmanager
+def reuse_plain_scores() -> Iterator[None]:
+    """Inside this block, `score` without interventions runs once per distinct request (model,
+    judges, prompts and their cultures, seeds, generation settings) and later identical requests
+    get the same `Scored`: an analysis asks for the plain test images in several steps (the
+    masking test of each basis, the causal sweep), and generation is deterministic, so the
+    numbers are those of recomputing. Nothing is kept after the block."""
+    token = _PLAIN_SCORES.set({})
+    try:
+        yield
+    finally:
+        _PLAIN_SCORES.reset(token)
 
 
 def judge_correct(judge: Callable, images: list, cultures: Sequence[str]) -> tuple[Tensor, list[str]]:
@@ -73,6 +97,18 @@ def score(
     if not items:
         raise CultureLensError("score: no prompts to generate")
     ivs_of = {c: list(interventions_for(c)) if interventions_for is not None else [] for c in groups}
+    memo, key = _PLAIN_SCORES.get(), None
+    if memo is not None and not any(ivs_of.values()):
+        texts = tuple((c, i, p.id, p.concept_prompt if prompt == "concept" else p.noun_prompt) for c, i, p in items)
+        key = (id(model), id(judge), prompt, texts, seed, steps, batch_size, keep_images,
+               repr(sorted(generate_kw.items())))
+        hit = memo.get(key)
+        # The culture judgements do not depend on the noun judge: a request without one reuses a
+        # request with one (dropping its noun scores); with one, only the same noun judge's.
+        if hit is not None and noun_judge is None:
+            return dataclasses.replace(hit[0], noun_correct=None)
+        if hit is not None and hit[3] is noun_judge:
+            return hit[0]
     # Under torchrun each rank generates and judges a contiguous share (seeds travel with the
     # prompts, so the numbers are those of one process); all ranks get every result back in order.
     from interp import distributed
@@ -94,9 +130,12 @@ def score(
     rows = distributed.gather_shards(list(zip(torch.cat(correct).tolist(), torch.cat(nouns).tolist() if nouns
                                               else [None] * len(mine), preds, images)), len(items))
     ids = [p.id or f"{c}:{i}" for c, i, p in items]
-    return Scored(ids, torch.tensor([r[0] for r in rows], dtype=torch.bool),
-                  torch.tensor([r[1] for r in rows], dtype=torch.bool) if noun_judge is not None else None,
-                  [r[2] for r in rows], [r[3] for r in rows] if keep_images else None)
+    out = Scored(ids, torch.tensor([r[0] for r in rows], dtype=torch.bool),
+                 torch.tensor([r[1] for r in rows], dtype=torch.bool) if noun_judge is not None else None,
+                 [r[2] for r in rows], [r[3] for r in rows] if keep_images else None)
+    if key is not None and (key not in memo or noun_judge is not None):
+        memo[key] = (out, model, judge, noun_judge)
+    return out
 
 
 def summarise(s: Scored, reference: Scored | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:

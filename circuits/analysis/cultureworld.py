@@ -32,6 +32,7 @@ from circuits.analysis.real_encoder import TITLE as REAL_ENCODER_TITLE
 from circuits.analysis.real_encoder import StudyConfig, require_encoder, run_study
 from circuits.analysis.report import Report, atomic_write_text
 from circuits.io import load_pipeline
+from circuits.evaluate import reuse_plain_scores
 
 from circuits.organism.shipped import ORGANISM as ASSETS  # noqa: E402  (package data; one constant)
 PROBE_NOUNS = ("box", "hat")
@@ -46,7 +47,9 @@ PAPER = {  # PAPER.md, for the side-by-side tables
 
 @dataclass
 class AnalysisConfig:
-    """Sizes of each step; `quick()` is the CI setting (a few minutes on 2 cores)."""
+    """Sizes of each step; `quick()` is the CI setting (about 8 minutes on 2 cores): one draw of
+    each random control (a generation of the 60 test pairs each; the paired per-prompt tests do not
+    need more draws, the full job's 10 + 5 give their spread)."""
 
     quality_seeds: tuple[int, ...] = (0, 1)
     quality_kinds: tuple[str, ...] | None = None  # None: every prompt kind of the organism
@@ -91,9 +94,9 @@ class AnalysisConfig:
     @classmethod
     def quick(cls) -> "AnalysisConfig":
         return cls(quality_seeds=(0,), quality_kinds=("en_modifier", "local_modifier", "local_noun"),
-                   scan_seeds=(0,), n_boot=200, sae_latents=1024, sae_k=16, sae_tokens=60_000, n_random=2,
+                   scan_seeds=(0,), n_boot=200, sae_latents=1024, sae_k=16, sae_tokens=60_000, n_random=1,
                    attn_sae_tokens=60_000, attn_validation=1, sweep_sae_tokens=None,
-                   n_matched=2, lam_matched=1, spec_nouns=("bowl",),
+                   n_matched=1, lam_matched=1, spec_nouns=("bowl",),
                    lams=(0, 6), lam_random=1, sweep_units=4, enhancer_steps=20, enhancer_renders=1,
                    appendix_seeds=(0,), neuron_validation=0, english_test=False)
 
@@ -623,7 +626,8 @@ def analyze(out: str | Path = "report", quick: bool = False, pipeline: str | Pat
     judge_dir = Path(judge_dir or ASSETS / "judge")
     with lock_folder(out, "report folder"):
         run_state.prepare(out, run_state.run_settings(dataclasses.asdict(cfg), pipeline, judge_dir), restart)
-        path = _analyze(out, quick, pipeline, judge_dir, cfg, trust_remote_code, real_encoder)
+        with reuse_plain_scores():  # the plain test images, generated once for every step that needs them
+            path = _analyze(out, quick, pipeline, judge_dir, cfg, trust_remote_code, real_encoder)
         run_state.finish(out)
         return path
 
