@@ -54,18 +54,18 @@ def launch(nproc: int, script: Path, args: list[str]) -> float:
 
 
 # ---- the SAE job (runs inside each process) -----------------------------------------------------
-def _data(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _data(train_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     from sae.synthetic import planted
 
-    x, _ = planted(BATCH * steps + 4096, D_IN, 4096, 32, noise=0.01, seed=0)
-    return x[:BATCH * steps], x[BATCH * steps:]
+    x, _ = planted(BATCH * train_steps + 4096, D_IN, 4096, 32, noise=0.01, seed=0)
+    return x[:BATCH * train_steps], x[BATCH * train_steps:]
 
 
 def _fvu(x: torch.Tensor, xhat: torch.Tensor) -> float:
     return float((x - xhat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
-def sae_job(out: Path, steps: int) -> None:
+def sae_job(out: Path, train_steps: int) -> None:
     import torch.distributed as dist
 
     from interp import distributed
@@ -74,17 +74,17 @@ def sae_job(out: Path, steps: int) -> None:
 
     torch.set_num_threads(1)
     distributed.init()
-    xtr, xte = _data(steps)
+    xtr, xte = _data(train_steps)
     mine = distributed.shard_range(xtr.shape[0], "rows")
-    store = ActivationStore.from_batches(out / "store", [xtr[mine.start:mine.stop]], {"data": f"planted-{steps}"},
+    store = ActivationStore.from_batches(out / "store", [xtr[mine.start:mine.stop]], {"data": f"planted-{train_steps}"},
                                          shard_tokens=8192, progress=False)
-    dead_tokens = dead_tokens_for(BATCH * steps, BATCH)
+    dead_tokens = dead_tokens_for(BATCH * train_steps, BATCH)
     res = {"world_size": distributed.world_size()}
 
     # ours: sae.train (data-parallel through its DDP hooks when the store is shared)
     ours = TopKSAE(D_IN, D_SAE, K, dead_tokens=dead_tokens, seed=0)
-    rows = train(ours, store, batch_size=BATCH, total_tokens=BATCH * steps, lr=LR, aux_coef=AUX, seed=0,
-                 log_every=steps, progress=False)
+    rows = train(ours, store, batch_size=BATCH, total_tokens=BATCH * train_steps, lr=LR, aux_coef=AUX, seed=0,
+                 log_every=train_steps, progress=False)
     # the training steps only (the data-dependent init before them is excluded, as for sparsify)
     res["ours"] = {"seconds": rows[-1]["sec"]}
     with torch.no_grad():
@@ -102,7 +102,7 @@ def sae_job(out: Path, steps: int) -> None:
     mine_rows = distributed.shard_range(BATCH, "rows of the global batch")
     distributed.barrier()
     t0 = time.perf_counter()
-    for step in range(steps):
+    for step in range(train_steps):
         xb = next(data)
         if step == 0:
             with torch.no_grad():
@@ -126,7 +126,7 @@ def sae_job(out: Path, steps: int) -> None:
         sc.set_decoder_norm_to_unit_norm()
         res["sparsify"]["fvu"] = _fvu(xte, sc(xte).sae_out)
     for r in ("ours", "sparsify"):
-        res[r]["tokens_per_s"] = BATCH * steps / res[r]["seconds"]
+        res[r]["tokens_per_s"] = BATCH * train_steps / res[r]["seconds"]
     if distributed.is_main():
         (out / "sae.json").write_text(json.dumps(res))
     distributed.shutdown()
@@ -136,14 +136,14 @@ def sae_job(out: Path, steps: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 noun, 5 denoising steps, 10 SAE steps")
-    ap.add_argument("--sae-steps", type=int, default=None)
+    ap.add_argument("--sae-train-steps", type=int, default=None, help="SAE training steps (default 40; --quick: 10)")
     ap.add_argument("--worker", nargs=2, metavar=("OUT", "STEPS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         sae_job(Path(a.worker[0]), int(a.worker[1]))
         return 0
     nouns, den_steps = ("1", "5") if a.quick else ("2", "20")
-    sae_steps = a.sae_steps or (10 if a.quick else 40)
+    sae_train_steps = a.sae_train_steps or (10 if a.quick else 40)
     try:
         import sparsify  # noqa: F401
     except ImportError:
@@ -159,7 +159,7 @@ def main() -> int:
             gen[n] = {"wall": wall, **json.loads((out / "score.json").read_text())}
             out = Path(tmp) / f"sae{n}"
             out.mkdir()
-            wall = launch(n, Path(__file__), ["--worker", str(out), str(sae_steps)])
+            wall = launch(n, Path(__file__), ["--worker", str(out), str(sae_train_steps)])
             sae[n] = {"wall": wall, **json.loads((out / "sae.json").read_text())}
     same = all(gen[1][c] == gen[2][c] for c in ("plain", "amplified"))
     n_img = 2 * len(gen[1]["plain"]["ids"])
@@ -169,7 +169,7 @@ def main() -> int:
         print(f"| {n} | {gen[n]['seconds']:.1f} | {n_img / gen[n]['seconds']:.2f} | {gen[n]['wall']:.1f} |")
     print(f"speed-up 2 vs 1: {gen[1]['seconds'] / gen[2]['seconds']:.2f}x (in score), "
           f"{gen[1]['wall'] / gen[2]['wall']:.2f}x (wall)")
-    print(f"\n2. SAE training, d_in {D_IN}, {D_SAE} latents, k {K}, global batch {BATCH}, {sae_steps} steps "
+    print(f"\n2. SAE training, d_in {D_IN}, {D_SAE} latents, k {K}, global batch {BATCH}, {sae_train_steps} steps "
           "(planted data, held-out FVU)")
     print("| trainer | processes | tokens/s | final FVU |\n|---|---|---|---|")
     for r in ("ours", "sparsify"):

@@ -5,7 +5,7 @@ MLP 3072, 77 positions) and a small UNet (channels 64/128, sample 16, cross-atte
 Prints the median of repeated runs and the ratios; targets: capture <= 1.3x a plain forward
 with output_hidden_states, masked generation <= 1.1x plain generation.
 
-    python benchmarks/bench_interp.py [--repeats 7] [--batch 8] [--steps 4] [--threads 1]
+    python benchmarks/bench_interp.py [--repeats 7] [--batch 8] [--num-steps 4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--num-steps", type=int, default=4, help="denoising steps per generation")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable on a shared CPU)")
     args = ap.parse_args()
     if args.batch < 2:
@@ -76,7 +76,7 @@ def main() -> None:
         return interp.capture(model, prompts, sites)
 
     units = interp.Units("text.blocks.6.mlp.hook_post", list(range(0, 3072, 60)))
-    kw = pipeline_kwargs(model, prompts[:2], 0, args.steps, 7.5)
+    kw = pipeline_kwargs(model, prompts[:2], 0, args.num_steps, 7.5)
 
     def plain_generate():
         with torch.no_grad():
@@ -84,14 +84,14 @@ def main() -> None:
             return model.pipe(**kw)
 
     def masked_generate():
-        return interp.generate(model, prompts[:2], seed=0, steps=args.steps, guidance=7.5,
+        return interp.generate(model, prompts[:2], seed=0, num_steps=args.num_steps, guidance=7.5,
                                interventions=[interp.Mask(units)])
 
     rows = []
     t_fwd, t_cap = median_times([plain_forward, traced], args.repeats)
     rows.append(("text capture (12 resid sites, nnsight) / forward(output_hidden_states)", t_fwd, t_cap, 1.3))
     t_gen, t_mask = median_times([plain_generate, masked_generate], args.repeats)
-    rows.append((f"masked generation ({len(units)} units, {args.steps} steps) / plain pipeline", t_gen, t_mask, 1.1))
+    rows.append((f"masked generation ({len(units)} units, {args.num_steps} steps) / plain pipeline", t_gen, t_mask, 1.1))
     print(f"model: {model!r}; batch {args.batch}; torch threads {torch.get_num_threads()}; "
           f"median of {args.repeats}")
     print_ratios(rows)

@@ -5,7 +5,7 @@ against the plain runs measured in the same process (goals: capture 1.3x, masked
 Architectures too big for this machine's memory are reported from the meta device (parameters,
 site counts) instead.
 
-    python benchmarks/bench_realsize.py [--names sd15 altdiffusion-m9 sd21] [--steps 2 --size 256]
+    python benchmarks/bench_realsize.py [--names sd15 altdiffusion-m9 sd21] [--num-steps 2 --size 256]
                                         [--out benchmarks/results/realsize.md] [--tiny]
 """
 
@@ -32,7 +32,7 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def one(name: str, steps: int, size: int, dtype: torch.dtype, guidance: float | None, tiny: bool) -> RealSizeRun:
+def one(name: str, num_steps: int, size: int, dtype: torch.dtype, guidance: float | None, tiny: bool) -> RealSizeRun:
     tmp = Path(tempfile.mkdtemp(prefix=f"realsize-{name}-"))
     rec = RealSizeRun(name, "cpu", str(dtype).replace("torch.", ""), {})
     try:
@@ -43,7 +43,7 @@ def one(name: str, steps: int, size: int, dtype: torch.dtype, guidance: float | 
             rec.measure("build folder (random weights)", lambda: zoo.build(name, tmp / "p", dtype=dtype))
         gc.collect()
         model = rec.measure("load", lambda: interp.load(tmp / "p", dtype=dtype))
-        run(model, name, steps=steps, size=size, guidance=guidance, record=rec)
+        run(model, name, num_steps=num_steps, size=size, guidance=guidance, record=rec)
         del model
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -67,7 +67,7 @@ def meta_table(names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--names", nargs="+", default=["sd15", "altdiffusion-m9", "sd21"])
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--num-steps", type=int, default=2, help="denoising steps per generation")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--guidance", type=float, default=None, help="default: the pipeline's (7.5: CFG doubles the batch)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     parts = [f"# Real-size pipelines ({machine()})", ""]
     for n in a.names:
-        rec = one(n, a.steps, a.size, dtype, a.guidance, a.tiny)
+        rec = one(n, a.num_steps, a.size, dtype, a.guidance, a.tiny)
         print(rec.to_markdown(), flush=True)
         print(f"checks: {rec.checks}\n", flush=True)
         parts += [rec.to_markdown(), "", f"checks: `{rec.checks}`", ""]

@@ -62,8 +62,8 @@ class DenseTopKSAE(torch.nn.Module):
         return fvu.item()
 
 
-def throughput(d_in: int, steps: int, batch: int, seed: int = 0) -> dict:
-    x, _ = planted(batch * steps, d_in, 8192, 24, noise=0.05, seed=seed)
+def throughput(d_in: int, train_steps: int, batch: int, seed: int = 0) -> dict:
+    x, _ = planted(batch * train_steps, d_in, 8192, 24, noise=0.05, seed=seed)
     x = x * 3 + torch.randn(d_in, generator=torch.Generator().manual_seed(1))  # offset mean
     ours = TopKSAE(d_in, 4096, 32, dead_tokens=batch * 20, seed=seed + 100)
     ours.init_from_data(x[:4 * batch])
@@ -76,7 +76,7 @@ def throughput(d_in: int, steps: int, batch: int, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     # Interleave the two runs step by step so load from other processes hits both alike;
     # the first 2 steps are warm-up and not timed.
-    for s in range(steps):
+    for s in range(train_steps):
         xb = x[s * batch:(s + 1) * batch]
         for name, model in models.items():
             t0 = time.perf_counter()
@@ -87,14 +87,14 @@ def throughput(d_in: int, steps: int, batch: int, seed: int = 0) -> dict:
             if s >= 2:
                 secs[name] += time.perf_counter() - t0
             fvus[name].append(f)
-    res = {n: {"tokens_per_s": batch * (steps - 2) / secs[n],
+    res = {n: {"tokens_per_s": batch * (train_steps - 2) / secs[n],
                "final_fvu": sum(fvus[n][-5:]) / 5, "sec": secs[n]} for n in models}
     res["speed_ratio"] = res["ours"]["tokens_per_s"] / res["dense"]["tokens_per_s"]
     res["fvu_rel_diff"] = abs(res["ours"]["final_fvu"] / res["dense"]["final_fvu"] - 1)
     return res
 
 
-def recovery_bench(steps: int, batch: int) -> dict:
+def recovery_bench(train_steps: int, batch: int) -> dict:
     """1024 planted 4-sparse atoms in 64 dims, SAE d_sae 4096 k 4 (4× overcomplete)."""
     d_in, atoms, k = 64, 1024, 4
     x, D = planted(batch * 200, d_in, atoms, k, noise=0.01, seed=0)
@@ -103,10 +103,10 @@ def recovery_bench(steps: int, batch: int) -> dict:
     opt = torch.optim.AdamW(sae.parameters(), lr=2e-3, weight_decay=0.0, fused=True)
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(train_steps):
         st = train_step(sae, opt, x[torch.randint(0, x.shape[0], (batch,), generator=g)], 1 / 32)
     frac, best = recovery(sae.W_dec.detach(), D, 0.9)
-    return {"d_in": d_in, "atoms": atoms, "d_sae": 4096, "k": k, "steps": steps, "batch": batch,
+    return {"d_in": d_in, "atoms": atoms, "d_sae": 4096, "k": k, "steps": train_steps, "batch": batch,
             "fvu": st.fvu, "recovered_at_cos_0.9": frac, "median_best_cos": float(best.median()),
             "sec": time.perf_counter() - t0}
 
@@ -157,16 +157,16 @@ def store_memory(shard: int = 16384) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--train-steps", type=int, default=30, help="SAE training steps of each throughput run")
     ap.add_argument("--batch", type=int, default=1024)
     a = ap.parse_args()
-    steps = 6 if a.quick else a.steps
+    train_steps = 6 if a.quick else a.train_steps
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu", flush=True)
     report = {}
     for d_in in (768, 1024):
-        r = throughput(d_in, steps, a.batch)
+        r = throughput(d_in, train_steps, a.batch)
         report[f"throughput_d{d_in}"] = r
-        print(f"d_in {d_in} d_sae 4096 k 32 batch {a.batch} steps {steps}: "
+        print(f"d_in {d_in} d_sae 4096 k 32 batch {a.batch} steps {train_steps}: "
               f"dense {r['dense']['tokens_per_s']:.0f} tok/s (FVU {r['dense']['final_fvu']:.4f}), "
               f"ours {r['ours']['tokens_per_s']:.0f} tok/s (FVU {r['ours']['final_fvu']:.4f}); "
               f"speed ratio {r['speed_ratio']:.2f}x, FVU rel diff {100 * r['fvu_rel_diff']:.2f}%",

@@ -27,7 +27,7 @@ init and un-normalised MSE + α·AuxK) in that interpreter, saves it with SAELen
 `sae.load_saelens` and evaluates them like the others (its seconds are measured in its own
 process, not interleaved). Without the variable the SAELens rows are skipped with a message.
 
-Width sweep (`--widths 4096 16384 65536 --steps 12`): the planted rows (d_in 768), k 32,
+Width sweep (`--widths 4096 16384 65536 --train-steps 12`): the planted rows (d_in 768), k 32,
 batch 1024, one SAE per library per width, the same batches, steps interleaved (ours, then
 sparsify, one step each); reports the median seconds per step, ours / sparsify, each library's
 growth from the narrowest width against the growth in d_sae (at most linear: growth ≤ width
@@ -37,7 +37,7 @@ with it, and both halves' ratios are reported.
 
 Run: python benchmarks/bench_sae_peers.py [--quick] [--big] [--data organism planted]
      --quick: 0.25M tokens only; default: 0.25M and 1M; --big: also 4M (long on shared CPUs).
-     python benchmarks/bench_sae_peers.py --widths 4096 16384 65536 [--steps 12]
+     python benchmarks/bench_sae_peers.py --widths 4096 16384 65536 [--train-steps 12]
 Needs the `bench` extra (eai-sparsify)."""
 
 from __future__ import annotations
@@ -283,29 +283,29 @@ def table(res: dict) -> str:
     return "\n".join(out)
 
 
-def widths_sweep(widths: list[int], steps: int, seed: int = 0) -> list[dict]:
+def widths_sweep(widths: list[int], train_steps: int, seed: int = 0) -> list[dict]:
     """Seconds per step and held-out FVU per width, ours and sparsify's, steps interleaved.
 
-    A latent is dead after steps/2 batches without firing, so the first half runs without AuxK
+    A latent is dead after train_steps/2 batches without firing, so the first half runs without AuxK
     and the second half with it (on the latents that stayed silent): both regimes of a run."""
     import statistics
 
     xtr, xte, _ = planted_data()
-    half = max(2, steps // 2)
+    half = max(2, train_steps // 2)
     dead_tokens = BATCH * half
     g = torch.Generator().manual_seed(seed + 1)
-    index = torch.randint(0, xtr.shape[0], (steps, BATCH), generator=g)
+    index = torch.randint(0, xtr.shape[0], (train_steps, BATCH), generator=g)
     rows = []
     for w in widths:
         trainers = [Ours(xtr, dead_tokens, seed, w), Sparsify(xtr, dead_tokens, seed, w)]
         secs: dict[str, list[float]] = {t.name: [] for t in trainers}
-        for step in range(steps):
+        for step in range(train_steps):
             xb = xtr[index[step]]
             for t in trainers:
                 t0 = time.perf_counter()
                 t.step(xb)
                 secs[t.name].append(time.perf_counter() - t0)
-        row = {"d_sae": w, "steps": steps, "dead_tokens": dead_tokens}
+        row = {"d_sae": w, "steps": train_steps, "dead_tokens": dead_tokens}  # key as in earlier outputs
         for t in trainers:
             s_ = secs[t.name]
             # step 1 allocates the optimiser state: left out for both
@@ -346,7 +346,7 @@ def main() -> int:
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--widths", nargs="+", type=int,
                     help="width sweep instead of the budgets: seconds per step at these d_sae")
-    ap.add_argument("--steps", type=int, default=12, help="steps per width in the sweep")
+    ap.add_argument("--train-steps", type=int, default=12, help="training steps per width in the sweep")
     a = ap.parse_args()
     try:
         import sparsify
@@ -357,9 +357,9 @@ def main() -> int:
 
     if a.widths:
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, eai-sparsify "
-              f"{version('eai-sparsify')}; d_in 768, k {K}, batch {BATCH}, {a.steps} steps per "
-              f"width (median of steps 2..{a.steps}), interleaved", flush=True)
-        rows = widths_sweep(a.widths, a.steps)
+              f"{version('eai-sparsify')}; d_in 768, k {K}, batch {BATCH}, {a.train_steps} steps per "
+              f"width (median of steps 2..{a.train_steps}), interleaved", flush=True)
+        rows = widths_sweep(a.widths, a.train_steps)
         print(widths_table(rows))
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=1))

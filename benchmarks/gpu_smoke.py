@@ -43,9 +43,9 @@ def one(name: str, a: argparse.Namespace, work: Path) -> RealSizeRun:
     gc.collect()
     model = rec.measure("load", lambda: interp.load(folder, device=a.device, dtype=dtype))
     d = model.defaults
-    steps = a.steps if a.steps is not None else (2 if a.tiny else 20)
+    num_steps = a.num_steps if a.num_steps is not None else (2 if a.tiny else 20)
     size = a.size or (64 if a.tiny else int(d["height"]))
-    run(model, name, steps=steps, size=size, sae_tokens=a.sae_tokens if not a.tiny else 5_000,
+    run(model, name, num_steps=num_steps, size=size, sae_tokens=a.sae_tokens if not a.tiny else 5_000,
         sae_dir=work / f"{name}-sae", record=rec)
     del model
     gc.collect()
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--names", nargs="+", default=list(DTYPES))
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--steps", type=int, default=None, help="default 20 (tiny: 2)")
+    ap.add_argument("--num-steps", type=int, default=None, help="denoising steps (default 20; tiny: 2)")
     ap.add_argument("--size", type=int, default=None, help="default: the pipeline's native resolution")
     ap.add_argument("--sae-tokens", type=int, default=1_000_000)
     ap.add_argument("--tiny", action="store_true", help="tiny stand-ins of the same families")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from interp.cli import positive_int
+from interp.cli import positive_int, renamed_flag
 
 
 def _common(p: argparse.ArgumentParser, judge: bool = False, units: bool = False) -> None:
@@ -25,7 +25,8 @@ def _common(p: argparse.ArgumentParser, judge: bool = False, units: bool = False
     p.add_argument("--n-boot", type=positive_int, default=1000)
     if judge:
         p.add_argument("--judge", required=True, help="clip:PATH | vlm:PATH | py:FILE.py:FACTORY | module:FACTORY")
-        p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
+        p.add_argument("--num-steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
+        renamed_flag(p, "--steps", "--num-steps")
     if units:
         p.add_argument("--units", required=True, help="folder written by find-units")
         p.add_argument("--sae", default=None, help="SAELens folder, when the units are SAE latents")
@@ -86,7 +87,7 @@ def cmd_validate(args) -> int:
     units = load_units(args.units, args.sae)
     model, _, pairs, out = _load(args)
     v = validate_units(model, units, pairs, judge,
-                       n_random=args.n_random, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                       n_random=args.n_random, seed=args.seed, num_steps=args.num_steps, batch_size=args.batch_size,
                        n_boot=args.n_boot)
     v.save(out / "validation.json")
     v.plot(out / "validation.png")
@@ -105,7 +106,7 @@ def cmd_amplify(args) -> int:
     model, _, pairs, out = _load(args)
     sw = lambda_sweep(model, units, pairs, judge,
                       lams=args.lams, n_random=args.n_random, keep_error=not args.replace, seed=args.seed,
-                      steps=args.steps, batch_size=args.batch_size, n_boot=args.n_boot)
+                      num_steps=args.num_steps, batch_size=args.batch_size, n_boot=args.n_boot)
     sw.save(out / "lambda_sweep.json")
     sw.plot(out / "lambda_sweep.png")
     write_summary(out, "Zero-training amplifier", [sweep_markdown(sw)])
@@ -129,16 +130,16 @@ def cmd_enhance(args) -> int:
         from circuits.pairs import take_split
 
         eval_recs = take_split(recs, args.eval_split, "enhancer evaluation")
-        rows["none (baseline)"] = (None, evaluate_enhancer(model, None, eval_recs, judge, args.seed, args.steps,
+        rows["none (baseline)"] = (None, evaluate_enhancer(model, None, eval_recs, judge, args.seed, args.num_steps,
                                                            args.batch_size, args.n_boot))
     for name, l in layers:
-        run = train_enhancer(model, recs, layer=l, out=out / f"enhancer_layer{l}", steps=args.train_steps, lr=args.lr,
+        run = train_enhancer(model, recs, layer=l, out=out / f"enhancer_layer{l}", train_steps=args.train_steps, lr=args.lr,
                              batch_size=args.train_batch, objective=args.objective, seed=args.seed,
                              checkpoint_every=args.checkpoint_every, split=args.train_split, resume=not args.restart)
         runs[name] = run.to_json()
         run.plot(out / f"enhancer_layer{l}" / "loss.png")
         if judge is not None:
-            rows[name] = (l, evaluate_enhancer(model, run.enhancer, eval_recs, judge, args.seed, args.steps,
+            rows[name] = (l, evaluate_enhancer(model, run.enhancer, eval_recs, judge, args.seed, args.num_steps,
                                                args.batch_size, args.n_boot))
     write_json(out / "enhancer.json", {"runs": runs, "culturevqa": {k: {"layer": l, "rate": r} for k, (l, r) in rows.items()}})
     write_summary(out, "Layer enhancer", [enhancer_markdown(rows) if rows else "## Layer enhancer\n\nTrained (no judge given).\n"])
@@ -158,7 +159,7 @@ def cmd_causal_sweep(args) -> int:
     saes = load_layer_saes(args.sae)
     cs = causal_sweep(model, probe, pairs, load_judge(args.judge, args.device), n_units=args.n_units,
                       layers=sorted(saes) if saes else None, basis_for=saes, chosen=args.chosen, rho=args.rho,
-                      seed=args.seed, steps=args.steps, batch_size=args.batch_size, n_boot=args.n_boot,
+                      seed=args.seed, num_steps=args.num_steps, batch_size=args.batch_size, n_boot=args.n_boot,
                       allow_overlap=args.allow_overlap)
     cs.save(out / "causal_sweep.json")
     cs.plot(out / "causal_sweep.png")
@@ -172,7 +173,7 @@ def cmd_circuits(args) -> int:
     from circuits.runner import RunConfig, run_all
 
     model, recs, pairs, out = _load(args)
-    kw = dict(sae_path=args.sae, steps=args.steps, seed=args.seed, batch_size=args.batch_size, skip=tuple(args.skip),
+    kw = dict(sae_path=args.sae, num_steps=args.num_steps, seed=args.seed, batch_size=args.batch_size, skip=tuple(args.skip),
               probe_split=args.probe_split, eval_split=args.eval_split, train_split=args.train_split,
               allow_overlap=args.allow_overlap, sweep_saes=tuple(args.sweep_sae or ()))
     cfg = RunConfig.quick(**kw) if args.quick else RunConfig(**kw)
@@ -219,10 +220,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-enhancer", help="fine-tuned layer enhancer (+ random-layer control)")
     _common(p)
     p.add_argument("--judge", default=None, help="evaluate with this judge (see validate-units)")
-    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps for evaluation")
+    p.add_argument("--num-steps", type=positive_int, default=None, help="denoising steps for evaluation")
+    renamed_flag(p, "--steps", "--num-steps")
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--control", action="store_true", help="also train at a random other layer")
-    p.add_argument("--train-steps", type=positive_int, default=2000)
+    p.add_argument("--train-steps", type=positive_int, default=2000, help="training steps of each enhancer")
     p.add_argument("--train-batch", type=positive_int, default=1)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--objective", default="denoise", choices=["denoise", "pixel"])

@@ -16,6 +16,7 @@ from jaxtyping import Bool
 from torch import Tensor
 from interp.progress import bar, switch
 
+from interp.checks import renamed
 from interp.errors import CultureLensError
 from interp.fidelity import ssim
 
@@ -67,6 +68,7 @@ def judge_correct(judge: Callable, images: list, cultures: Sequence[str]) -> tup
     return torch.tensor([p == c for p, c in zip(pred, cultures)]), pred
 
 
+@renamed(steps="num_steps")
 def score(
     model,
     groups: dict[str, Sequence[PromptPair]],
@@ -75,15 +77,15 @@ def score(
     prompt: str = "concept",
     noun_judge: Callable | None = None,
     seed: int = 0,
-    steps: int | None = None,
+    num_steps: int | None = None,
     batch_size: int = 8,
     desc: str = "generate",
     keep_images: bool = False,
     **generate_kw: Any,
 ) -> Scored:
     """Generate every culture's prompts (`prompt`: "concept" or "noun") with that culture's
-    interventions and judge them. `noun_judge(images, pairs) -> Bool[N]` scores whether the noun
-    is still drawn.
+    interventions and judge them, each image `num_steps` denoising steps (None: the model's).
+    `noun_judge(images, pairs) -> Bool[N]` scores whether the noun is still drawn.
 
     Prompts of different cultures share batches (each culture's interventions restricted to its
     rows by `interp.OnRows`); the i-th prompt of a culture gets noise seed `seed + i`, so every
@@ -119,7 +121,7 @@ def score(
         batch = mine[s : s + batch_size]
         cultures = [c for c, _, _ in batch]
         texts = [p.concept_prompt if prompt == "concept" else p.noun_prompt for _, _, p in batch]
-        gen = interp.generate(model, texts, seed=[seed + i for _, i, _ in batch], steps=steps,
+        gen = interp.generate(model, texts, seed=[seed + i for _, i, _ in batch], num_steps=num_steps,
                               interventions=interp.OnRows.grouped(cultures, ivs_of), **generate_kw)
         ok, pred = judge_correct(judge, gen.images, cultures)
         images += list(gen.images) if keep_images else [None] * len(batch)

@@ -22,6 +22,7 @@ import torch
 
 import interp
 from circuits.data.culturebench import bundled
+from interp.checks import renamed
 
 #: Overhead goals of the issue: capture within 1.3x of a plain forward, masked generation
 #: within 1.1x of plain generation.
@@ -164,20 +165,22 @@ def plain_forward(model: Any, prompts: list[str]) -> None:
         enc.module(batch["input_ids"], **kw)
 
 
-def _gen_kwargs(steps: int, size: int, guidance: float | None) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(steps=steps, height=size, width=size)
+def _gen_kwargs(num_steps: int, size: int, guidance: float | None) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(num_steps=num_steps, height=size, width=size)
     if guidance is not None:
         kw["guidance"] = guidance
     return kw
 
 
-def run(model: Any, name: str, *, steps: int, size: int, guidance: float | None = None, n_pairs: int = 16,
+@renamed(steps="num_steps")
+def run(model: Any, name: str, *, num_steps: int, size: int, guidance: float | None = None, n_pairs: int = 16,
         n_patch: int = 3, n_units: int = 32, n_capture: int = 8, scan: bool = True, amplify: bool = True, sae_tokens: int = 0,
         sae_dir: str | Path | None = None, record: RealSizeRun | None = None) -> RealSizeRun:
-    """Time the workload on a loaded `model`; `record` continues a record (e.g. with its load row)."""
+    """Time the workload on a loaded `model` (generations of `num_steps` denoising steps at `size`
+    pixels); `record` continues a record (e.g. with its load row)."""
     device = str(model.device)
     rec = record or RealSizeRun(name, device, str(model.dtype).replace("torch.", ""), {})
-    rec.settings.update(steps=steps, size=size, guidance=guidance, n_pairs=n_pairs)
+    rec.settings.update(num_steps=num_steps, size=size, guidance=guidance, n_pairs=n_pairs)
     pairs, prompts = prompts_of(n_pairs)
     batch = prompts[:n_capture]
     sites = text_sites(model)
@@ -191,7 +194,7 @@ def run(model: Any, name: str, *, steps: int, size: int, guidance: float | None 
     del acts
     rec.ratios["capture/forward"] = rec.rows[-1]["seconds"] / rec.rows[-2]["seconds"]
 
-    kw = _gen_kwargs(steps, size, guidance)
+    kw = _gen_kwargs(num_steps, size, guidance)
     units = interp.Units(culture_site(model), list(range(n_units)))
     prompt = [pairs[0].noun_only]
     gen_plain = rec.measure("plain generation", lambda: interp.generate(model, prompt, seed=0, **kw))

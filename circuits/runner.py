@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from circuits.locate.units import ELBOW_RULE, k_sources  # noqa: F401 (re-exported: reports call runner.k_sources)
 from circuits.results import atomic_write_bytes, write_json
+from interp.checks import renamed
 
 if TYPE_CHECKING:
     from circuits.causal.sweep import CausalSweep
@@ -61,15 +62,17 @@ def write_summary(out: Path, title: str, sections: Sequence[str]) -> None:
     atomic_write_bytes(out / "summary.md", ("# " + title + "\n\n" + "\n".join(sections)).encode())
 
 
-def evaluate_enhancer(model, enhancer, pairs, judge, seed: int = 0, steps: int | None = None, batch_size: int = 8,
+@renamed(steps="num_steps")
+def evaluate_enhancer(model, enhancer, pairs, judge, seed: int = 0, num_steps: int | None = None, batch_size: int = 8,
                       n_boot: int = 1000):
-    """CultureVQA of noun-only prompts with the enhancer installed (None: baseline)."""
+    """CultureVQA of noun-only prompts with the enhancer installed (None: baseline), `num_steps`
+    denoising steps per image (None: the model's)."""
     from circuits.results import Rate
     from circuits.evaluate import score
     from circuits.pairs import as_pairs, by_concept
 
     s = score(model, by_concept(as_pairs(pairs)), judge, (lambda c: [enhancer]) if enhancer is not None else None,
-              "noun", None, seed, steps, batch_size, desc="enhancer")
+              "noun", None, seed, num_steps, batch_size, desc="enhancer")
     return Rate.of(s.correct, n_boot, seed)
 
 
@@ -86,10 +89,10 @@ class RunConfig:
     n_random: int = 10
     lams: tuple[float, ...] = (0, 2, 4, 6, 7, 8)
     lam_random: int = 3
-    enhancer_steps: int = 2000
+    enhancer_steps: int = 2000           # training steps of each enhancer (train_enhancer's train_steps)
     enhancer_lr: float = 5e-5
     sweep_units: int = 8
-    steps: int | None = None             # denoising steps (None: the model's default)
+    num_steps: int | None = None         # denoising steps per image (None: the model's default)
     batch_size: int = 8
     seed: int = 0
     skip: tuple[str, ...] = ()
@@ -174,24 +177,24 @@ def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg
     sections.append(units_markdown(res.units))
     if "validate" not in cfg.skip:
         res.validation = validate_units(model, res.units, test, judge, n_random=cfg.n_random, seed=cfg.seed,
-                                        steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
+                                        num_steps=cfg.num_steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
         res.validation.save(out)
         res.validation.plot(out / "validation.png")
         sections.append(validation_markdown(res.validation))
     if "amplify" not in cfg.skip:
         res.lambda_sweep = lambda_sweep(model, res.units, test, judge, lams=cfg.lams, n_random=cfg.lam_random,
-                                        seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
+                                        seed=cfg.seed, num_steps=cfg.num_steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
         res.lambda_sweep.save(out)
         res.lambda_sweep.plot(out / "lambda_sweep.png")
         sections.append(sweep_markdown(res.lambda_sweep))
     if "enhancer" not in cfg.skip and any(getattr(r, "image", None) for r in train):
-        rows = {"none (baseline)": (None, evaluate_enhancer(model, None, test, judge, cfg.seed, cfg.steps, cfg.batch_size, cfg.n_boot))}
+        rows = {"none (baseline)": (None, evaluate_enhancer(model, None, test, judge, cfg.seed, cfg.num_steps, cfg.batch_size, cfg.n_boot))}
         ctrl = random_other_layer(model.encoders["text"].n_layers, layer, cfg.seed)
         for name, l in (("culture layer", layer), ("random other layer", ctrl)):
-            run = train_enhancer(model, train, layer=l, out=out / f"enhancer_layer{l}", steps=cfg.enhancer_steps,
+            run = train_enhancer(model, train, layer=l, out=out / f"enhancer_layer{l}", train_steps=cfg.enhancer_steps,
                                  lr=cfg.enhancer_lr, seed=cfg.seed, split=None)
             res.enhancer[name] = run
-            rows[name] = (l, evaluate_enhancer(model, run.enhancer, test, judge, cfg.seed, cfg.steps, cfg.batch_size, cfg.n_boot))
+            rows[name] = (l, evaluate_enhancer(model, run.enhancer, test, judge, cfg.seed, cfg.num_steps, cfg.batch_size, cfg.n_boot))
         write_json(out / "enhancer.json", {k: {"layer": l, "culturevqa": r} for k, (l, r) in rows.items()})
         sections.append(enhancer_markdown(rows))
     if "causal" not in cfg.skip:
@@ -199,7 +202,7 @@ def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg
 
         saes = load_layer_saes(list(cfg.sweep_saes))
         res.causal = causal_sweep(model, probe, test, judge, n_units=cfg.sweep_units, chosen=layer, rho=cfg.rho,
-                                  seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot,
+                                  seed=cfg.seed, num_steps=cfg.num_steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot,
                                   layers=sorted(saes) if saes else None, basis_for=saes,
                                   allow_overlap=cfg.allow_overlap)
         res.causal.save(out)

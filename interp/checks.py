@@ -8,14 +8,22 @@ range and never print a tensor (its repr can run to pages).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 
-from interp.errors import CultureLensError
+from interp.errors import CultureLensError, RenamedArgumentError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The one argument grammar of "steps" (culturelens 0.2.0): `num_steps` is how many denoising
+# steps a generation runs, `steps` only ever lists denoising-step indices (on interventions,
+# `patch`, `attribution`, `splice`, feature maps), `train_steps` is how many training iterations.
+_MEANING = {"num_steps": "the number of denoising steps", "train_steps": "the number of training steps"}
 
 _SHOW = 8  # how many offending values a message lists
 
@@ -109,3 +117,26 @@ def prompt_list(prompts: Any, what: str) -> list[str]:
         listed = "; ".join(f"prompt {i} is {type(p).__name__} {describe(p)}" for i, p in bad[:_SHOW])
         raise CultureLensError(f"{what}: prompts must be strings: {listed}")
     return items
+
+
+def renamed(**old_to_new: str) -> Callable[[F], F]:
+    """Decorate a public function whose keyword `old` became `new` in 0.2.0
+    (`@renamed(steps="num_steps")`): a call that still passes `old=` raises a
+    `RenamedArgumentError` (a TypeError) naming `new`, where Python would say only "unexpected
+    keyword" or a `**kwargs` would carry it on (to a diffusers pipeline that ignores it). The
+    signature is kept (`inspect.signature` follows `__wrapped__`)."""
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in old_to_new.items():
+                if old in kwargs:
+                    what = _MEANING.get(new, new)
+                    note = (" steps= now only lists denoising-step indices, on interventions (e.g. "
+                            "Mask(units, steps=[0, 3]))" if old == "steps" else "")
+                    raise RenamedArgumentError(f"{fn.__qualname__}: {old}= was renamed {new}= in culturelens 0.2.0 "
+                                               f"({what}); got {old}={describe(kwargs[old])}.{note}")
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

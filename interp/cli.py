@@ -22,6 +22,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+class _RenamedFlag(argparse.Action):
+    """A flag renamed in culturelens 0.2.0: using it is a usage error naming the new flag."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, what: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs="*", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.new, self.what = new, what
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        note = ("; --steps now only lists denoising-step indices (patch, attribution, effect-map)"
+                if option_string == "--steps" else "")
+        parser.error(f"{option_string} was renamed {self.new} in culturelens 0.2.0 ({self.what}){note}")
+
+
+def renamed_flag(p: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Make `old` (e.g. --steps, a denoising count before 0.2.0) a usage error naming `new`
+    (--num-steps, or --train-steps for training iterations)."""
+    what = "the number of training steps" if new == "--train-steps" else "the number of denoising steps"
+    p.add_argument(old, action=_RenamedFlag, new=new, what=what)
+
+
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -31,7 +53,7 @@ def _demo(args: argparse.Namespace) -> int:
     load = args.load or interp.load
     model = load(args.model, device=args.device, dtype=getattr(torch, args.dtype),
                  trust_remote_code=args.trust_remote_code) if args.model else None
-    report = run_demo(args.out, model=model, family=args.family, seed=args.seed, steps=args.steps, k=args.k)
+    report = run_demo(args.out, model=model, family=args.family, seed=args.seed, num_steps=args.num_steps, k=args.k)
     print(f"wrote {report}")
     return 0
 
@@ -134,7 +156,7 @@ def patch_metric(model: Any, kind: str, clean: list[str], encoder: str | None, *
     if kind == "encoder-distance":
         target = interp.encoder_output(model, clean, encoder or "text", truncate=truncate)
         return lambda out: -(out - target).pow(2).mean()
-    ref = interp.generate(model, clean, seed=seed, steps=num_steps, guidance=guidance, truncate=truncate)
+    ref = interp.generate(model, clean, seed=seed, num_steps=num_steps, guidance=guidance, truncate=truncate)
     if kind == "latent-distance":
         lat = ref.latents
         return lambda gen: -(gen.latents - lat).pow(2).mean()
@@ -319,7 +341,8 @@ def register(sub: argparse._SubParsersAction, load: Loader | None = None) -> Non
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a --model folder that ships its own pipeline.py (only for folders you trust)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--num-steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
+    renamed_flag(p, "--steps", "--num-steps")
     p.add_argument("--k", type=positive_int, default=8, help="number of units to mask")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])

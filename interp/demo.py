@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from interp.checks import renamed
 from interp.result_io import atomic_write_text
 
 
@@ -28,9 +29,11 @@ def _grid(images: list[Any], rows: int, path: Path, scale: int = 4) -> None:
     grid.save(path)
 
 
-def run_demo(out: str | Path, model: Any = None, family: str = "sd", seed: int = 0, steps: int | None = None,
+@renamed(steps="num_steps")
+def run_demo(out: str | Path, model: Any = None, family: str = "sd", seed: int = 0, num_steps: int | None = None,
              k: int = 8) -> Path:
-    """Write images, plots and `report.md` under `out`; returns the report path."""
+    """Write images, plots and `report.md` under `out`; returns the report path. `num_steps`:
+    denoising steps of each generation (None: the model's default)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,7 +103,7 @@ def run_demo(out: str | Path, model: Any = None, family: str = "sd", seed: int =
                   "amplify λ=2": [interp.Amplify(top, 2.0)]}
     images, lat = [], {}
     for name, ivs in conditions.items():
-        g = interp.generate(model, mod, seed=seed, steps=steps, interventions=ivs)
+        g = interp.generate(model, mod, seed=seed, num_steps=num_steps, interventions=ivs)
         images += g.images
         lat[name] = g.latents
     _grid(images, rows=len(conditions), path=out / "images.png")

@@ -21,3 +21,9 @@ class SiteError(CultureLensError):
 
 class PromptTooLongError(CultureLensError):
     """A prompt that the tokenizer would truncate; names the prompt index and lengths."""
+
+
+class RenamedArgumentError(CultureLensError, TypeError):
+    """A keyword argument renamed in culturelens 0.2.0 (e.g. a denoising count `steps=` that is
+    now `num_steps=`); the message names the new one. A TypeError too, as Python's own error for
+    an unknown keyword is."""

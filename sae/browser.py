@@ -41,6 +41,7 @@ from jaxtyping import Bool, Float, Int, UInt8
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.checks import renamed
 from sae.errors import SAEError
 
 # A preview: (label, image [H, W, 3] uint8), e.g. ("ablated", img) or ("×5", img).
@@ -145,17 +146,18 @@ def _token_text(t: str) -> str:
     return t.replace("\u2581", " ").replace("\u0120", " ")
 
 
+@renamed(steps="num_steps")
 def steering_previews(model: Any, sae: Any, site: str, latents: Sequence[int], prompt: str,
-                      seed: int = 0, lams: Sequence[float] = (1.0, 4.0), steps: int | None = None,
+                      seed: int = 0, lams: Sequence[float] = (1.0, 4.0), num_steps: int | None = None,
                       progress: bool = True, **generate_kwargs: Any) -> dict[int, list[Preview]]:
     """Per latent: the same seed and prompt generated plain, with the latent ablated (set to 0)
     and amplified ×(1 + λ) for each λ in `lams` (`sae.Steer`, error term kept). Costs
-    1 + len(latents)·(1 + len(lams)) generations."""
+    1 + len(latents)·(1 + len(lams)) generations of `num_steps` denoising steps (None: the model's)."""
     import interp
     from sae.steer import Steer
 
     def one(interventions: Sequence[Any]) -> np.ndarray:
-        gen = interp.generate(model, [prompt], seed=seed, steps=steps, interventions=interventions,
+        gen = interp.generate(model, [prompt], seed=seed, num_steps=num_steps, interventions=interventions,
                               **generate_kwargs)
         return np.asarray(gen.images[0].convert("RGB") if hasattr(gen.images[0], "convert")
                           else gen.images[0], dtype=np.uint8)

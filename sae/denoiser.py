@@ -212,7 +212,7 @@ def capture_rows(model: Any, site: str, prompts: Sequence[str], prompt_ids: Sequ
     s = check_site(model, site, cap)
     reader = _Reader(s, cap, prompt_ids, [seed] * len(prompts))
     with _block_input(model, reader):
-        gen = interp.generate(model, list(prompts), seed=[seed] * len(prompts), steps=cap.num_steps,
+        gen = interp.generate(model, list(prompts), seed=[seed] * len(prompts), num_steps=cap.num_steps,
                               guidance=cap.guidance, interventions=[*interventions, reader],
                               height=cap.height, width=cap.width, output_type=output_type)
     rows, index = reader.take()

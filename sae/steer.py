@@ -161,7 +161,7 @@ def splice_fidelity(model: Any, sae: TopKSAE, site: str, prompts: Sequence[str],
     `branch` / `positions`; compare the images by SSIM (`interp.fidelity.ssim`) and, with a
     `judge` (an `circuits.data.judges` judge), by whether its label agrees."""
     prompts = list(prompts)
-    kw = dict(seed=seed, steps=num_steps, guidance=guidance)
+    kw = dict(seed=seed, num_steps=num_steps, guidance=guidance)
     plain = interp.generate(model, prompts, **kw).images
     spliced = interp.generate(model, prompts, interventions=[splice(sae, site, steps=steps, branch=branch,
                                                                     positions=positions, head=head)], **kw).images

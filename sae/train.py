@@ -198,8 +198,8 @@ def train(sae: TopKSAE, store: ActivationStore, batch_size: int = 4096,
         raise SAEError(f"store {store.path} has d={store.d}, SAE expects d_in={sae.d_in}")
     if batch_size <= 0:
         raise SAEError(f"batch_size={batch_size}: must be a positive number of tokens")
-    steps = total_tokens // batch_size
-    if steps <= 0:
+    train_steps = total_tokens // batch_size
+    if train_steps <= 0:
         raise SAEError(f"total_tokens={total_tokens} < batch_size={batch_size}: no step to run")
     if sae.cfg.dead_tokens is None:
         sae.cfg.dead_tokens = dead_tokens_for(total_tokens, batch_size)
@@ -210,7 +210,7 @@ def train(sae: TopKSAE, store: ActivationStore, batch_size: int = 4096,
     writer = reduce is None or distributed.is_main()
     # One writer per checkpoint folder: a second job on it fails at once (names the holder's pid).
     with lock_folder(ckdir, "checkpoint folder") if ckdir and writer else contextlib.nullcontext():
-        return _train(sae, store, batch_size, steps, lr, aux_coef, weight_decay, seed, ckdir, checkpoint_every,
+        return _train(sae, store, batch_size, train_steps, lr, aux_coef, weight_decay, seed, ckdir, checkpoint_every,
                       resume, init_from_data, log_every, progress, stop_after, reduce, writer)
 
 
@@ -221,7 +221,7 @@ def _settings(sae: TopKSAE, store: ActivationStore, batch_size: int, lr: float, 
             "weight_decay": weight_decay, "init_from_data": init_from_data, "store": dict(store.fingerprints)}
 
 
-def _train(sae: TopKSAE, store: ActivationStore, batch_size: int, steps: int, lr: float, aux_coef: float,
+def _train(sae: TopKSAE, store: ActivationStore, batch_size: int, train_steps: int, lr: float, aux_coef: float,
            weight_decay: float, seed: int, ckdir: Path | None, checkpoint_every: int, resume: bool,
            init_from_data: bool, log_every: int, progress: bool, stop_after: int | None,
            reduce: StepReduce | None, writer: bool) -> list[dict]:
@@ -240,9 +240,9 @@ def _train(sae: TopKSAE, store: ActivationStore, batch_size: int, steps: int, lr
             raise SAEError(f"{ckdir / CHECKPOINT}: cannot resume, this run differs from the checkpoint in "
                            f"{'; '.join(diff)}; resume with the checkpoint's settings, or start over "
                            f"(resume=False: sae-train without --resume)")
-        if ck["step"] > steps:
+        if ck["step"] > train_steps:
             raise SAEError(f"{ckdir / CHECKPOINT}: checkpoint at step {ck['step']} is past this run's end at step "
-                           f"{steps} (total_tokens // batch_size); give at least {ck['step'] * batch_size} tokens")
+                           f"{train_steps} (total_tokens // batch_size); give at least {ck['step'] * batch_size} tokens")
         sae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         torch.set_rng_state(ck["rng"])
@@ -256,13 +256,13 @@ def _train(sae: TopKSAE, store: ActivationStore, batch_size: int, steps: int, lr
             sae.init_from_data(store.sample(min(store.n_tokens, 16 * batch_size), seed=seed + 1))
 
     data = store.batches(batch_size, seed=seed, start=start * batch_size)
-    bar = tqdm(total=steps, initial=start, desc="sae-train", unit="step", disable=not progress)
+    bar = tqdm(total=train_steps, initial=start, desc="sae-train", unit="step", disable=not progress)
     t0 = time.perf_counter()
-    end = steps if stop_after is None else min(steps, start + stop_after)
+    end = train_steps if stop_after is None else min(train_steps, start + stop_after)
     for step in range(start + 1, end + 1):
         x = next(data) if reduce is None else reduce.mine(next(data))  # DDP hook: this rank's rows
         st = train_step(sae, opt, x.to(sae.W_enc.dtype), aux_coef, reduce)
-        if step % log_every == 0 or step == steps:
+        if step % log_every == 0 or step == train_steps:
             row = {"step": step, "tokens": step * batch_size, **st.__dict__,
                    "sec": round(time.perf_counter() - t0, 3)}
             rows.append(row)

@@ -17,7 +17,7 @@ import torch
 torch.set_num_threads(1)
 
 
-def job_score(out: Path, n_nouns: str = "1", steps: str = "5") -> None:
+def job_score(out: Path, n_nouns: str = "1", num_steps: str = "5") -> None:
     """circuits.evaluate.score on organism prompts (15 per noun), plain and under per-culture
     Amplify: judged results plus a hash of every generated image (gathered in prompt order)."""
     import interp
@@ -43,7 +43,7 @@ def job_score(out: Path, n_nouns: str = "1", steps: str = "5") -> None:
     res = {}
     for name, ivs in (("plain", None), ("amplified", lambda c: units[c])):
         hashes.clear()
-        s = score(model, groups, recording_judge, ivs, "noun", seed=3, steps=int(steps), batch_size=8)
+        s = score(model, groups, recording_judge, ivs, "noun", seed=3, num_steps=int(num_steps), batch_size=8)
         res[name] = {"ids": s.ids, "correct": s.correct.tolist(), "predicted": s.predicted,
                      "images": distributed.gather_shards(list(hashes), len(s.ids))}
     res["seconds"] = time.perf_counter() - t0
@@ -99,7 +99,7 @@ def job_store(out: Path, mode: str = "") -> None:
         (out / "store.json").write_text(json.dumps(got))
 
 
-def job_sae(out: Path, mode: str = "", steps: str = "40") -> None:
+def job_sae(out: Path, mode: str = "", train_steps: str = "40") -> None:
     """Top-K SAE training (d_in 32, 256 latents, k 8, global batch 64, ~18 % dead so AuxK runs) on a
     planted-dictionary store written by every rank's share. mode "kill": rank 1 dies at the
     start of step 12 (rank 0 has checkpointed step 10); "resume": continue from the checkpoint.
@@ -126,7 +126,7 @@ def job_sae(out: Path, mode: str = "", steps: str = "40") -> None:
         ActivationStore.batches = dying
     sae = TopKSAE(32, 256, 8, dead_tokens=64, seed=0)
     t0 = time.perf_counter()
-    rows = train(sae, store, batch_size=64, total_tokens=64 * int(steps), lr=5e-3, seed=0, checkpoint_dir=out / "ck",
+    rows = train(sae, store, batch_size=64, total_tokens=64 * int(train_steps), lr=5e-3, seed=0, checkpoint_dir=out / "ck",
                  checkpoint_every=5, resume=mode == "resume", log_every=1, progress=False)
     secs = time.perf_counter() - t0
     if distributed.is_main():

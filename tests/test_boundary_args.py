@@ -99,7 +99,7 @@ CONSTRUCT: list[Case] = [
 
 
 def _gen(c: Any, prompts: Any = "a box", **kw: Any) -> Any:
-    kw.setdefault("steps", 1)
+    kw.setdefault("num_steps", 1)
     return interp.generate(c.model, prompts, **kw)
 
 
@@ -125,11 +125,11 @@ CALLS: list[Case] = [
     ("user-intervention-steps-5", lambda c: _gen(c, interventions=[_Steps5()]), r"steps=: got the integer 5"),
     ("steps-out-of-range", lambda c: _gen(c, interventions=[Mask(Units(UNET_OUT, [0]), steps=[3])]),
      r"steps \[3\] out of range; this run has 1 denoising steps"),
-    ("generate-steps-0", lambda c: _gen(c, steps=0), r"steps \(the number of denoising steps\): must be ≥ 1, got 0"),
-    ("generate-steps-minus-1", lambda c: _gen(c, steps=-1), r"steps .*must be ≥ 1, got -1"),
-    ("generate-steps-float", lambda c: _gen(c, steps=1.5), r"steps .*expected an integer ≥ 1, got 1\.5"),
-    ("generate-steps-string", lambda c: _gen(c, steps="2"), r"steps .*expected an integer ≥ 1, got '2'"),
-    ("generate-steps-bool", lambda c: _gen(c, steps=True), r"steps .*expected an integer ≥ 1, got True"),
+    ("generate-steps-0", lambda c: _gen(c, num_steps=0), r"num_steps \(the number of denoising steps\): must be ≥ 1, got 0"),
+    ("generate-steps-minus-1", lambda c: _gen(c, num_steps=-1), r"num_steps .*must be ≥ 1, got -1"),
+    ("generate-steps-float", lambda c: _gen(c, num_steps=1.5), r"num_steps .*expected an integer ≥ 1, got 1\.5"),
+    ("generate-steps-string", lambda c: _gen(c, num_steps="2"), r"num_steps .*expected an integer ≥ 1, got '2'"),
+    ("generate-steps-bool", lambda c: _gen(c, num_steps=True), r"num_steps .*expected an integer ≥ 1, got True"),
     ("generate-guidance-nan", lambda c: _gen(c, guidance=math.nan), r"guidance: must be finite"),
     ("generate-guidance-string", lambda c: _gen(c, guidance="high"), r"guidance: expected a finite number"),
     ("generate-height-0", lambda c: _gen(c, height=0), r"height \(pixels\): must be ≥ 1, got 0"),
@@ -166,7 +166,7 @@ CALLS: list[Case] = [
      r"Replace\('text\.blocks\.0\.hook_resid_post', positions=.*\[16\] out of range.*length 16"),
     ("replace-per-step-value-at-text-site", lambda c: _cap(c, Replace(TEXT, torch.ones(1, 1, 2, 16, 32))),
      r"a \[T, C, B, \.\.\.\] value \(\(1, 1, 2, 16, 32\)\) needs a denoiser site during generation"),
-    ("replace-per-step-value-too-few-steps", lambda c: _gen(c, steps=2, interventions=[
+    ("replace-per-step-value-too-few-steps", lambda c: _gen(c, num_steps=2, interventions=[
         Replace(UNET_OUT, torch.ones(1, 2, 1, 64, parse(c.model, UNET_OUT).dim))]),
      r"value holds 1 steps but this is step 1 \(of 2\)"),
     ("replace-per-step-value-wrong-width", lambda c: _gen(c, interventions=[Replace(UNET_OUT, torch.ones(1, 2, 1, 64, 3))]),
@@ -215,7 +215,7 @@ def test_good_arguments_still_work(tiny_sd: interp.Model) -> None:
     assert torch.all(got[..., 3] == 3.0)
     amp = interp.capture(tiny_sd, P, [TEXT], interventions=[Amplify(U, torch.tensor(1.0))])[TEXT]
     torch.testing.assert_close(amp[..., :2], 2 * base[..., :2])
-    g = interp.generate(tiny_sd, "a box", steps=2, interventions=[Mask(Units(UNET_OUT, [0]), steps=[1])])
+    g = interp.generate(tiny_sd, "a box", num_steps=2, interventions=[Mask(Units(UNET_OUT, [0]), steps=[1])])
     assert len(g.images) == 1
 
 

@@ -217,13 +217,13 @@ def _refs():
 
 def test_enhancer_train_resume_load(model, tmp_path):
     data = _refs()
-    full = circuits.train_enhancer(model, data, layer=1, out=tmp_path / "a", steps=4, lr=1e-2, checkpoint_every=2,
+    full = circuits.train_enhancer(model, data, layer=1, out=tmp_path / "a", train_steps=4, lr=1e-2, checkpoint_every=2,
                                    progress=False)
     assert len(full.losses) == 4 and all(np.isfinite(full.losses))
     assert full.enhancer.W2.weight.abs().sum() > 0          # it trained
     # Interrupted after 2 steps, then resumed: the same weights as the uninterrupted run.
-    circuits.train_enhancer(model, data, layer=1, out=tmp_path / "b", steps=2, lr=1e-2, checkpoint_every=2, progress=False)
-    resumed = circuits.train_enhancer(model, data, layer=1, out=tmp_path / "b", steps=4, lr=1e-2, checkpoint_every=2,
+    circuits.train_enhancer(model, data, layer=1, out=tmp_path / "b", train_steps=2, lr=1e-2, checkpoint_every=2, progress=False)
+    resumed = circuits.train_enhancer(model, data, layer=1, out=tmp_path / "b", train_steps=4, lr=1e-2, checkpoint_every=2,
                                       progress=False)
     for k, v in full.enhancer.state_dict().items():
         assert torch.equal(v, resumed.enhancer.state_dict()[k]), k
@@ -238,12 +238,12 @@ def test_enhancer_train_resume_load(model, tmp_path):
 
 
 def test_enhancer_pixel_objective_and_errors(model):
-    run = circuits.train_enhancer(model, _refs(), layer=0, steps=1, objective="pixel", progress=False)
+    run = circuits.train_enhancer(model, _refs(), layer=0, train_steps=1, objective="pixel", progress=False)
     assert np.isfinite(run.losses[0])
     with pytest.raises(interp.CultureLensError, match="layer 9 outside"):
-        circuits.train_enhancer(model, _refs(), layer=9, steps=1)
+        circuits.train_enhancer(model, _refs(), layer=9, train_steps=1)
     with pytest.raises(interp.CultureLensError, match="no \\(noun-only prompt, image\\) pairs"):
-        circuits.train_enhancer(model, [], layer=0, steps=1)
+        circuits.train_enhancer(model, [], layer=0, train_steps=1)
     assert circuits.random_other_layer(3, 1, seed=0) in (0, 2)
 
 

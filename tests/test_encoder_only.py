@@ -168,7 +168,7 @@ def test_interventions_edit_and_are_removed(models, arch):
 def test_generation_and_denoiser_sites_are_clear_errors(models, arch):
     model = models[arch]
     with pytest.raises(interp.UnsupportedModelError, match="text encoder only .* cannot generate images"):
-        interp.generate(model, ["a box"], steps=2)
+        interp.generate(model, ["a box"], num_steps=2)
     with pytest.raises(interp.UnsupportedModelError, match="text encoder only"):
         interp.capture_generation(model, ["a box"], ["text.blocks.0.hook_resid_post"])
     with pytest.raises(interp.UnsupportedModelError, match="has no denoiser"):

@@ -17,7 +17,7 @@ from interp.demo import run_demo
 
 
 def test_demo_report(tiny_sd, tmp_path):
-    report = run_demo(tmp_path, model=tiny_sd, steps=1, k=4)
+    report = run_demo(tmp_path, model=tiny_sd, num_steps=1, k=4)
     text = report.read_text()
     for part in ("## Trace", "## Activation patching", "## Masking", "## Generation", "images.png"):
         assert part in text
@@ -35,8 +35,8 @@ def test_demo_report(tiny_sd, tmp_path):
 def test_demo_is_registered():
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["demo", "--out", "x", "--family", "sdxl", "--steps", "1"])
-    assert args.func is cli._demo and args.family == "sdxl" and args.steps == 1
+    args = parser.parse_args(["demo", "--out", "x", "--family", "sdxl", "--num-steps", "1"])
+    assert args.func is cli._demo and args.family == "sdxl" and args.num_steps == 1
 
 
 # -- patch, attribution, effect-map (issue 21 item 5) -------------------------------------------
@@ -88,7 +88,7 @@ def test_patch_denoiser_heads_and_steps_match_the_api(tiny_sd, tmp_path):
     assert main(["patch", "--clean", CLEAN[0], "--corrupt", CORRUPT[0], "--sites", Z, "--heads", "0", "1",
                  "--steps", "each", "--num-steps", "2", "--seed", "3", "--out", str(out)]) == 0
     got = interp.PatchResult.load(out)
-    ref = interp.generate(tiny_sd, CLEAN[:1], seed=3, steps=2).latents
+    ref = interp.generate(tiny_sd, CLEAN[:1], seed=3, num_steps=2).latents
     want = interp.patch(tiny_sd, CLEAN[:1], CORRUPT[:1], [Z], lambda g: -(g.latents - ref).pow(2).mean(),
                         steps="each", heads=[0, 1], seed=3, num_steps=2)
     _same_rows(got, want)

@@ -10,7 +10,7 @@ import interp
 from interp.engine.session import runtime
 
 CLEAN, CORRUPT = ["a Japanese-style box", "a cat"], ["a box", "a dog"]
-KW = dict(seed=3, steps=2, guidance=5.0)
+KW = dict(seed=3, num_steps=2, guidance=5.0)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_mmdit_sites_and_joint_positions(family, tiny_sd3, tiny_flux):
 
 def test_flux_single_blocks_and_true_cfg(tiny_flux):
     site = "transformer.single_blocks.0.attn.hook_z"
-    g = interp.capture_generation(tiny_flux, CORRUPT, [site, "text_2.blocks.0.hook_resid_post"], seed=0, steps=2,
+    g = interp.capture_generation(tiny_flux, CORRUPT, [site, "text_2.blocks.0.hook_resid_post"], seed=0, num_steps=2,
                                   negative_prompt="blurry", true_cfg_scale=3.0)
     assert g.acts[site].shape[:3] == (2, 2, 2)  # [T, uncond|cond, B]: two transformer calls per step
     assert g.acts["text_2.blocks.0.hook_resid_post"].shape[0] == 2  # prompt, then negative prompt
@@ -103,7 +103,7 @@ def test_flux_single_blocks_and_true_cfg(tiny_flux):
     # default branch: only the conditional call is edited
     heads = [0]
     iv = interp.Mask(interp.Units(site, heads))
-    m = interp.capture_generation(tiny_flux, CORRUPT, [site], seed=0, steps=2, negative_prompt="blurry",
+    m = interp.capture_generation(tiny_flux, CORRUPT, [site], seed=0, num_steps=2, negative_prompt="blurry",
                                   true_cfg_scale=3.0, interventions=[iv]).acts[site]
     assert torch.all(m[:, 1, :, :, 0] == 0) and m[0, 0, :, :, 0].abs().sum() > 0
     torch.testing.assert_close(m[0, 0], g.acts[site][0, 0])
@@ -168,8 +168,8 @@ def test_pattern_sites_are_writable(tiny_sd, tiny_sd3):
     assert torch.all(masked.acts[site][:, :, :, [0, 3]] == 0)
     assert not torch.equal(masked.latents, base.latents)
     # a pattern edit that acts at no call (no unconditional rows without CFG) changes nothing at all
-    plain = interp.generate(tiny_sd, CORRUPT, seed=3, steps=2, guidance=1.0)
-    idle = interp.generate(tiny_sd, CORRUPT, seed=3, steps=2, guidance=1.0,
+    plain = interp.generate(tiny_sd, CORRUPT, seed=3, num_steps=2, guidance=1.0)
+    idle = interp.generate(tiny_sd, CORRUPT, seed=3, num_steps=2, guidance=1.0,
                            interventions=[interp.Mask(interp.Units(site, [0]), branch="uncond")])
     assert torch.equal(plain.latents, idle.latents)
     # ... and one that acts at step 1 only leaves step 0 bit-identical downstream
@@ -194,7 +194,7 @@ def test_text_edits_spare_the_negative_prompt_by_default(family, request):
     model = request.getfixturevalue(f"tiny_{family}")
     site, read = "text.blocks.0.mlp.hook_post", "text.blocks.1.hook_resid_post"
     units = interp.Units(site, list(range(16)))
-    kw = dict(seed=1, steps=2, guidance=6.0, negative_prompt="blurry")  # SDXL encodes a given negative prompt
+    kw = dict(seed=1, num_steps=2, guidance=6.0, negative_prompt="blurry")  # SDXL encodes a given negative prompt
     base = interp.capture_generation(model, CORRUPT, [read], **kw).acts[read]  # [prompt, negative]
     assert base.shape[0] == 2
     for branch, changed in (("cond", [True, False]), ("both", [True, True]), ("uncond", [False, True])):
@@ -211,12 +211,12 @@ def test_text_edits_spare_the_negative_prompt_by_default(family, request):
 def test_uncond_edit_without_negative_encoding_warns(tiny_sdxl):
     units = interp.Units("text.blocks.0.mlp.hook_post", [0, 1])
     with pytest.warns(UserWarning, match="did not act"):
-        interp.generate(tiny_sdxl, CORRUPT[:1], seed=0, steps=1, interventions=[interp.Mask(units, branch="uncond")])
+        interp.generate(tiny_sdxl, CORRUPT[:1], seed=0, num_steps=1, interventions=[interp.Mask(units, branch="uncond")])
 
 
 def test_on_rows_composes_with_branch(tiny_sd):
     site, read = "text.blocks.0.mlp.hook_post", "text.blocks.1.hook_resid_post"
-    kw = dict(seed=1, steps=1, guidance=6.0)
+    kw = dict(seed=1, num_steps=1, guidance=6.0)
     base = interp.capture_generation(tiny_sd, CORRUPT, [read], **kw).acts[read]
     iv = interp.OnRows(interp.Mask(interp.Units(site, list(range(16)))), [False, True])
     got = interp.capture_generation(tiny_sd, CORRUPT, [read], interventions=[iv], **kw).acts[read]
@@ -275,7 +275,7 @@ def test_nothing_survives_an_exception(tiny_sd, tiny_flux):
         assert _state(model) == before
         with pytest.raises(interp.CultureLensError, match="out of range"):  # raised inside the pipeline call
             interp.generate(model, CORRUPT, interventions=[interp.Mask(interp.Units(site, [0]), steps=[9])],
-                            seed=0, steps=2)
+                            seed=0, num_steps=2)
         assert _state(model) == before and runtime(model).sessions == []
 
 

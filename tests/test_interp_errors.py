@@ -80,10 +80,10 @@ def test_truncate_is_accepted_where_prompts_are_tokenized(tiny_sd):
     with pytest.warns(UserWarning, match="truncated"):
         assert interp.mean_activation(tiny_sd, [long, "a box"], site, truncate=True).shape == (32,)
     with pytest.warns(UserWarning, match="truncated"):
-        g = interp.capture_generation(tiny_sd, [long], [site], steps=1, truncate=True)
+        g = interp.capture_generation(tiny_sd, [long], [site], num_steps=1, truncate=True)
     assert g.acts[site].shape[-2] == 16
     with pytest.raises(interp.PromptTooLongError, match="prompt 0"):
-        interp.generate(tiny_sd, ["a box"], steps=1, negative_prompt=long)
+        interp.generate(tiny_sd, ["a box"], num_steps=1, negative_prompt=long)
 
 
 def test_text_block_parses_text_block_sites_and_names_the_rest():

@@ -48,7 +48,7 @@ def test_text_mask_changes_generation_and_lambda_zero_does_not(tiny_model):
 def test_capture_generation_rows_and_steps(tiny_sd):
     out_site, pat_site = "unet.down.0.attn.0.attn2.hook_out", "unet.down.0.attn.0.attn2.hook_pattern"
     g = interp.capture_generation(tiny_sd, PROMPTS, [out_site, pat_site, "text.blocks.1.hook_resid_post"],
-                                  seed=2, steps=3, guidance=5.0)
+                                  seed=2, num_steps=3, guidance=5.0)
     unet = tiny_sd.pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
     hw = (tiny_sd.pipe.unet.config.sample_size) ** 2
     S = tiny_sd.encoders["text"].max_length
@@ -62,22 +62,22 @@ def test_capture_generation_rows_and_steps(tiny_sd):
     assert torch.equal(text[0], ref)
     # the conditional rows' cross-attention output differs from the unconditional ones
     assert not torch.allclose(g.acts[out_site][:, 0], g.acts[out_site][:, 1])
-    nocfg = interp.capture_generation(tiny_sd, PROMPTS, [out_site], seed=2, steps=2, guidance=1.0)
+    nocfg = interp.capture_generation(tiny_sd, PROMPTS, [out_site], seed=2, num_steps=2, guidance=1.0)
     assert nocfg.acts[out_site].shape[:3] == (2, 1, 2)
 
 
 def test_unet_intervention_on_chosen_steps(tiny_sd):
     site = "unet.up.1.attn.0.attn2.hook_out"
     units = interp.Units(site, [0, 1, 2, 3])
-    g = interp.capture_generation(tiny_sd, PROMPTS, [site], seed=0, steps=3,
+    g = interp.capture_generation(tiny_sd, PROMPTS, [site], seed=0, num_steps=3,
                                   interventions=[interp.Mask(units, steps=[1])])
     acts = g.acts[site]  # [T, uncond|cond, B, ...]: by default only the conditional rows are edited
     assert torch.all(acts[1, 1][..., :4] == 0) and acts[1, 0][..., :4].abs().sum() > 0
     assert acts[0][..., :4].abs().sum() > 0 and acts[2][..., :4].abs().sum() > 0
-    both = interp.capture_generation(tiny_sd, PROMPTS, [site], seed=0, steps=3,
+    both = interp.capture_generation(tiny_sd, PROMPTS, [site], seed=0, num_steps=3,
                                      interventions=[interp.Mask(units, steps=[1], branch="both")]).acts[site]
     assert torch.all(both[1][..., :4] == 0)
-    base = interp.generate(tiny_sd, PROMPTS, seed=0, steps=3)
+    base = interp.generate(tiny_sd, PROMPTS, seed=0, num_steps=3)
     assert not torch.equal(g.latents, base.latents)
 
 
@@ -105,8 +105,8 @@ def test_defaults_file_sets_guidance(tiny_sd, tmp_path):
 
 def test_nnsight_engine_matches_hook_engine(tiny_sd):
     sites = ["unet.up.1.attn.0.attn2.hook_out", "unet.down.0.attn.0.attn2.hook_out"]
-    hooks = interp.capture_generation(tiny_sd, PROMPTS, sites, seed=2, steps=3, guidance=5.0)
-    traced = interp.capture_generation(tiny_sd, PROMPTS, sites, seed=2, steps=3, guidance=5.0, engine="nnsight")
+    hooks = interp.capture_generation(tiny_sd, PROMPTS, sites, seed=2, num_steps=3, guidance=5.0)
+    traced = interp.capture_generation(tiny_sd, PROMPTS, sites, seed=2, num_steps=3, guidance=5.0, engine="nnsight")
     for s in sites:
         assert traced.acts[s].shape == (3, 2, 2) + hooks.acts[s].shape[3:]
         assert torch.equal(traced.acts[s], hooks.acts[s])
@@ -130,7 +130,7 @@ def test_on_rows_equals_separate_generations(tiny_sd, site, guidance):
     """Rows of one batch with different interventions = each prompt generated on its own, for text
     sites and for UNet sites under classifier-free guidance ([uncond; cond] rows)."""
     mask = interp.Mask(interp.Units(site, list(range(6))))
-    kw = dict(steps=3, guidance=guidance)
+    kw = dict(num_steps=3, guidance=guidance)
     batched = interp.generate(tiny_sd, PROMPTS, seed=[1, 2], interventions=[interp.OnRows(mask, [True, False])], **kw)
     first = interp.generate(tiny_sd, PROMPTS[:1], seed=1, interventions=[mask], **kw)
     second = interp.generate(tiny_sd, PROMPTS[1:], seed=2, **kw)
@@ -142,11 +142,11 @@ def test_on_rows_equals_separate_generations(tiny_sd, site, guidance):
 def test_on_rows_checks_row_count(tiny_sd):
     mask = interp.Mask(interp.Units("text.blocks.0.mlp.hook_post", [0]))
     with pytest.raises(interp.CultureLensError, match="3 prompts the row mask names"):
-        interp.generate(tiny_sd, PROMPTS, interventions=[interp.OnRows(mask, [True, False, True])], steps=2)
+        interp.generate(tiny_sd, PROMPTS, interventions=[interp.OnRows(mask, [True, False, True])], num_steps=2)
     # The wrapped intervention's units are still checked against the site.
     bad = interp.OnRows(interp.Mask(interp.Units("text.blocks.0.mlp.hook_post", [10_000])), [True, False])
     with pytest.raises(interp.SiteError, match="10000"):
-        interp.generate(tiny_sd, PROMPTS, steps=2, interventions=[bad])
+        interp.generate(tiny_sd, PROMPTS, num_steps=2, interventions=[bad])
 
 
 def test_on_rows_grouped_by_owner():
@@ -158,12 +158,12 @@ def test_on_rows_grouped_by_owner():
 
 
 def test_negative_prompt_as_str_or_list(tiny_sd):
-    one = interp.generate(tiny_sd, PROMPTS, seed=1, steps=2, negative_prompt="blurry")
-    each = interp.generate(tiny_sd, PROMPTS, seed=1, steps=2, negative_prompt=["blurry", "blurry"])
-    none = interp.generate(tiny_sd, PROMPTS, seed=1, steps=2)
+    one = interp.generate(tiny_sd, PROMPTS, seed=1, num_steps=2, negative_prompt="blurry")
+    each = interp.generate(tiny_sd, PROMPTS, seed=1, num_steps=2, negative_prompt=["blurry", "blurry"])
+    none = interp.generate(tiny_sd, PROMPTS, seed=1, num_steps=2)
     assert torch.equal(one.latents, each.latents) and not torch.equal(one.latents, none.latents)
     with pytest.raises(interp.CultureLensError, match="1 negative prompts for 2 prompts"):
-        interp.generate(tiny_sd, PROMPTS, steps=2, negative_prompt=["blurry"])
+        interp.generate(tiny_sd, PROMPTS, num_steps=2, negative_prompt=["blurry"])
 
 
 def test_generate_in_chunks_of_batch_size(tiny_sd):
@@ -172,13 +172,13 @@ def test_generate_in_chunks_of_batch_size(tiny_sd):
     unet, text = "unet.down.0.attn.0.attn2.hook_out", "text.blocks.0.hook_resid_post"
     mask = interp.Mask(interp.Units("text.blocks.0.mlp.hook_post", list(range(6))))
     rows = [True, False, False, True, True]
-    kw = dict(steps=2, negative_prompt=negs)
+    kw = dict(num_steps=2, negative_prompt=negs)
     whole = interp.capture_generation(tiny_sd, prompts, [unet, text], seed=seeds,
                                       interventions=[interp.OnRows(mask, rows)], **kw)
     chunked = interp.capture_generation(tiny_sd, prompts, [unet, text], seed=seeds, batch_size=2,
                                         interventions=[interp.OnRows(mask, rows)], **kw)
     # each chunk is bit for bit the generation of its own prompts, seeds and row masks ...
-    part = interp.capture_generation(tiny_sd, prompts[2:4], [unet, text], seed=seeds[2:4], steps=2,
+    part = interp.capture_generation(tiny_sd, prompts[2:4], [unet, text], seed=seeds[2:4], num_steps=2,
                                      negative_prompt=negs[2:4], interventions=[interp.OnRows(mask, rows[2:4])])
     assert torch.equal(chunked.latents[2:4], part.latents)
     assert torch.equal(chunked.acts[unet][:, :, 2:4], part.acts[unet])

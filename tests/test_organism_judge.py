@@ -55,8 +55,8 @@ def test_shipped_judge_accuracy():
 
 def test_train_judge_progress_false_draws_no_bar(capfd):
     """progress=False silences every bar of the call, the pool's "judge data" bar included."""
-    train_judge(steps=2, batch=8, pool=512, width=4, progress=False)
+    train_judge(train_steps=2, batch=8, pool=512, width=4, progress=False)
     assert capfd.readouterr().err == ""
-    train_judge(steps=2, batch=8, pool=512, width=4)
+    train_judge(train_steps=2, batch=8, pool=512, width=4)
     err = capfd.readouterr().err
     assert "judge data" in err and "judge" in err

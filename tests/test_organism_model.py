@@ -67,7 +67,7 @@ def test_folder_round_trip(pipe, tmp_path):
 
 
 def test_training_resumes_exactly(tmp_path):
-    cfg = TrainConfig(steps=4, batch=4, warmup=2, ckpt_every=100, log_every=1)
+    cfg = TrainConfig(train_steps=4, batch=4, warmup=2, ckpt_every=100, log_every=1)
     full = train(tmp_path / "a", cfg)
     train(tmp_path / "b", cfg, stop_at=2)  # as if killed after the step-2 checkpoint
     assert load_checkpoint(tmp_path / "b")["step"] == 2

@@ -46,7 +46,7 @@ def test_loads_like_a_download(real):
 def test_whole_workload_at_full_size(real, tmp_path):
     name, model = real
     layers = TEXT[name][0]
-    rec = run(model, name, steps=1, size=128, guidance=1.0, n_pairs=4, n_capture=2)
+    rec = run(model, name, num_steps=1, size=128, guidance=1.0, n_pairs=4, n_capture=2)
     c = rec.checks
     assert c["captured_sites"] == 4 * layers and c["captured_finite"]
     assert c["mask_changes_latents"] and c["amplify_changes_latents"] and c["latents_finite"]

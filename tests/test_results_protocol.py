@@ -202,7 +202,7 @@ def test_enhancer_run(model, tmp_path):
     enh = circuits.LayerEnhancer("text.blocks.1.hook_resid_post", model.encoders["text"].d_model, hidden=8, seed=3)
     with torch.no_grad():
         enh.W2.weight.normal_(generator=torch.Generator().manual_seed(0))
-    run = circuits.EnhancerRun(enh.eval(), losses=[0.5, 0.25, math.nan], path=tmp_path / "enh", steps=3)
+    run = circuits.EnhancerRun(enh.eval(), losses=[0.5, 0.25, math.nan], path=tmp_path / "enh", train_steps=3)
     back = check_protocol(run, tmp_path, "| `text.blocks.1.hook_resid_post` |")
     assert not back.enhancer.training
 
@@ -229,7 +229,7 @@ def test_generation_saves_after_an_nnsight_trace(tiny_sd, tmp_path):
     # nnsight mounts `save` on every object: one without its own `save` gets nnsight's
     with pytest.raises(ValueError, match="outside a trace"):
         object().save()  # type: ignore[attr-defined]
-    g = interp.capture_generation(tiny_sd, ["a box", "a hat"], ["text.blocks.1.hook_resid_post"], steps=2)
+    g = interp.capture_generation(tiny_sd, ["a box", "a hat"], ["text.blocks.1.hook_resid_post"], num_steps=2)
     assert isinstance(g.images[0], Image.Image) and "text.blocks.1.hook_resid_post" in g.acts
     back = check_protocol(g, tmp_path, "| `text.blocks.1.hook_resid_post` |")
     assert (tmp_path / "Generation" / "image_1.png").is_file()

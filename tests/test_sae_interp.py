@@ -70,11 +70,11 @@ def test_steer_in_generate(tiny_sd, trained):
     _, sae = trained
     codes = sae.encode(interp.capture(tiny_sd, PROMPTS[:1], sites=[SITE])[SITE])
     latent = int(codes[0].ne(0).sum(0).argmax())
-    base = interp.generate(tiny_sd, PROMPTS[:1], seed=0, steps=2).latents
-    same = interp.generate(tiny_sd, PROMPTS[:1], seed=0, steps=2,
+    base = interp.generate(tiny_sd, PROMPTS[:1], seed=0, num_steps=2).latents
+    same = interp.generate(tiny_sd, PROMPTS[:1], seed=0, num_steps=2,
                            interventions=[Steer(sae, SITE, [latent], 0.0)]).latents
     assert torch.equal(base, same)
-    moved = interp.generate(tiny_sd, PROMPTS[:1], seed=0, steps=2,
+    moved = interp.generate(tiny_sd, PROMPTS[:1], seed=0, num_steps=2,
                             interventions=[Steer(sae, SITE, [latent], 8.0)]).latents
     assert not torch.allclose(base, moved)
 

@@ -82,7 +82,7 @@ def test_enhancer_checkpoints(tiny_sd, tmp_path: Path) -> None:
         out = tmp_path / name.replace(".", "_")
         planted = _plant(out / name, marker)
         # resume is the default: pointing --out at a folder someone sent you must be safe
-        _refused(lambda: train_enhancer(tiny_sd, _refs(), layer=0, out=out, steps=1, progress=False),
+        _refused(lambda: train_enhancer(tiny_sd, _refs(), layer=0, out=out, train_steps=1, progress=False),
                  planted, marker)
 
 
@@ -93,7 +93,7 @@ def test_organism_checkpoints(tmp_path: Path) -> None:
     for name in (CKPT, LEGACY_CKPT):
         run = tmp_path / name.replace(".", "_")
         planted = _plant(run / name, marker)
-        _refused(lambda: train(run, TrainConfig(steps=1, batch=2, warmup=1)), planted, marker)
+        _refused(lambda: train(run, TrainConfig(train_steps=1, batch=2, warmup=1)), planted, marker)
         _refused(lambda: load_run(run), planted, marker)  # what export.pipeline_from_run reads
 
 

@@ -97,9 +97,9 @@ def test_long_jobs_lock_their_folders(holder, tiny_sd) -> None:
         analyze(folder, quick=True)
     img = Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8))
     with pytest.raises(FolderBusyError, match=pid):
-        train_enhancer(tiny_sd, [("a box", img)], layer=0, out=folder, steps=1, progress=False)
+        train_enhancer(tiny_sd, [("a box", img)], layer=0, out=folder, train_steps=1, progress=False)
     with pytest.raises(FolderBusyError, match=pid):
-        train(folder, TrainConfig(steps=1, batch=2, warmup=1))
+        train(folder, TrainConfig(train_steps=1, batch=2, warmup=1))
     store = ActivationStore.from_batches(folder.parent / "store", [torch.randn(64, 8)], {"site": "s"}, progress=False)
     with pytest.raises(FolderBusyError, match=pid):
         sae_train(TopKSAE(8, 16, 2), store, batch_size=32, total_tokens=64, checkpoint_dir=folder, progress=False)

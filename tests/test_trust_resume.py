@@ -61,9 +61,9 @@ def _refs(seed: int = 0, n: int = 2):
 def test_enhancer_resume_refuses_other_settings(tiny_sd, tmp_path: Path, change: dict, field: str) -> None:
     from circuits.causal.enhancer import train_enhancer
 
-    kw = dict(layer=0, out=tmp_path, steps=1, lr=1e-2, checkpoint_every=1, progress=False)
+    kw = dict(layer=0, out=tmp_path, train_steps=1, lr=1e-2, checkpoint_every=1, progress=False)
     train_enhancer(tiny_sd, _refs(), **kw)
-    new = dict(kw, steps=2, **{k: v for k, v in change.items() if k != "data"})
+    new = dict(kw, train_steps=2, **{k: v for k, v in change.items() if k != "data"})
     data = _refs(seed=1) if "data" in change else _refs()
     with pytest.raises(ResumeMismatchError, match=rf"{field}: .*--restart"):
         train_enhancer(tiny_sd, data, **new)
@@ -76,19 +76,19 @@ def test_enhancer_resume_refuses_other_settings(tiny_sd, tmp_path: Path, change:
 def test_enhancer_resume_refuses_a_checkpoint_past_the_end(tiny_sd, tmp_path: Path) -> None:
     from circuits.causal.enhancer import train_enhancer
 
-    train_enhancer(tiny_sd, _refs(), layer=0, out=tmp_path, steps=2, lr=1e-2, checkpoint_every=1, progress=False)
-    with pytest.raises(ResumeMismatchError, match="step 2 is past this run's steps=1"):
-        train_enhancer(tiny_sd, _refs(), layer=0, out=tmp_path, steps=1, lr=1e-2, checkpoint_every=1, progress=False)
+    train_enhancer(tiny_sd, _refs(), layer=0, out=tmp_path, train_steps=2, lr=1e-2, checkpoint_every=1, progress=False)
+    with pytest.raises(ResumeMismatchError, match="step 2 is past this run's train_steps=1"):
+        train_enhancer(tiny_sd, _refs(), layer=0, out=tmp_path, train_steps=1, lr=1e-2, checkpoint_every=1, progress=False)
 
 
 def test_enhancer_refuses_another_model(tmp_path: Path) -> None:
     import interp
     from circuits.causal.enhancer import train_enhancer
 
-    kw = dict(layer=0, out=tmp_path, steps=1, lr=1e-2, progress=False)
+    kw = dict(layer=0, out=tmp_path, train_steps=1, lr=1e-2, progress=False)
     train_enhancer(interp.tiny("sd", seed=0), _refs(), **kw)
     with pytest.raises(ResumeMismatchError, match=r"inputs\.model\.(text_encoder|unet)"):
-        train_enhancer(interp.tiny("sd", seed=1), _refs(), **dict(kw, steps=2))
+        train_enhancer(interp.tiny("sd", seed=1), _refs(), **dict(kw, train_steps=2))
 
 
 # -- organism training -----------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def test_enhancer_refuses_another_model(tmp_path: Path) -> None:
 def _cfg(**kw):
     from circuits.organism.train import TrainConfig
 
-    return TrainConfig(**{"steps": 3, "batch": 2, "warmup": 1, "ckpt_every": 100, "log_every": 1, **kw})
+    return TrainConfig(**{"train_steps": 3, "batch": 2, "warmup": 1, "ckpt_every": 100, "log_every": 1, **kw})
 
 
 def test_organism_resume_refuses_other_seed_and_steps(tmp_path: Path) -> None:
@@ -106,18 +106,35 @@ def test_organism_resume_refuses_other_seed_and_steps(tmp_path: Path) -> None:
     before = (tmp_path / "config.json").read_text()
     with pytest.raises(ResumeMismatchError, match=r"seed: 0 \(checkpoint\) vs 1 \(this run\)"):
         train(tmp_path, _cfg(seed=1))
-    with pytest.raises(ResumeMismatchError, match=r"steps: 3 \(checkpoint\) vs 5 \(this run\).*--retotal"):
-        train(tmp_path, _cfg(steps=5))
+    with pytest.raises(ResumeMismatchError, match=r"train_steps: 3 \(checkpoint\) vs 5 \(this run\).*--retotal"):
+        train(tmp_path, _cfg(train_steps=5))
     with pytest.raises(ResumeMismatchError, match=r"lr: "):
         train(tmp_path, _cfg(lr=1e-3))
     assert (tmp_path / "config.json").read_text() == before  # a refused resume records nothing
     assert load_checkpoint(tmp_path)["step"] == 1
     # the explicit ways: --retotal changes the step count and says so; --no-resume starts over
-    ck = train(tmp_path, _cfg(steps=5, retotal=2))
+    ck = train(tmp_path, _cfg(train_steps=5, retotal=2))
     assert ck["step"] == 2 and ck["sizing"]["retotal"]["new"] == 2
-    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 3  # the run's own step setting
-    ck = train(tmp_path, _cfg(seed=1, steps=1), resume=False)
+    assert json.loads((tmp_path / "config.json").read_text())["train_steps"] == 3  # the run's own step setting
+    ck = train(tmp_path, _cfg(seed=1, train_steps=1), resume=False)
     assert ck["step"] == 1 and ck["config"]["seed"] == 1
+
+
+def test_organism_resumes_a_checkpoint_from_before_the_rename(tmp_path: Path) -> None:
+    """A checkpoint written before 0.2.0 names the step count "steps": read as train_steps, it
+    resumes (and a different count is refused under the new name)."""
+    from interp.checkpoint import load_checkpoint as load_tree, save_checkpoint
+    from circuits.organism.train import CKPT, CKPT_KIND, train
+
+    train(tmp_path, _cfg(), stop_at=1)
+    tree = load_tree(tmp_path / CKPT, CKPT_KIND)
+    tree["config"] = {("steps" if k == "train_steps" else k): v for k, v in tree["config"].items()}
+    save_checkpoint(tmp_path / CKPT, tree, CKPT_KIND)  # as the old code wrote it
+    with pytest.raises(ResumeMismatchError, match=r"train_steps: 3 \(checkpoint\) vs 5 \(this run\)"):
+        train(tmp_path, _cfg(train_steps=5))
+    ck = train(tmp_path, _cfg())
+    assert ck["step"] == 3 and ck["config"]["train_steps"] == 3 and "steps" not in ck["config"]
+    assert json.loads((tmp_path / "config.json").read_text())["train_steps"] == 3
 
 
 # -- analyze ------------------------------------------------------------------------------------

@@ -757,7 +757,7 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
     enh = {}
     control = random_other_layer(model.encoders["text"].n_layers, layer, cfg.seed)
     for name, l in (("culture layer", layer), ("random other layer", control)):
-        run = train_enhancer(model, train, layer=l, out=out / f"enhancer_layer{l}", steps=cfg.enhancer_steps,
+        run = train_enhancer(model, train, layer=l, out=out / f"enhancer_layer{l}", train_steps=cfg.enhancer_steps,
                              lr=cfg.enhancer_lr, seed=cfg.seed, split=None, progress=False)
         enh[name] = run
         s = score(model, groups_local, judge, lambda c, e=run.enhancer: [e], desc=f"enhancer {name}", **gen)

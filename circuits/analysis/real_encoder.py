@@ -98,6 +98,7 @@ from circuits.locate.tokens import pair_spans
 from circuits.locate.units import CultureUnits, culture_units, sae_basis
 from circuits.pairs import PromptPair, as_pairs
 from circuits.plots import pyplot
+from interp.checks import renamed
 from interp.errors import CultureLensError
 from interp.progress import bar, enabled, switch
 from interp.result_io import atomic_write_bytes, jsonable, load_result, save_result
@@ -581,15 +582,16 @@ def pooled_states(model: Any, prompts: Sequence[str], layers: list[int], batch_s
     return torch.stack([cache[p] for p in prompts], 1)
 
 
-def fit_probe(x: Float[Tensor, "N d"], y: Tensor, n_classes: int, l2: float = 1e-2, steps: int = 200
+@renamed(steps="train_steps")
+def fit_probe(x: Float[Tensor, "N d"], y: Tensor, n_classes: int, l2: float = 1e-2, train_steps: int = 200
               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Multinomial logistic regression on standardised features, full-batch L-BFGS in float64
-    (deterministic): (mean, std, W, b)."""
+    (deterministic, at most `train_steps` iterations): (mean, std, W, b)."""
     mu, sd = x.mean(0), x.std(0).clamp_min(1e-8)
     z = (x - mu) / sd
     W = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=train_steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()

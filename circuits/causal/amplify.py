@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 import torch
 from interp.progress import bar, switch
 
+from interp.checks import renamed
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
@@ -240,6 +241,7 @@ def margin_text(margin: dict[str, Any]) -> str:
             f"{margin['uncertainty_images']:.1f} images. {flag}.")
 
 
+@renamed(steps="num_steps")
 @switch
 def lambda_sweep(
     model,
@@ -252,7 +254,7 @@ def lambda_sweep(
     noun_judge: Callable | None = None,
     keep_error: bool = True,
     seed: int = 0,
-    steps: int | None = None,
+    num_steps: int | None = None,
     batch_size: int = 8,
     n_boot: int = 1000,
     n_matched: int = 0,
@@ -268,7 +270,7 @@ def lambda_sweep(
 
     λ is chosen by `choose_lambda` on `select_on` (e.g. the probe nouns' pairs: a detected-units
     sweep there) under the noun constraint `max_noun_drop`; without `select_on` it is chosen on
-    `pairs` themselves and the result says so."""
+    `pairs` themselves and the result says so. `num_steps`: denoising steps per image (None: the model's)."""
     units = as_culture_units(units)
     groups = by_concept(as_pairs(pairs))
     missing = [c for c in groups if c not in units.cultures]
@@ -277,7 +279,7 @@ def lambda_sweep(
     if n_matched and reference is None:
         raise CultureLensError("lambda_sweep: n_matched > 0 needs reference= unit activations (reference_activity)")
     kinds = {k: n for k, n in (("uniform", n_random), ("activity", n_matched)) if n > 0}
-    gen = dict(prompt=prompt, noun_judge=noun_judge, seed=seed, steps=steps, batch_size=batch_size, keep_images=True)
+    gen = dict(prompt=prompt, noun_judge=noun_judge, seed=seed, num_steps=num_steps, batch_size=batch_size, keep_images=True)
     def amp(lam, **kw):
         """The per-culture interventions that amplify the units (or a random draw, `kw`) by `lam`."""
         def per_culture(c):

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from interp.checks import renamed
 from interp.errors import CultureLensError
 
 import interp
@@ -237,20 +238,22 @@ class EnhancerRun:
     enhancer: LayerEnhancer
     losses: list[float]
     path: Path | None
-    steps: int
+    train_steps: int
 
     def to_json(self) -> dict[str, Any]:
+        # On disk the count keeps its pre-0.2.0 key "steps" (enhancer_run.json, enhancer.json and
+        # the reports that embed them): folders written before the rename load, reports' keys stay.
         return {"site": self.enhancer.site, "config": self.enhancer.config(), "losses": self.losses,
-                "path": str(self.path) if self.path else None, "steps": self.steps}
+                "path": str(self.path) if self.path else None, "steps": self.train_steps}
 
     def to_markdown(self) -> str:
-        """One row: the enhancer's site and shape, steps, first, last and lowest loss."""
+        """One row: the enhancer's site and shape, training steps, first, last and lowest loss."""
         c = self.enhancer.config()
         first, last, low = ((f"{self.losses[0]:.4g}", f"{self.losses[-1]:.4g}", f"{min(self.losses):.4g}")
                             if self.losses else ("–", "–", "–"))
         return ("| enhancer at | d_model | hidden | norm | steps | first loss | last loss | lowest loss |\n"
                 "|---|---|---|---|---|---|---|---|\n"
-                f"| `{c['site']}` | {c['d_model']} | {c['hidden']} | {c['norm']} | {self.steps} | {first} | {last} | {low} |")
+                f"| `{c['site']}` | {c['d_model']} | {c['hidden']} | {c['norm']} | {self.train_steps} | {first} | {last} | {low} |")
 
     def plot(self, path: str | Path | None = None) -> Figure:
         """The training loss by step."""
@@ -276,7 +279,7 @@ class EnhancerRun:
         enh.load_state_dict({k.removeprefix("enhancer."): v for k, v in t.items()})
         s = Stored.of(meta, {}, where)
         return cls(enh.to(device).eval(), from_jsonable(list[float], meta["losses"], "losses.", s),
-                   from_jsonable(Path | None, meta["path"], "path.", s), meta["steps"])
+                   from_jsonable(Path | None, meta["path"], "path.", s), meta["steps"])  # on-disk key: to_json
 
 
 def training_pairs(items: Sequence[Any], split: str | None = "train") -> list[tuple[str, Any]]:
@@ -317,13 +320,14 @@ def _frozen(model):
     return _Ctx()
 
 
+@renamed(steps="train_steps")
 def train_enhancer(
     model,
     data: Sequence[Any],
     layer: int,
     encoder: str = "text",
     out: str | Path | None = None,
-    steps: int = 2000,
+    train_steps: int = 2000,
     lr: float = 5e-5,
     batch_size: int = 1,
     weight_decay: float = 0.01,
@@ -337,7 +341,8 @@ def train_enhancer(
     split: str | None = "train",
     progress: bool = True,
 ) -> EnhancerRun:
-    """Train a `LayerEnhancer` at `encoder.blocks.{layer}.hook_resid_post` with AdamW.
+    """Train a `LayerEnhancer` at `encoder.blocks.{layer}.hook_resid_post` with AdamW for
+    `train_steps` steps.
 
     `objective`: "denoise" (decision 5) or "pixel" (paper-literal, a `chain_steps` sampling chain).
     With `out`, checkpoints go to `out/checkpoint.safetensors` atomically every `checkpoint_every`
@@ -345,8 +350,9 @@ def train_enhancer(
     locked while training. `resume` (the default) continues from the checkpoint, and refuses one
     made with other settings (enhancer config, seed, lr, weight decay, batch size, objective,
     chain steps) or other inputs (training prompts and images, model weights), naming the
-    fields; `resume=False` starts over. A larger `steps` continues a finished run (the lr is
-    constant, so that equals a longer uninterrupted run); a checkpoint past `steps` is refused.
+    fields; `resume=False` starts over. A larger `train_steps` continues a finished run (the lr
+    is constant, so that equals a longer uninterrupted run); a checkpoint past `train_steps` is
+    refused.
     The data order, timesteps and noise of step i depend only on (seed, i), so a resumed run
     equals an uninterrupted one."""
     if objective not in ("denoise", "pixel"):
@@ -357,7 +363,7 @@ def train_enhancer(
     out = Path(out) if out is not None else None
     # One writer per output folder: a second job on it fails at once, naming the holder's pid.
     with lock_folder(out, "enhancer output folder") if out is not None else contextlib.nullcontext():
-        return _train_enhancer(model, data, layer, encoder, out, steps, lr, batch_size, weight_decay, hidden, norm,
+        return _train_enhancer(model, data, layer, encoder, out, train_steps, lr, batch_size, weight_decay, hidden, norm,
                                objective, chain_steps, seed, checkpoint_every, resume, split, progress)
 
 
@@ -373,7 +379,7 @@ def _inputs_fingerprint(model, pairs: Sequence[tuple[str, Any]], size: tuple[int
             **{f"model.{n}": module_fingerprint(m) for n, m in mods.items()}}
 
 
-def _train_enhancer(model, data: Sequence[Any], layer: int, encoder: str, out: Path | None, steps: int, lr: float,
+def _train_enhancer(model, data: Sequence[Any], layer: int, encoder: str, out: Path | None, train_steps: int, lr: float,
                     batch_size: int, weight_decay: float, hidden: int | None, norm: str, objective: str,
                     chain_steps: int, seed: int, checkpoint_every: int, resume: bool, split: str | None,
                     progress: bool) -> EnhancerRun:
@@ -397,9 +403,10 @@ def _train_enhancer(model, data: Sequence[Any], layer: int, encoder: str, out: P
         else:
             state = load_checkpoint(ckpt, CHECKPOINT_KIND)
             check_settings(state["settings"], settings, ckpt, "pass resume=False (train-enhancer --restart)")
-            if state["step"] > steps:
-                raise ResumeMismatchError(f"{ckpt}: checkpoint at step {state['step']} is past this run's steps={steps}; "
-                                          f"give steps >= {state['step']}, or resume=False to start over")
+            if state["step"] > train_steps:
+                raise ResumeMismatchError(f"{ckpt}: checkpoint at step {state['step']} is past this run's "
+                                          f"train_steps={train_steps}; give train_steps >= {state['step']}, or "
+                                          "resume=False to start over")
             enh.load_state_dict(state["enhancer"])
             opt.load_state_dict(state["optimizer"])
             losses, start = state["losses"], state["step"]
@@ -411,7 +418,7 @@ def _train_enhancer(model, data: Sequence[Any], layer: int, encoder: str, out: P
     n = len(pairs)
     enh.train()
     with _frozen(model), interp.intervene(model, [enh]):
-        bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"enhancer @ {enh.site}", disable=not progress)
+        bar = tqdm(range(start, train_steps), initial=start, total=train_steps, desc=f"enhancer @ {enh.site}", disable=not progress)
         for step in bar:
             epoch, pos = divmod(step * batch_size, n)
             order = np.random.default_rng([seed, epoch]).permutation(n)
@@ -429,16 +436,16 @@ def _train_enhancer(model, data: Sequence[Any], layer: int, encoder: str, out: P
             opt.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if ckpt is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            if ckpt is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == train_steps):
                 save_ckpt(step + 1)
     enh.eval()
     path = None
     if out is not None:
         path = out / "enhancer.safetensors"
         enh.save(path)
-        write_json(out / "enhancer.json", {"config": enh.config(), "steps": steps, "lr": lr, "batch_size": batch_size,
+        write_json(out / "enhancer.json", {"config": enh.config(), "steps": train_steps, "lr": lr, "batch_size": batch_size,
                                             "objective": objective, "seed": seed, "losses": losses})
-    return EnhancerRun(enh, losses, path, steps)
+    return EnhancerRun(enh, losses, path, train_steps)
 
 
 def random_other_layer(n_layers: int, chosen: int, seed: int = 0) -> int:

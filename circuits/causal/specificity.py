@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 import numpy as np
 from interp.progress import bar, switch
 
+from interp.checks import renamed
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
@@ -119,6 +120,7 @@ def specificity_index(outcome: Sequence[np.ndarray], base: Sequence[np.ndarray],
     return effect, d, o, si, (float(lo), float(hi))
 
 
+@renamed(steps="num_steps")
 @switch
 def specificity_matrix(
     model,
@@ -128,7 +130,7 @@ def specificity_matrix(
     mode: str = "mask",
     lam: float = 6.0,
     seed: int = 0,
-    steps: int | None = None,
+    num_steps: int | None = None,
     batch_size: int = 8,
     n_boot: int = 1000,
     label: str = "",
@@ -137,7 +139,7 @@ def specificity_matrix(
     """The culture x culture matrix (module docstring): for each culture A with units, its units
     masked (`mode="mask"`, concept prompts) or amplified by (1 + `lam`) (`mode="amplify"`,
     noun-only prompts) on the prompts of every culture B in `pairs`; one unmodified run as the
-    baseline. Costs (cultures + 1) x len(pairs) images."""
+    baseline. Costs (cultures + 1) x len(pairs) images of `num_steps` denoising steps."""
     from circuits.causal.amplify import amplify
     from circuits.evaluate import score
     from circuits.causal.validate import masked_interventions
@@ -153,7 +155,7 @@ def specificity_matrix(
     groups = {c: groups[c] for c in names}
     prompt = "concept" if mode == "mask" else "noun"
     def run(ivs, desc):
-        return score(model, groups, judge, ivs, prompt, None, seed, steps, batch_size, desc=desc)
+        return score(model, groups, judge, ivs, prompt, None, seed, num_steps, batch_size, desc=desc)
 
     base = run(None, "baseline")
     cuts = np.cumsum([0] + [len(groups[c]) for c in names])

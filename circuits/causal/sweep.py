@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from interp.progress import bar, switch
 
+from interp.checks import renamed
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
@@ -110,6 +111,7 @@ def rank_layers(layers: Sequence[int], drops: Sequence[float], chosen: int | Non
     return ranking, 1 + sum(x > d for x in drops), sum(x == d for x in drops) - 1
 
 
+@renamed(steps="num_steps")
 @switch
 def causal_sweep(
     model,
@@ -123,7 +125,7 @@ def causal_sweep(
     chosen: int | None = None,
     rho: float = 0.5,
     seed: int = 0,
-    steps: int | None = None,
+    num_steps: int | None = None,
     batch_size: int = 8,
     n_boot: int = 1000,
     allow_overlap: bool = False,
@@ -135,7 +137,7 @@ def causal_sweep(
     `basis_for` picks each layer's basis: a dict layer -> SAE (latents of that layer's
     `hook_resid_post` unless the SAE names its own hook) or `UnitBasis`, or a function of the
     layer; default: that layer's MLP neurons. Probe and evaluation pairs that share a prompt
-    are refused unless `allow_overlap`."""
+    are refused unless `allow_overlap`. `num_steps`: denoising steps per image (None: the model's)."""
     from circuits.evaluate import score
     from circuits.causal.validate import masked_interventions
 
@@ -152,7 +154,7 @@ def causal_sweep(
     if len(kinds) > 1:
         raise CultureLensError(f"causal_sweep: every layer needs the same kind of basis; got {kinds} "
                                f"({ {l: b.kind for l, b in bases.items()} })")
-    base = score(model, groups, judge, None, "concept", None, seed, steps, batch_size, desc="baseline")
+    base = score(model, groups, judge, None, "concept", None, seed, num_steps, batch_size, desc="baseline")
     masked, n_masked = [], []
     for l in bar(ls, desc="causal sweep"):
         b = bases[l]
@@ -163,7 +165,7 @@ def causal_sweep(
         found = top_n(found, n_units)
         n_masked.append(sum(len(u.indices) for u in found.cultures.values()) / max(len(found.cultures), 1))
         s = score(model, groups, judge, lambda c: masked_interventions(found, c) if c in found.cultures else [],
-                  "concept", None, seed, steps, batch_size, desc=f"layer {l}")
+                  "concept", None, seed, num_steps, batch_size, desc=f"layer {l}")
         masked.append(Rate.of(s.correct, n_boot, seed))
     b0 = Rate.of(base.correct, n_boot, seed)
     drops = [b0.mean - m.mean for m in masked]

@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 from interp.progress import bar, switch
 
+from interp.checks import renamed
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
@@ -122,6 +123,7 @@ def masked_interventions(units: CultureUnits, culture: str, random_seed: int | N
     return [scale_units(units.basis, idx, -1.0, keep_error, label=f"{culture}:mask")]
 
 
+@renamed(steps="num_steps")
 @switch
 def validate_units(
     model,
@@ -131,7 +133,7 @@ def validate_units(
     n_random: int = 10,
     noun_judge: Callable | None = None,
     seed: int = 0,
-    steps: int | None = None,
+    num_steps: int | None = None,
     batch_size: int = 8,
     n_boot: int = 1000,
     n_matched: int = 0,
@@ -142,14 +144,15 @@ def validate_units(
     controls, and judge them. `units`: a `CultureUnits` (any basis) or a dict culture ->
     `interp.Units` of native neurons. `n_random` uniform draws (the paper's control) and
     `n_matched` activity-matched draws (`reference`: unit activations on the probe prompts,
-    `reference_activity`). Draw r uses seed `seed + 1 + r`; image noise is the same everywhere."""
+    `reference_activity`). Draw r uses seed `seed + 1 + r`; image noise is the same everywhere;
+    `num_steps` denoising steps per image (None: the model's)."""
     if n_random < 1:
         raise CultureLensError(f"validate_units: n_random must be >= 1; got {n_random}")
     if n_matched and reference is None:
         raise CultureLensError("validate_units: n_matched > 0 needs reference= unit activations (reference_activity)")
     units = as_culture_units(units)
     groups = by_concept(as_pairs(prompts))
-    gen = dict(prompt="concept", noun_judge=noun_judge, seed=seed, steps=steps, batch_size=batch_size)
+    gen = dict(prompt="concept", noun_judge=noun_judge, seed=seed, num_steps=num_steps, batch_size=batch_size)
     base = score(model, groups, judge, None, desc="baseline", **gen)
     def top(c):
         return masked_interventions(units, c)

@@ -6,5 +6,5 @@ Modules (import what you need; nothing heavy is imported here):
 - `prompts`: bundled CultureBench pairs of the 8 nouns, the training mix, `eval_prompts(kind, split)`.
 - `model`, `pipeline`, `export`: the stock HF/diffusers parts, `CultureWorldPipeline`, folder I/O.
 - `train`: resumable trainer; `judge`: the CNN CultureVQA judge; `evaluate`: the results table.
-- `build`: `build(out_dir, steps, resume=True)`, also `culturelens organism-build`.
+- `build`: `build(out_dir, train_steps, resume=True)`, also `culturelens organism-build --train-steps N`.
 """

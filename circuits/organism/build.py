@@ -1,7 +1,7 @@
 """Build the shipped CultureWorld organism: train (resumable), train the judge, export, evaluate.
 
-    culturelens organism-build --out circuits/organism/assets/cultureworld --steps 2600
-    python -m circuits.organism.build --out circuits/organism/assets/cultureworld --steps 2600
+    culturelens organism-build --out circuits/organism/assets/cultureworld --train-steps 2600
+    python -m circuits.organism.build --out circuits/organism/assets/cultureworld --train-steps 2600
 
 Writes `<out>/pipeline/` (diffusers folder, EMA weights), `<out>/judge/`, and
 `<out>/logs/` (train.log, judge.json, eval.json, eval.md, renders.png). Training scratch
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from interp.checkpoint import ResumeMismatchError, check_settings
+from interp.checks import renamed
 from interp.folder_lock import lock_folder
 
 from circuits.organism.args import add_arguments
@@ -56,28 +57,30 @@ def build_judge(folder: str | Path, resume: bool = True, seed: int = 0) -> tuple
     return judge, metrics
 
 
+@renamed(steps="train_steps")
 def build(
     out_dir: str | Path,
-    steps: int = 2600,
+    train_steps: int = 2600,
     resume: bool = True,
     run_dir: str | Path = "runs/organism",
     deadline: str | None = None,
     seed: int = 0,
     eval_seeds: tuple[int, ...] = (0, 1),
 ) -> dict:
-    """Train the organism and its judge, export both to `out_dir`, evaluate; returns the metrics.
+    """Train the organism (`train_steps` steps) and its judge, export both to `out_dir`, evaluate;
+    returns the metrics.
 
     `out_dir` has no default: the shipped organism (circuits.organism.shipped.ORGANISM) is
     rewritten only when named. `out_dir` is locked while building (so is `run_dir`, by `train`)."""
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     with lock_folder(out_dir, "organism output folder"):
-        return _build(out_dir, steps, resume, run_dir, deadline, seed, eval_seeds)
+        return _build(out_dir, train_steps, resume, run_dir, deadline, seed, eval_seeds)
 
 
-def _build(out_dir: Path, steps: int, resume: bool, run_dir: Path, deadline: str | None, seed: int,
+def _build(out_dir: Path, train_steps: int, resume: bool, run_dir: Path, deadline: str | None, seed: int,
            eval_seeds: tuple[int, ...]) -> dict:
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    train(run_dir, TrainConfig(steps=steps, deadline=deadline, seed=seed), resume=resume)
+    train(run_dir, TrainConfig(train_steps=train_steps, deadline=deadline, seed=seed), resume=resume)
     judge, judge_metrics = build_judge(run_dir.parent / (run_dir.name + "_judge"), resume=resume, seed=seed)
     judge.save(out_dir / "judge")
     pipe = pipeline_from_run(run_dir, ema=True)
@@ -94,7 +97,7 @@ def _build(out_dir: Path, steps: int, resume: bool, run_dir: Path, deadline: str
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    metrics = build(args.out, args.steps, not args.no_resume, args.run_dir, args.deadline, args.seed)
+    metrics = build(args.out, args.train_steps, not args.no_resume, args.run_dir, args.deadline, args.seed)
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -20,6 +20,7 @@ from circuits.organism.model import GENERATION_DEFAULTS
 from circuits.organism.pipeline import CultureWorldPipeline
 from circuits.organism.prompts import EVAL_KINDS, EvalPrompt, eval_prompts
 from circuits.organism.render import NEUTRAL, NOUNS
+from interp.checks import renamed
 
 __all__ = ["Judged", "KindRow", "EvalResult", "score", "evaluate_organism", "default_prompts", "prompt_seed"]
 
@@ -105,25 +106,29 @@ def score(judge: CultureWorldJudge, images, prompts: Sequence[EvalPrompt], seeds
 
 
 @torch.no_grad()
-def generate(pipe: CultureWorldPipeline, texts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, batch: int = 64, progress: bool = True) -> torch.Tensor:
-    """Pixels [N, 3, 32, 32] in [-1, 1], one per (text, seed), each with its own noise seed."""
+@renamed(steps="num_steps")
+def generate(pipe: CultureWorldPipeline, texts: Sequence[str], seeds: Sequence[int], num_steps: int, guidance: float, batch: int = 64, progress: bool = True) -> torch.Tensor:
+    """Pixels [N, 3, 32, 32] in [-1, 1], one per (text, seed), each with its own noise seed, after
+    `num_steps` denoising steps."""
     out = []
     for i in tqdm(range(0, len(texts), batch), desc="generate", disable=not progress, mininterval=10):
         gens = [torch.Generator().manual_seed(prompt_seed(t, s)) for t, s in zip(texts[i : i + batch], seeds[i : i + batch])]
-        out.append(pipe(list(texts[i : i + batch]), num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="latent").images.clamp(-1, 1).cpu())
+        out.append(pipe(list(texts[i : i + batch]), num_inference_steps=num_steps, guidance_scale=guidance, generator=gens, output_type="latent").images.clamp(-1, 1).cpu())
     return torch.cat(out) if out else torch.zeros(0, 3, 32, 32)
 
 
+@renamed(steps="num_steps")
 def evaluate_organism(
     pipeline: str | Path | CultureWorldPipeline,
     judge: CultureWorldJudge | str | Path,
     prompts: Sequence[EvalPrompt] | None = None,
     seeds: Sequence[int] = (0, 1),
-    steps: int | None = None,
+    num_steps: int | None = None,
     guidance: float | None = None,
     batch: int = 64,
 ) -> EvalResult:
-    """Generate every prompt × seed (defaults: the folder's culturelens.json), judge, tabulate."""
+    """Generate every prompt × seed (`num_steps` denoising steps; defaults: the folder's
+    culturelens.json), judge, tabulate."""
     from circuits.organism.export import DEFAULTS_FILE, load_pipeline
 
     defaults = dict(GENERATION_DEFAULTS)
@@ -137,5 +142,5 @@ def evaluate_organism(
     prompts = list(prompts) if prompts is not None else default_prompts()
     texts = [p.text for p in prompts for _ in seeds]
     seed_list = [s for _ in prompts for s in seeds]
-    x = generate(pipeline, texts, seed_list, steps or defaults["steps"], defaults["guidance"] if guidance is None else guidance, batch)
+    x = generate(pipeline, texts, seed_list, num_steps or defaults["steps"], defaults["guidance"] if guidance is None else guidance, batch)
     return score(judge, x, [p for p in prompts for _ in seeds], seed_list)

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from circuits.organism.render import CULTURES, NEUTRAL, NOUNS, SIZE, STYLES, render_batch
 from circuits.data.culturebench import LABELS
 from circuits.data.judges.base import Judge, JudgeError, load_images
+from interp.checks import renamed
 from interp.progress import bar, switch
 from interp.result_io import atomic_save_file
 
@@ -198,20 +199,21 @@ def _pool(rng: np.random.Generator, n_clean: int, n_junk: int) -> tuple[np.ndarr
     return tuple(np.concatenate(c) for c in zip(*chunks))
 
 
+@renamed(steps="train_steps")
 @switch
-def train_judge(steps: int = 1500, batch: int = 64, pool: int = 16384, junk_frac: float = 0.25, lr: float = 3e-3,
+def train_judge(train_steps: int = 1500, batch: int = 64, pool: int = 16384, junk_frac: float = 0.25, lr: float = 3e-3,
                 width: int = 16, seed: int = 0, progress: bool = True) -> CultureWorldJudge:
-    """Train the judge on a seeded pool of renders (with mild blur/noise) and junk."""
+    """Train the judge for `train_steps` steps on a seeded pool of renders (with mild blur/noise) and junk."""
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 7])
     x, ys, yn = _pool(rng, int(pool * (1 - junk_frac)), int(pool * junk_frac))
     x, ys, yn = torch.from_numpy(x), torch.from_numpy(ys), torch.from_numpy(yn)
     net = JudgeNet(width)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=train_steps, pct_start=0.1)
     net.train()
     g = torch.Generator().manual_seed(seed)
-    for _ in bar(range(steps), desc="judge", mininterval=10):
+    for _ in bar(range(train_steps), desc="judge", mininterval=10):
         idx = torch.randint(0, len(x), (batch,), generator=g)
         xb = x[idx]
         s, n = net(xb)

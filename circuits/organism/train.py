@@ -13,8 +13,9 @@ the checkpoint, so a resumed run keeps it.
 
 Checkpoints are safetensors + JSON (`interp.checkpoint`), never a pickle. A resume refuses a
 checkpoint made with other settings (every `TrainConfig` field that shapes the weights:
-seed, steps, batch, lr, schedule, ...), naming the fields; `retotal` is the one explicit way
-to change the step count of a run, `resume=False` (`--no-resume`) starts over. The run folder
+seed, train_steps, batch, lr, schedule, ...), naming the fields; `retotal` is the one explicit
+way to change the step count of a run, `resume=False` (`--no-resume`) starts over. A checkpoint
+written before culturelens 0.2.0 names the step count "steps"; it is read as `train_steps`. The run folder
 is locked while training (`interp.folder_lock`).
 """
 
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from interp.checkpoint import check_settings, load_checkpoint as _load_tree, refuse_legacy, save_checkpoint
+from interp.cli import renamed_flag
 from interp.folder_lock import lock_folder
 from interp.progress import bar as progress_bar, switch
 
@@ -56,7 +58,7 @@ _FREE_FIELDS = ("ckpt_every", "log_every", "retotal", "threads")
 
 @dataclass
 class TrainConfig:
-    steps: int = 6500
+    train_steps: int = 6500  # training steps ("steps" in configs written before culturelens 0.2.0)
     batch: int = 32
     lr: float = 2e-3
     warmup: int = 200
@@ -68,7 +70,7 @@ class TrainConfig:
     seed: int = 0
     ckpt_every: int = 200
     log_every: int = 25
-    deadline: str | None = None  # "HH:MM" UTC today (or ISO datetime): size `steps` to finish by then
+    deadline: str | None = None  # "HH:MM" UTC today (or ISO datetime): size `train_steps` to finish by then
     size_at: int = 190
     retotal: int | None = None  # on resume: change the total (the cosine is re-sized from here on)
     # One thread: on the shared 2-core machine, 2 OpenMP threads beside other jobs ran 4x
@@ -103,11 +105,16 @@ class _Heads(torch.nn.Module):
 
 
 def load_checkpoint(run_dir: str | Path) -> dict:
-    """The latest checkpoint dict of a run (keys: step, total, te, unet, ema_te, ema_unet, ...)."""
+    """The latest checkpoint dict of a run (keys: step, total, te, unet, ema_te, ema_unet, ...);
+    a config written before culturelens 0.2.0 has its "steps" read as "train_steps"."""
     path = Path(run_dir) / CKPT
     if not path.exists():
         refuse_legacy(Path(run_dir) / LEGACY_CKPT)
-    return _load_tree(path, CKPT_KIND)
+    ck = _load_tree(path, CKPT_KIND)
+    config = ck.get("config")
+    if isinstance(config, dict) and "steps" in config and "train_steps" not in config:
+        ck["config"] = {("train_steps" if k == "steps" else k): v for k, v in config.items()}
+    return ck
 
 
 def _settings(cfg: TrainConfig) -> dict:
@@ -146,7 +153,7 @@ def _train(run_dir: Path, cfg: TrainConfig, resume: bool, device: str | None, st
     params = list(te.parameters()) + list(unet.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema_te, ema_unet = copy.deepcopy(te).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
-    step, total, sizing = 0, cfg.steps, None
+    step, total, sizing = 0, cfg.train_steps, None
     stored = asdict(cfg)  # the config the checkpoints and config.json record
     ckpt_path = run_dir / CKPT
     if resume and not ckpt_path.exists():
@@ -154,9 +161,9 @@ def _train(run_dir: Path, cfg: TrainConfig, resume: bool, device: str | None, st
     if resume and ckpt_path.exists():
         ck = load_checkpoint(run_dir)
         saved, now = {k: v for k, v in ck["config"].items() if k not in _FREE_FIELDS}, _settings(cfg)
-        if cfg.retotal is not None:  # the explicit way to change the total: `steps` may differ then
-            saved.pop("steps", None)
-            now.pop("steps", None)
+        if cfg.retotal is not None:  # the explicit way to change the total: `train_steps` may differ then
+            saved.pop("train_steps", None)
+            now.pop("train_steps", None)
         check_settings(saved, now, ckpt_path, "pass --retotal N to change the step count, or --no-resume "
                                               "(resume=False)")
         # Keep the run's own settings (only the free fields are this invocation's): config.json
@@ -239,7 +246,7 @@ def _train(run_dir: Path, cfg: TrainConfig, resume: bool, device: str | None, st
         if cfg.deadline and sizing is None and step == cfg.size_at:
             sps = (time.time() - t_mark) / max(1, step - step_mark)
             left = (_deadline(cfg.deadline) - dt.datetime.now(dt.timezone.utc)).total_seconds()
-            total = int(min(cfg.steps, step + 0.97 * left / sps))
+            total = int(min(cfg.train_steps, step + 0.97 * left / sps))
             total = max(total, cfg.warmup + 1)
             sizing = dict(s_per_step=sps, deadline=cfg.deadline, total=total)
             bar.total = total
@@ -263,7 +270,8 @@ def _train(run_dir: Path, cfg: TrainConfig, resume: bool, device: str | None, st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Train the CultureWorld organism (resumable).")
     ap.add_argument("--run-dir", default="runs/organism")
-    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--train-steps", type=int, default=TrainConfig.train_steps, help="training steps")
+    renamed_flag(ap, "--steps", "--train-steps")
     ap.add_argument("--deadline", default=None, help="HH:MM UTC: size the step count to end by then")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=TrainConfig.batch)
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retotal", type=int, default=None, help="on resume: change the total step count")
     ap.add_argument("--no-resume", action="store_true")
     a = ap.parse_args(argv)
-    train(a.run_dir, TrainConfig(steps=a.steps, deadline=a.deadline, seed=a.seed, batch=a.batch, threads=a.threads, retotal=a.retotal), resume=not a.no_resume)
+    train(a.run_dir, TrainConfig(train_steps=a.train_steps, deadline=a.deadline, seed=a.seed, batch=a.batch, threads=a.threads, retotal=a.retotal), resume=not a.no_resume)
     return 0
 
 

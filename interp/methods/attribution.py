@@ -39,6 +39,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.checks import index_list
 from interp.errors import CultureLensError, SiteError
 from interp.interventions import InterventionBase, OnRows
 from interp.methods.generation import generate
@@ -250,7 +251,7 @@ def attribution(model: Any, prompt: str, words: str | Sequence[str], seed: int =
         raise SiteError(f"attribution: this {model.family} model names no cross-attention pattern sites")
     T = int(num_steps if num_steps is not None else model.defaults["steps"])
     if steps is not None:
-        steps = [int(s) for s in steps]
+        steps = index_list(steps, "attribution: steps (denoising-step indices; the count is num_steps)")
         bad = [s for s in steps if not 0 <= s < T]
         if bad or not steps:
             raise CultureLensError(f"attribution: steps {bad or steps} out of range; this run has {T} steps (0..{T - 1})")
@@ -258,7 +259,7 @@ def attribution(model: Any, prompt: str, words: str | Sequence[str], seed: int =
     keys = sorted({p for ps in tokens.values() for p in ps})
     text_q, img_q = _joint_split(model)
     accs = [_Accumulate(s, img_q, [text_q[k] for k in keys] if text_q is not None else keys, steps) for s in sites]
-    gen = generate(model, [prompt], seed=seed, steps=T, guidance=guidance, interventions=[*interventions, *accs],
+    gen = generate(model, [prompt], seed=seed, num_steps=T, guidance=guidance, interventions=[*interventions, *accs],
                    truncate=truncate)
     image = _image_tensor(gen.images[0])
     H, W = image.shape[:2]
@@ -329,12 +330,12 @@ def effect_map(model: Any, prompt: str, *, interventions: Sequence[Any], seed: i
     handles = [den.register_forward_pre_hook(same_input, with_kwargs=True),
                den.register_forward_hook(keep, with_kwargs=True)]
     try:
-        gen = generate(model, [prompt, prompt], seed=[seed, seed], steps=T, guidance=g, interventions=ivs,
+        gen = generate(model, [prompt, prompt], seed=[seed, seed], num_steps=T, guidance=g, interventions=ivs,
                        truncate=truncate)
     finally:
         for h in handles:
             h.remove()
-    edited = generate(model, [prompt], seed=seed, steps=T, guidance=g, interventions=interventions,
+    edited = generate(model, [prompt], seed=seed, num_steps=T, guidance=g, interventions=interventions,
                       truncate=truncate).images[0]
     image = _image_tensor(gen.images[0])
     H, W = image.shape[:2]

@@ -24,9 +24,9 @@ from jaxtyping import Float
 from PIL import Image
 from torch import Tensor
 
-from interp.checks import describe, finite_number, is_int, positive_int, prompt_list
+from interp.checks import describe, finite_number, is_int, positive_int, prompt_list, renamed
 from interp.engine.session import HookSession
-from interp.errors import CultureLensError, SiteError
+from interp.errors import CultureLensError, RenamedArgumentError, SiteError
 from interp.interventions import OnRows, Replace, Where
 from interp.methods.capture import envoy
 from interp.methods.heatmaps import figure, image_tensor
@@ -132,15 +132,20 @@ def prompt_seeds(seed: int | Sequence[int], n: int) -> list[int]:
     return seeds
 
 
-def pipeline_kwargs(model: Any, prompts: list[str], seed: int | Sequence[int], steps: int | None,
+@renamed(steps="num_steps")
+def pipeline_kwargs(model: Any, prompts: list[str], seed: int | Sequence[int], num_steps: int | None,
                     guidance: float | None, height: int | None = None, width: int | None = None,
                     **extra: Any) -> dict[str, Any]:
-    """The exact keyword arguments `generate` passes to the pipeline (also for reference runs)."""
-    d = model.defaults
-    # `steps` is a count here (how many denoising steps), unlike an intervention's `steps=`
-    # (which step indices): 0 would divide by zero inside the scheduler, -1 index out of range.
-    n_steps = positive_int(steps if steps is not None else d["steps"],
-                           "generate: steps (the number of denoising steps)")
+    """The exact keyword arguments `generate` passes to the pipeline (also for reference runs);
+    `num_steps` is the number of denoising steps (None: `model.defaults["steps"]`)."""
+    if "num_inference_steps" in extra:  # the pipeline's own name would silently override num_steps
+        raise RenamedArgumentError("generate: pass the number of denoising steps as num_steps=, not the pipeline's "
+                                   f"num_inference_steps={describe(extra['num_inference_steps'])}")
+    d = model.defaults  # the on-disk key of the count stays "steps" (culturelens.json, model.defaults)
+    # A count (how many denoising steps), unlike an intervention's `steps=` (which step
+    # indices): 0 would divide by zero inside the scheduler, -1 index out of range.
+    n_steps = positive_int(num_steps if num_steps is not None else d["steps"],
+                           "generate: num_steps (the number of denoising steps)")
     scale = finite_number(guidance if guidance is not None else d["guidance"], "generate: guidance")
     h = positive_int(height if height is not None else d["height"], "generate: height (pixels)")
     w = positive_int(width if width is not None else d["width"], "generate: width (pixels)")
@@ -159,11 +164,13 @@ def pipeline_kwargs(model: Any, prompts: list[str], seed: int | Sequence[int], s
     return kw
 
 
-def generate(model: Any, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, steps: int | None = None,
+@renamed(steps="num_steps")
+def generate(model: Any, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, num_steps: int | None = None,
              guidance: float | None = None, *, interventions: Sequence[Any] = (), height: int | None = None,
              width: int | None = None, truncate: bool = False, record: Sequence[str] = (),
              batch_size: int | None = None, **pipe_kwargs: Any) -> Generation:
     """Generate images for `prompts` with `interventions` active; defaults from `model.defaults`.
+    `num_steps`: how many denoising steps (step indices go on interventions: `Mask(u, steps=[0])`).
     `seed`: prompt i gets `seed + i`, or pass one seed per prompt. `record` names sites to capture
     on the way (see `Generation.acts`). `negative_prompt` may be one string (for every prompt) or
     one per prompt. `batch_size`: at most this many prompts per pipeline call (None: all in one);
@@ -186,7 +193,7 @@ def generate(model: Any, prompts: str | Sequence[str], seed: int | Sequence[int]
     if batch_size is not None:
         batch_size = positive_int(batch_size, "generate: batch_size (prompts per pipeline call)")
         if len(prompts) > batch_size:
-            return _generate_chunked(model, prompts, prompt_seeds(seed, len(prompts)), steps, guidance,
+            return _generate_chunked(model, prompts, prompt_seeds(seed, len(prompts)), num_steps, guidance,
                                      interventions, batch_size, height=height, width=width, truncate=truncate,
                                      record=record, **pipe_kwargs)
     final: list[Tensor] = []
@@ -200,7 +207,7 @@ def generate(model: Any, prompts: str | Sequence[str], seed: int | Sequence[int]
     def recorder(site: Site, act: Tensor, where: Where) -> None:
         raw[site.name].append((where, act.detach().clone()))
 
-    kw = pipeline_kwargs(model, prompts, seed, steps, guidance, height, width, **pipe_kwargs)
+    kw = pipeline_kwargs(model, prompts, seed, num_steps, guidance, height, width, **pipe_kwargs)
     kw.update(callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"])
     with torch.no_grad(), HookSession(model, interventions, record=record, recorder=recorder):
         out = model.pipe(**kw)
@@ -224,7 +231,7 @@ def _chunk_intervention(iv: Any, sl: slice, n: int) -> Any:
     return iv
 
 
-def _generate_chunked(model: Any, prompts: list[str], seeds: list[int], steps: int | None, guidance: float | None,
+def _generate_chunked(model: Any, prompts: list[str], seeds: list[int], num_steps: int | None, guidance: float | None,
                       interventions: Sequence[Any], batch_size: int, **kwargs: Any) -> Generation:
     """`generate` in chunks of `batch_size` prompts, each with its own seeds, joined in order:
     images and latents along the batch, activations along their prompt axis (denoiser
@@ -236,7 +243,7 @@ def _generate_chunked(model: Any, prompts: list[str], seeds: list[int], steps: i
         sl = slice(start, start + batch_size)
         ivs = [c for c in (_chunk_intervention(iv, sl, n) for iv in interventions) if c is not None]
         extra = {} if neg is None else {"negative_prompt": neg[sl]}
-        parts.append(generate(model, prompts[sl], seed=seeds[sl], steps=steps, guidance=guidance, interventions=ivs,
+        parts.append(generate(model, prompts[sl], seed=seeds[sl], num_steps=num_steps, guidance=guidance, interventions=ivs,
                               **extra, **kwargs))
     acts = {}
     for name in parts[0].acts:
@@ -276,11 +283,12 @@ def _stack(name: str, items: list[tuple[int, Tensor]], batch: int) -> Tensor:
     return acts.reshape(acts.shape[0], rows, batch, *acts.shape[2:])
 
 
+@renamed(steps="num_steps")
 def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int | Sequence[int] = 0,
-                       steps: int | None = None, guidance: float | None = None, *,
+                       num_steps: int | None = None, guidance: float | None = None, *,
                        interventions: Sequence[Any] = (), engine: str = "hooks", **kwargs: Any) -> Generation:
     """Generate and capture `sites` (denoiser and/or text sites) at every call; see
-    `Generation.acts` for the shapes ([T, C, B, ...] at denoiser sites).
+    `Generation.acts` for the shapes ([T, C, B, ...] at denoiser sites); `num_steps` denoising steps.
 
     engine="hooks" (default) records any site with the hook engine; engine="nnsight" traces the
     whole pipeline with nnsight (`tracer.iter` over denoising steps) — UNet `attn2.hook_out` sites
@@ -291,14 +299,14 @@ def capture_generation(model: Any, prompts: str | Sequence[str], sites: Sequence
     if engine == "nnsight":
         if interventions:
             raise CultureLensError("capture_generation(engine='nnsight') takes no interventions; use engine='hooks'")
-        return _capture_nnsight(model, prompts, sites, seed, steps, guidance, **kwargs)
+        return _capture_nnsight(model, prompts, sites, seed, num_steps, guidance, **kwargs)
     if engine != "hooks":
         raise CultureLensError(f"capture_generation: engine {engine!r}; use 'hooks' or 'nnsight'")
-    return generate(model, prompts, seed, steps, guidance, interventions=interventions, record=sites, **kwargs)
+    return generate(model, prompts, seed, num_steps, guidance, interventions=interventions, record=sites, **kwargs)
 
 
 def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[str], seed: int | Sequence[int],
-                     steps: int | None, guidance: float | None, **kwargs: Any) -> Generation:
+                     num_steps: int | None, guidance: float | None, **kwargs: Any) -> Generation:
     import nnsight
     # The one private name of another package used here: nnsight 0.8 has no public wrapper for a
     # pipeline already in memory (`DiffusionModel` loads from a repo id or folder), so its
@@ -316,7 +324,7 @@ def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[s
     if "pipeline" not in cache:
         cache["pipeline"] = nnsight.NNsight(_PipelineModule(model.pipe))
     nm = cache["pipeline"]
-    kw = pipeline_kwargs(model, prompts, seed, steps, guidance, **kwargs)
+    kw = pipeline_kwargs(model, prompts, seed, num_steps, guidance, **kwargs)
     final: list[Tensor] = []
 
     def keep_latents(pipe: Any, i: int, t: Any, cb: dict) -> dict:

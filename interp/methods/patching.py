@@ -399,7 +399,7 @@ def _patch_denoiser(model: Any, clean: list[str], corrupt: list[str], groups: li
     conds = [_Condition(sg, g, h, p) for sg in groups for g in step_groups
              for h in _groups(heads, min(s.dim for s in sg), "heads", f"site {sg[0].name!r}")
              for p in ([None] if positions is None else list(positions))]
-    gen_kw = dict(steps=T, guidance=guidance, truncate=truncate)
+    gen_kw = dict(num_steps=T, guidance=guidance, truncate=truncate)
     seeds = prompt_seeds(seed, n_prompts)
     clean_gen = capture_generation(model, clean, [s.name for s in parsed], seed=seeds, **gen_kw)
     corrupt_gen = generate(model, corrupt, seed=seeds, **gen_kw)

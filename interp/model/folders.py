@@ -15,7 +15,9 @@ from interp.result_io import read_json
 DEFAULTS_FILE = "culturelens.json"
 
 # Generation defaults a culturelens.json may set: (kind, minimum). Counts and sizes are ints ≥ 1
-# (`steps: -3` or `0` would fail deep in the scheduler), guidance a finite number.
+# (`steps: -3` or `0` would fail deep in the scheduler), guidance a finite number. "steps" is the
+# default denoising count (generate's `num_steps`): the key keeps its pre-0.2.0 name in
+# culturelens.json and `model.defaults`, so folders written before the rename read unchanged.
 _DEFAULT_KEYS: dict[str, tuple[str, int | None]] = {"steps": ("int", 1), "guidance": ("number", None),
                                                     "height": ("int", 1), "width": ("int", 1)}
 
