@@ -102,7 +102,7 @@ def score(
     memo, key = _PLAIN_SCORES.get(), None
     if memo is not None and not any(ivs_of.values()):
         texts = tuple((c, i, p.id, p.concept_prompt if prompt == "concept" else p.noun_prompt) for c, i, p in items)
-        key = (id(model), id(judge), prompt, texts, seed, steps, batch_size, keep_images,
+        key = (id(model), id(judge), prompt, texts, seed, num_steps, batch_size, keep_images,
                repr(sorted(generate_kw.items())))
         hit = memo.get(key)
         # The culture judgements do not depend on the noun judge: a request without one reuses a
