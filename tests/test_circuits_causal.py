@@ -345,3 +345,37 @@ def test_specificity_matrix_and_overlap(model, sae_units, tmp_path):
     assert o["n_units"] == 8 and o["n_distinct"] == 5 and o["n_shared"] == 2
     assert o["most_shared"][0] == {"unit": 3, "n_cultures": 3, "cultures": ["ja", "de", "fr"]}
     assert o["histogram"] == {"1": 3, "2": 1, "3": 1}
+
+
+def test_plain_scores_reused_inside_the_block_only(model, units, monkeypatch):
+    """`reuse_plain_scores`: inside it, a second identical plain `score` generates nothing and gives
+    the same judgements (a request without a noun judge reuses one with it); a request with
+    interventions, other seeds or outside the block generates again."""
+    from circuits.causal.validate import masked_interventions
+    from circuits.evaluate import reuse_plain_scores, score
+
+    groups = circuits.by_concept(circuits.as_pairs(PAIRS))
+    calls = []
+    real = interp.generate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(interp, "generate", counting)
+    fresh = score(model, groups, colour_judge, noun_judge=colour_noun_judge)
+    n_fresh = len(calls)
+    with reuse_plain_scores():
+        first = score(model, groups, colour_judge, noun_judge=colour_noun_judge)
+        n = len(calls)
+        again = score(model, groups, colour_judge, noun_judge=colour_noun_judge)
+        no_noun = score(model, groups, colour_judge)
+        assert len(calls) == n == 2 * n_fresh  # the two repeats generated nothing
+        score(model, groups, colour_judge, lambda c: masked_interventions(units, c))
+        score(model, groups, colour_judge, seed=5)
+        assert len(calls) == 4 * n_fresh
+    score(model, groups, colour_judge)
+    assert len(calls) == 5 * n_fresh
+    for s in (first, again, no_noun):
+        assert s.ids == fresh.ids and torch.equal(s.correct, fresh.correct) and s.predicted == fresh.predicted
+    assert torch.equal(again.noun_correct, fresh.noun_correct) and no_noun.noun_correct is None
