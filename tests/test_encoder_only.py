@@ -286,10 +286,12 @@ def test_model_to_moves_the_pipeline_and_clears_cached_state(folders):
         denoiser_sites(m)
         with interp.intervene(m, []):
             pass
-        cached = {k for k in ("_nnsight", "_denoiser_sites", "_hook_runtime") if k in m.__dict__}
-        assert "_nnsight" in cached and "_hook_runtime" in cached
+        assert m.engine.nnsight and m.engine.runtime is not None
+        assert (m.engine.denoiser_sites is not None) == m.has_denoiser
         assert m.to(torch.bfloat16) is m
-        assert m.dtype == torch.bfloat16 and not cached & set(m.__dict__)
+        assert m.dtype == torch.bfloat16 and not m.engine.nnsight and m.engine.runtime is None
+        assert m.engine.denoiser_sites is None and not m.engine.sessions
+        assert "_hook_runtime" not in m.__dict__ and "_nnsight" not in m.__dict__  # nothing hidden
         modules = [e.module for e in m.encoders.values()]
         modules += [m.denoiser, m.pipe.vae] if m.has_denoiser else []
         assert {p.dtype for mod in modules for p in mod.parameters()} == {torch.bfloat16}

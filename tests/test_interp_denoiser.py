@@ -26,7 +26,7 @@ def _state(model):
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in mods)
     procs = {k: type(v) for k, v in model.denoiser.attn_processors.items()}
     sched = {k for k in ("step", "set_timesteps") if k in model.pipe.scheduler.__dict__}
-    return hooks, procs, type(model.pipe), sched, len(model.__dict__.get("_hook_sessions", []))
+    return hooks, procs, type(model.pipe), sched, len(model.engine.sessions)
 
 
 def _xattn_outs(model):

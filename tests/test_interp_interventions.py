@@ -167,4 +167,4 @@ def test_capture_inside_intervene_equals_capture_with_interventions(tiny_sd, hoo
     for n in names:
         assert torch.equal(direct[n], inside[n])
     assert torch.all(inside[site][..., [1, 2]] == 0)
-    assert not tiny_sd.__dict__.get("_hook_sessions")
+    assert not tiny_sd.engine.sessions

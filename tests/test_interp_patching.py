@@ -74,7 +74,7 @@ def _hook_state(model):
     mods = list(model.denoiser.modules()) + [m for e in model.encoders.values() for m in e.module.modules()]
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in mods)
     procs = sorted((k, type(p).__name__) for k, p in model.denoiser.attn_processors.items())
-    return hooks, procs, len(model.__dict__.get("_hook_sessions", []))
+    return hooks, procs, len(model.engine.sessions)
 
 
 @pytest.mark.parametrize("family", ["sd", "altdiffusion"])

@@ -86,7 +86,7 @@ class _Runtime:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.sessions: list[HookSession] = model.__dict__.setdefault("_hook_sessions", [])
+        self.sessions: list[HookSession] = model.engine.sessions
         self.in_call = False
         self.batch: int | None = None
         self.flux_true_cfg = False
@@ -308,9 +308,9 @@ class _Runtime:
 
 
 def runtime(model: Any) -> _Runtime:
-    rt = model.__dict__.get("_hook_runtime")
+    rt = model.engine.runtime
     if rt is None:
-        rt = model.__dict__["_hook_runtime"] = _Runtime(model)
+        rt = model.engine.runtime = _Runtime(model)
     return rt
 
 

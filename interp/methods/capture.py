@@ -31,7 +31,7 @@ def _nn(model: Any, prefix: str) -> Any:
     """The nnsight wrapper of one encoder, built once per model."""
     import nnsight
 
-    cache = model.__dict__.setdefault("_nnsight", {})
+    cache = model.engine.nnsight
     if prefix not in cache:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*which nnsight already serves.*")
@@ -83,7 +83,7 @@ def trace_encoder(model: Any, prefix: str, batch: Any, reads: Sequence[Site],
     # nnsight sees a module's output before torch forward hooks run; an enclosing `intervene`
     # block edits it afterwards, so apply those edits to the reported value too (inputs already
     # arrive edited by forward pre-hooks).
-    outer = {s.name: [iv for sess in model.__dict__.get("_hook_sessions", []) for iv in sess.by_site.get(s.name, [])]
+    outer = {s.name: [iv for sess in model.engine.sessions for iv in sess.by_site.get(s.name, [])]
              for s in ordered if s.mode != "in0"}
     needs_eager = any(s.kind == "pattern" for s in reads)
     with torch.no_grad(), enc.eager_attention(needs_eager), nm.trace(batch["input_ids"], **kwargs):

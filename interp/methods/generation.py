@@ -320,7 +320,7 @@ def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[s
     bad = [s.name for s in parsed if s.kind != "xattn_out"]
     if bad:
         raise SiteError(f"capture_generation(engine='nnsight') reads UNet attn2.hook_out sites only, not {bad}")
-    cache = model.__dict__.setdefault("_nnsight", {})
+    cache = model.engine.nnsight
     if "pipeline" not in cache:
         cache["pipeline"] = nnsight.NNsight(_PipelineModule(model.pipe))
     nm = cache["pipeline"]

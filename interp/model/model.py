@@ -253,6 +253,24 @@ def load_encoder_folder(path: str | os.PathLike, device: str | torch.device = "c
 
 
 @dataclass
+class EngineState:
+    """A model's state in the edit engine and the tracers, declared here rather than hidden in
+    `Model.__dict__`. Owned by `interp.engine.session` (`runtime`, `sessions`), `interp.methods`
+    (`nnsight`) and `interp.model.sites` (`denoiser_sites`); `Model.to` drops what depends on the
+    device and dtype (everything but the open sessions, which `to` refuses to run under)."""
+
+    runtime: Any = None  # interp.engine.session._Runtime: step/branch bookkeeping shared by open sessions
+    sessions: list[Any] = field(default_factory=list)  # open HookSessions, outermost first
+    nnsight: dict[str, Any] = field(default_factory=dict)  # nnsight wrappers: encoder prefix or "pipeline"
+    denoiser_sites: tuple[Any, list[Any]] | None = None  # (denoiser module, its resolved sites)
+
+    def drop_device_caches(self) -> None:
+        """Forget the wrappers, processors' runtime and resolved sites: rebuilt on next use."""
+        self.runtime, self.denoiser_sites = None, None
+        self.nnsight.clear()
+
+
+@dataclass
 class Model:
     """A loaded pipeline with named sites. Build with `interp.load` or `interp.tiny`; a transformers
     text-encoder folder loads as an encoder-only Model (`pipe` is then an `EncoderOnly`)."""
@@ -262,6 +280,7 @@ class Model:
     encoders: dict[str, TextEncoder]
     defaults: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    engine: EngineState = field(default_factory=EngineState, repr=False, compare=False)
 
     @classmethod
     def from_pipeline(cls, pipe: Any, defaults: dict[str, Any] | None = None, path: str | None = None) -> "Model":
@@ -304,17 +323,13 @@ class Model:
                    defaults=NoGenerationDefaults(path), path=path)
 
     # -- device / dtype ----------------------------------------------------------------------
-    # Per-model caches (set by capture, generation, sites, the hook engine) that hold modules or
-    # tensors of the current device/dtype; `to` drops them so they are rebuilt on next use.
-    _DEVICE_CACHES = ("_nnsight", "_denoiser_sites", "_hook_runtime")
-
     def to(self, *args: Any, **kwargs: Any) -> "Model":
         """Move the whole pipeline (every encoder and the denoiser; an encoder-only model its encoder)
         to a device and/or dtype, e.g. `model.to("cuda")`, `model.to(torch.float16)`,
         `model.to("cuda", torch.bfloat16)` (the pipeline's own `.to`), and clear the cached state
         that depends on them. Returns the model. Refused inside `interp.intervene` / a running
         generation (the installed hooks and processors belong to the old placement)."""
-        if self.__dict__.get("_hook_sessions"):
+        if self.engine.sessions:
             raise CultureLensError("Model.to: interventions are installed on this model (inside interp.intervene "
                                    "or a generation); move it before or after, not during")
         import logging
@@ -328,8 +343,7 @@ class Model:
             self.pipe.to(*args, **kwargs)
         finally:
             log.removeFilter(quiet)
-        for key in self._DEVICE_CACHES:
-            self.__dict__.pop(key, None)
+        self.engine.drop_device_caches()  # they hold modules and tensors of the old placement
         return self
 
     # -- facts -----------------------------------------------------------------------------

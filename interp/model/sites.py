@@ -297,10 +297,9 @@ def denoiser_sites(model: "Model") -> list[Site]:
     if not model.has_denoiser:
         return []
     den = model.denoiser
-    cache = model.__dict__.get("_denoiser_sites")
+    cache = model.engine.denoiser_sites
     if cache is None or cache[0] is not den:
-        cache = (den, unet_sites(model) + mmdit_sites(model))
-        model.__dict__["_denoiser_sites"] = cache
+        cache = model.engine.denoiser_sites = (den, unet_sites(model) + mmdit_sites(model))
     return cache[1]
 
 
