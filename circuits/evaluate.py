@@ -100,10 +100,13 @@ def score(
         raise CultureLensError("score: no prompts to generate")
     ivs_of = {c: list(interventions_for(c)) if interventions_for is not None else [] for c in groups}
     memo, key = _PLAIN_SCORES.get(), None
-    if memo is not None and not any(ivs_of.values()):
+    # Only settings that compare by value enter the key (a tensor's repr is abbreviated, so two
+    # different latents could look alike): a request with any other keyword is not memoised.
+    plain_kw = all(isinstance(v, (str, int, float, bool, type(None))) for v in generate_kw.values())
+    if memo is not None and plain_kw and not any(ivs_of.values()):
         texts = tuple((c, i, p.id, p.concept_prompt if prompt == "concept" else p.noun_prompt) for c, i, p in items)
         key = (id(model), id(judge), prompt, texts, seed, num_steps, batch_size, keep_images,
-               repr(sorted(generate_kw.items())))
+               tuple(sorted(generate_kw.items())))
         hit = memo.get(key)
         # The culture judgements do not depend on the noun judge: a request without one reuses a
         # request with one (dropping its noun scores); with one, only the same noun judge's.
