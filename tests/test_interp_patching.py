@@ -165,6 +165,16 @@ def test_patch_denoiser_errors(tiny_sd):
         interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z], m, steps=[5])
     with pytest.raises(interp.SiteError, match="has no heads"):
         interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [out], m, heads=[0])
+    # a lone int is neither a count nor one index here (num_steps= is the count); floats and bools
+    # are refused, not truncated, as interventions refuse them
+    with pytest.raises(interp.CultureLensError, match=r"steps=4 is a single integer.*\[4\] patches step 4 alone.*num_steps="):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z], m, steps=4)
+    with pytest.raises(interp.CultureLensError, match=r"patch: steps\[0\]: indices must be integers"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z], m, steps=[1.5])
+    with pytest.raises(interp.CultureLensError, match=r"patch: heads\[1\]: indices must be integers"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z], m, heads=[[0], [1, True]])
+    with pytest.raises(interp.CultureLensError, match=r"patch: heads\[0\] is an empty group"):
+        interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z], m, heads=[[]])
     with pytest.raises(interp.CultureLensError, match="heads \\[99\\] out of range"):
         interp.patch(tiny_sd, D_CLEAN, D_CORRUPT, [z], m, heads=[99])
     with pytest.raises(interp.SiteError, match="steps= applies to denoiser sites only"):

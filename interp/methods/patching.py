@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from interp.checks import index_list, is_int
 from interp.errors import CultureLensError, SiteError
 from interp.interventions import BRANCH_CHOICES, InterventionBase, Replace
 from interp.methods.capture import capture, trace_encoder
@@ -320,20 +321,34 @@ def _patch_text(model: Any, clean: list[str], corrupt: list[str], parsed: list[S
 # -- denoiser sites ---------------------------------------------------------------------------
 
 def _groups(spec: Groups, n: int, what: str, where: str) -> list[tuple[int, ...] | None]:
-    """None -> [None] (all at once); "each" -> one group per index; ints / lists -> groups, checked."""
+    """None -> [None] (all at once); "each" -> one group per index; a list of ints -> one group
+    each; a list of lists -> those groups. Indices are checked as interventions check theirs
+    (`interp.checks.index_list`: a lone int, a float or a bool is refused, not read as a count or
+    truncated) and against the range."""
     if spec is None:
         return [None]
     if isinstance(spec, str):
         if spec != "each":
             raise CultureLensError(f"patch: {what}={spec!r}; use None, 'each', a list of indices or a list of lists")
         return [(i,) for i in range(n)]
+    if is_int(spec):
+        hint = " (a count of denoising steps is num_steps=)" if what == "steps" else ""
+        raise CultureLensError(f"patch: {what}={int(spec)} is a single integer, but {what}= takes indices: "
+                               f"[{int(spec)}] patches {what[:-1]} {int(spec)} alone, 'each' every {what[:-1]} "
+                               f"in turn{hint}")
+    if isinstance(spec, Tensor):
+        spec = spec.tolist() if spec.ndim > 0 else [spec]
+    if not hasattr(spec, "__iter__"):
+        raise CultureLensError(f"patch: {what}= expected None, 'each' or a list of indices; got {type(spec).__name__}")
     out: list[tuple[int, ...]] = []
-    for g in spec:
-        group = isinstance(g, Sequence) or (isinstance(g, Tensor) and g.ndim > 0)
-        idx = tuple(int(i) for i in g) if group else (int(g),)
+    for j, g in enumerate(spec):
+        is_group = (isinstance(g, Sequence) and not isinstance(g, str)) or (isinstance(g, Tensor) and g.ndim > 0)
+        idx = tuple(index_list(g if is_group else [g], f"patch: {what}[{j}]"))
+        if not idx:
+            raise CultureLensError(f"patch: {what}[{j}] is an empty group")
         bad = [i for i in idx if not 0 <= i < n]
-        if bad or not idx:
-            raise CultureLensError(f"patch: {what} {bad or list(idx)} out of range for {where}; valid {what} are 0..{n - 1}")
+        if bad:
+            raise CultureLensError(f"patch: {what} {bad} out of range for {where}; valid {what} are 0..{n - 1}")
         out.append(idx)
     if not out:
         raise CultureLensError(f"patch: {what}= is an empty list")
