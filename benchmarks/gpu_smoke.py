@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [c for c in CHECKS if not rec.checks.get(c)]
         if bad:
             failures.append(f"{name}: checks failed: {bad}")
-        rec.save(work / f"{name}.json")
+        rec.save(work / f"{name}-run")  # realsize.json + realsize.safetensors (work/<name> held the pipeline)
     print(f"total {time.time() - t0:.0f} s; {len(failures)} failure(s)")
     for f in failures:
         print("FAILURE:", f.splitlines()[0])

@@ -13,16 +13,22 @@ import gc
 import json
 import threading
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
 
 import interp
 from circuits.data.culturebench import bundled
+from circuits.plots import pyplot, save_figure
 from interp.checks import renamed
+from interp.result_io import DataclassResult, Stored, from_fields, read_json, with_heading
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Overhead goals of the issue: capture within 1.3x of a plain forward, masked generation
 #: within 1.1x of plain generation.
@@ -66,8 +72,11 @@ class Peak:
 
 
 @dataclass
-class RealSizeRun:
-    """Timings of one architecture: `rows` (phase, seconds, peak RSS / GPU GB) and `ratios`."""
+class RealSizeRun(DataclassResult):
+    """Timings of one architecture: `rows` (phase, seconds, peak RSS / GPU GB), `ratios` and
+    `checks`. `save(folder)` writes realsize.json (the fields) and an empty realsize.safetensors."""
+
+    result_name: ClassVar[str] = "realsize"
 
     name: str
     device: str
@@ -93,7 +102,9 @@ class RealSizeRun:
     def seconds(self, phase: str) -> float:
         return next(r["seconds"] for r in self.rows if r["phase"] == phase)
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, heading: str | None = None) -> str:
+        """The phases (seconds, peak RSS, peak GPU when measured) and the ratios against their
+        goals; under `heading` (a Markdown heading line) when given."""
         gpu = any(r["peak_gpu_gb"] is not None for r in self.rows)
         head = "| phase | seconds | peak RSS GB |" + (" peak GPU GB |" if gpu else "")
         lines = [f"**{self.name}** ({self.device}, {self.dtype}; {json.dumps(self.settings)})", "", head,
@@ -105,32 +116,30 @@ class RealSizeRun:
             goal = GOALS.get(k)
             lines.append(f"| ratio {k} | {v:.3f}× | goal {goal}× |" + (" |" if gpu else "") if goal else
                          f"| ratio {k} | {v:.3f}× | |" + (" |" if gpu else ""))
-        return "\n".join(lines)
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(asdict(self), indent=2))
-        return path
+        return with_heading("\n".join(lines), heading)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RealSizeRun":
-        return cls(**json.loads(Path(path).read_text()))
+    def load(cls, folder: str | Path) -> Self:
+        """Read back what `save` wrote. A path to a JSON file of another name is the old form
+        (one file holding the fields), still read, with a DeprecationWarning."""
+        path = Path(folder)
+        if path.suffix == ".json" and path.name != f"{cls.result_name}.json" and path.is_file():
+            warnings.warn(f"{path}: a RealSizeRun file of the old form (one JSON file); save it again to get a "
+                          f"folder with {cls.result_name}.json and {cls.result_name}.safetensors",
+                          DeprecationWarning, stacklevel=2)
+            meta = read_json(path)
+            return from_fields(cls, meta, "", Stored.of(meta, {}, str(path)))
+        return super().load(folder)
 
-    def plot(self, path: str | Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 0.35 * len(self.rows) + 1))
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Wall time per phase, one horizontal bar each, in the order measured."""
+        fig, ax = pyplot().subplots(figsize=(7, 0.35 * len(self.rows) + 1))
         ax.barh([r["phase"] for r in self.rows], [r["seconds"] for r in self.rows])
         ax.set_xlabel("seconds")
         ax.set_title(f"{self.name} ({self.device}, {self.dtype})")
         ax.invert_yaxis()
         fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-        return Path(path)
+        return save_figure(fig, path)
 
 
 def prompts_of(n_pairs: int) -> tuple[list[Any], list[str]]:

@@ -1,10 +1,11 @@
 """The result protocol and its files: `<name>.json` (tables, labels) + `<name>.safetensors` (tensors).
 
-Every result object of interp and circuits follows one protocol (`Result`): `save(folder) ->
-Path`, `Type.load(folder)`, `to_markdown()` and `plot(path=None) -> Figure`. This module holds
-the protocol, the atomic writers, the JSON conversion and the dataclass save/load every result
-uses (circuits.results builds on these: the import graph runs circuits -> sae -> interp). Files
-are written to a temporary name and renamed, so a reader never sees half a file; no pickle.
+Every result object of interp, sae and circuits follows one protocol (`Result`): `save(folder) ->
+Path`, `Type.load(folder)`, `to_markdown(heading=None)` and `plot(path=None) -> Figure`. This
+module holds the protocol, the atomic writers, the JSON conversion and the dataclass save/load
+every result uses (circuits.results builds on these: the import graph runs circuits -> sae ->
+interp). Files are written to a temporary name and renamed, so a reader never sees half a file;
+no pickle.
 
 nnsight (0.8) mounts a `save` method on `object` itself when it is imported, so every object
 without its own `save` answers `x.save()` with nnsight's "save() was called outside a trace".
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import io
 import json
 import math
 import os
@@ -28,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
@@ -41,7 +44,8 @@ if TYPE_CHECKING:
 class Result(Protocol):
     """What every result object offers. `save` writes `folder/<name>.json` (+ `.safetensors`)
     and returns the folder; `load` reads it back equal; `to_markdown` is a Markdown table or
-    section (report sections also take `heading=`); `plot` draws a figure, written to `path`
+    section, under `heading` (a Markdown heading line, then a blank line) when one is given
+    (report sections default to their own heading); `plot` draws a figure, written to `path`
     when given."""
 
     def save(self, folder: str | Path) -> Path: ...
@@ -49,9 +53,14 @@ class Result(Protocol):
     @classmethod
     def load(cls, folder: str | Path) -> Self: ...
 
-    def to_markdown(self) -> str: ...
+    def to_markdown(self, heading: str | None = None) -> str: ...
 
     def plot(self, path: str | Path | None = None) -> Figure: ...
+
+
+def with_heading(body: str, heading: str | None) -> str:
+    """`body` under `heading` (its line, a blank line, then the body); `body` itself for None."""
+    return body if heading is None else f"{heading}\n\n{body}"
 
 
 def jsonable(x: Any) -> Any:
@@ -176,6 +185,47 @@ def load_result(folder: str | Path, name: str, writer: str) -> tuple[dict[str, A
     return json.loads((folder / f"{name}.json").read_text()), load_file(str(folder / f"{name}.safetensors"))
 
 
+def save_images(folder: Path, images: collections.abc.Sequence[Any], stem: str, key: str
+                ) -> tuple[list[dict[str, str]], dict[str, torch.Tensor]]:
+    """PIL images as `folder/<stem>_<i>.png` (written now), other images (arrays, tensors) as
+    tensors `<key>.<i>` for the result's safetensors file: (one JSON entry per image, the tensors)."""
+    from PIL import Image
+
+    entries: list[dict[str, str]] = []
+    tensors: dict[str, torch.Tensor] = {}
+    for i, img in enumerate(images):
+        if isinstance(img, Image.Image):
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            atomic_write_bytes(folder / f"{stem}_{i}.png", buf.getvalue())
+            entries.append({"png": f"{stem}_{i}.png"})
+        else:
+            tensors[f"{key}.{i}"] = torch.as_tensor(np.asarray(img))
+            entries.append({"tensor": f"{key}.{i}"})
+    return entries, tensors
+
+
+def load_images(folder: Path, entries: list[dict[str, str]], tensors: dict[str, torch.Tensor], where: str) -> list[Any]:
+    """The images `save_images` wrote: PNGs as PIL images, the others as numpy arrays; `where`
+    (the result's JSON file) is named when a PNG or tensor is missing."""
+    from PIL import Image
+
+    images: list[Any] = []
+    for i, e in enumerate(entries):
+        if "png" in e:
+            if not (folder / e["png"]).is_file():
+                raise CultureLensError(f"{folder / e['png']}: missing; image {i} of {where}")
+            with Image.open(folder / e["png"]) as im:
+                im.load()
+                images.append(im.copy())
+        elif e.get("tensor") in tensors:
+            images.append(tensors[e["tensor"]].numpy())
+        else:
+            raise CultureLensError(f"{where}: image {i} names tensor {e.get('tensor')!r}, which the safetensors "
+                                   "file beside it lacks")
+    return images
+
+
 # -- dataclass results: fields to JSON + safetensors and back ---------------------------------
 
 def _leaves(obj: Any, prefix: str = "") -> collections.abc.Iterator[tuple[str, Any]]:
@@ -280,6 +330,25 @@ def record(obj: Any) -> dict[str, Any]:
     return {**meta, "_nonfinite": nonfinite} if nonfinite else meta
 
 
+def require_keys(meta: Any, keys: collections.abc.Iterable[str], where: str, kind: str) -> None:
+    """A `kind` record read by hand must have `keys`: else an error naming the file `where` and
+    the keys missing (as `from_fields` does for dataclass results)."""
+    if not isinstance(meta, dict):
+        raise CultureLensError(f"{where}: should hold a {kind} record (a JSON object), got {type(meta).__name__}")
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise CultureLensError(f"{where}: no {', '.join(map(repr, missing))}, which {kind} needs; the file is not "
+                               f"a {kind} record (or an older one)")
+
+
+def restore_nonfinite(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """A record read back with its NaN / ±inf floats put back where its "_nonfinite" list (see
+    `record`) says; for results that read their JSON by hand rather than by `from_fields`."""
+    meta = dict(meta)
+    nonfinite = meta.pop("_nonfinite", None) or {}
+    return from_jsonable(Any, meta, "", Stored({}, nonfinite, where)) if nonfinite else meta
+
+
 class DataclassResult:
     """`save`/`load` for a dataclass result: its `to_json()` (the record a report's results.json
     holds, if it has one) as `<result_name>.json`, its tensor fields as `<result_name>.safetensors`.
@@ -289,7 +358,12 @@ class DataclassResult:
 
     def save(self, folder: str | Path) -> Path:
         """`folder/<result_name>.json` + `.safetensors`; returns the folder."""
-        return save_result(folder, self.result_name, record(self), tensor_fields(self))
+        return save_result(folder, self.result_name, self.saved_record(), tensor_fields(self))
+
+    def saved_record(self) -> dict[str, Any]:
+        """The JSON `save` writes: `record(self)`. A result whose `to_json` (the record reports
+        embed) leaves out fields that `load` needs adds them here."""
+        return record(self)
 
     @classmethod
     def load(cls, folder: str | Path) -> Self:

@@ -20,7 +20,7 @@ from jaxtyping import Float, UInt8
 from torch import Tensor
 
 from interp.methods import heatmaps
-from interp.result_io import load_result, save_result
+from interp.result_io import load_result, save_result, with_heading
 from sae import denoiser
 from sae.denoiser import DenoiserCapture
 from sae.errors import SAEError
@@ -52,7 +52,9 @@ class FeatureMaps:
             raise SAEError(f"FeatureMaps: no map for latent {latent}; latents are {self.latents}")
         return self.total[self.latents.index(latent)]
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, heading: str | None = None) -> str:
+        """Per latent: the peak of its aggregate map, max, mean, top-10% mass share and the
+        steps it fires at; under `heading` when given."""
         lines = [f"SAE latent maps at `{self.site}` for {self.prompt!r} (seed {self.meta.get('seed')}, "
                  f"steps {self.steps})", "",
                  "| latent | peak (row, col) | max | mean | top-10% mass share | steps firing |",
@@ -63,7 +65,7 @@ class FeatureMaps:
             firing = [t for t, per in zip(self.steps, self.raw[:, i]) if float(per.max()) > 0]
             lines.append(f"| {j} | ({r}, {c}) | {float(self.raw[:, i].max()):.4g} | {float(m.mean()):.4g} | "
                          f"{heatmaps.mass_share(m):.3f} | {firing} |")
-        return "\n".join(lines)
+        return with_heading("\n".join(lines), heading)
 
     def plot(self, path: str | Path | None = None, steps: Sequence[int] | None = None) -> Any:
         """The image, each latent's aggregate map, then (for `steps`, e.g. [0, 1]) its per-step

@@ -4,8 +4,11 @@ or denoiser sites; and what splicing does to the image (`splice_fidelity`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -14,9 +17,15 @@ import interp
 from interp.checks import finite_number, index_list
 from interp.fidelity import ssim
 from interp.interventions import check_branch
+from interp.methods import heatmaps
+from interp.result_io import (load_images, load_result, record, require_keys, restore_nonfinite, result_folder,
+                              save_images, save_result, with_heading)
 from sae.errors import SAEError
 from sae.layout import as_rows, from_rows
 from sae.model import TopKSAE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _finite(x: float | Sequence[float] | Tensor | None, what: str) -> float | Sequence[float] | Tensor | None:
@@ -139,10 +148,16 @@ def splice(sae: TopKSAE, site: str, keep_error: bool = False, *, steps: Sequence
                  head=head)
 
 
-class SpliceFidelity(NamedTuple):
+@dataclass(frozen=True)
+class SpliceFidelity:
     """What splicing the SAE in (no error term) does to the images: `ssim` [n] of each spliced
     image with the plain one (same prompt and seed); `judge_agreement` the share of images whose
-    judge label is unchanged (None without a judge); the labels and images themselves."""
+    judge label is unchanged (None without a judge); the labels and images themselves.
+
+    `save(folder)`: PIL images as `plain_{i}.png` / `spliced_{i}.png`, `ssim` and other images
+    (arrays) in splice_fidelity.safetensors, the rest in splice_fidelity.json."""
+
+    result_name: ClassVar[str] = "splice_fidelity"
 
     ssim: Float[Tensor, "n"]
     mean_ssim: float
@@ -151,6 +166,61 @@ class SpliceFidelity(NamedTuple):
     labels_spliced: list[str] | None
     images_plain: list[Any]
     images_spliced: list[Any]
+
+    def to_markdown(self, heading: str | None = None) -> str:
+        """The mean SSIM and judge agreement, then one row per image: its SSIM and (with a
+        judge) the plain and spliced labels; under `heading` (a Markdown heading line) when given."""
+        judged = self.labels_plain is not None and self.labels_spliced is not None
+        agree = "no judge" if self.judge_agreement is None else f"judge agreement {self.judge_agreement:.3f}"
+        n = len(self.ssim)
+        lines = [f"SAE spliced in (no error term): mean SSIM with the plain image {self.mean_ssim:.4f} over "
+                 f"{n} image{'' if n == 1 else 's'}; {agree}", "",
+                 "| image | SSIM |" + (" judge, plain | judge, spliced |" if judged else ""),
+                 "|---|---|" + ("---|---|" if judged else "")]
+        for i, v in enumerate(self.ssim.tolist()):
+            lines.append(f"| {i} | {v:.4f} |" + (f" {self.labels_plain[i]} | {self.labels_spliced[i]} |" if judged else ""))
+        return with_heading("\n".join(lines), heading)
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """The plain images in the top row, the spliced ones (titled with their SSIM) below."""
+        n = len(self.images_plain)
+        if n == 0:
+            raise SAEError("SpliceFidelity.plot: no images to draw")
+        ssims = self.ssim.tolist()
+        shown = ([(_shown(im), f"plain {i}") for i, im in enumerate(self.images_plain)]
+                 + [(_shown(im), f"spliced {i} (SSIM {ssims[i]:.3f})") for i, im in enumerate(self.images_spliced)])
+        return heatmaps.figure(shown, [], shown[0][0], path, cols=n)
+
+    def save(self, folder: str | Path) -> Path:
+        """`folder/plain_{i}.png`, `folder/spliced_{i}.png` (PIL images), `folder/splice_fidelity.json`
+        + `splice_fidelity.safetensors` (ssim, non-PIL images); returns the folder."""
+        folder = result_folder(folder, self.result_name)
+        plain, t_plain = save_images(folder, self.images_plain, "plain", "images_plain")
+        spliced, t_spliced = save_images(folder, self.images_spliced, "spliced", "images_spliced")
+        fields = {"mean_ssim": self.mean_ssim, "judge_agreement": self.judge_agreement,
+                  "labels_plain": self.labels_plain, "labels_spliced": self.labels_spliced}
+        meta = {**record(fields), "images_plain": plain, "images_spliced": spliced}
+        return save_result(folder, self.result_name, meta, {"ssim": self.ssim, **t_plain, **t_spliced})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SpliceFidelity:
+        """Read back what `save` wrote (PNG images as PIL images, array images as numpy arrays)."""
+        folder = result_folder(folder, cls.result_name)
+        where = str(folder / f"{cls.result_name}.json")
+        meta, t = load_result(folder, cls.result_name, "SpliceFidelity.save")
+        require_keys(meta, ("mean_ssim", "judge_agreement", "labels_plain", "labels_spliced", "images_plain",
+                            "images_spliced"), where, cls.__name__)
+        require_keys(t, ("ssim",), str(folder / f"{cls.result_name}.safetensors"), cls.__name__)
+        meta = restore_nonfinite(meta, where)
+        return cls(t["ssim"], meta["mean_ssim"], meta["judge_agreement"], meta["labels_plain"], meta["labels_spliced"],
+                   load_images(folder, meta["images_plain"], t, where), load_images(folder, meta["images_spliced"], t, where))
+
+
+def _shown(image: Any) -> Tensor:
+    """An image as the [H, W, 3] tensor `heatmaps.figure` draws (PIL images converted, arrays as they are)."""
+    from PIL import Image
+
+    return heatmaps.image_tensor(image) if isinstance(image, Image.Image) else torch.as_tensor(np.asarray(image))
 
 
 def splice_fidelity(model: Any, sae: TopKSAE, site: str, prompts: Sequence[str], seed: int = 0, *,

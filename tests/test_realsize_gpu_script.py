@@ -27,7 +27,7 @@ def test_tiny_cpu_run_covers_every_phase(tmp_path, capsys):
                   "culture-layer scan", "activation store (5,000 tokens)", "SAE training (5,000 tokens)",
                   "ratio capture/forward", "ratio masked/plain generation"):
         assert phase in out, phase
-    assert "0 failure(s)" in out and (tmp_path / "altdiffusion-m9.json").is_file()
+    assert "0 failure(s)" in out and (tmp_path / "altdiffusion-m9-run" / "realsize.json").is_file()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")

@@ -54,7 +54,7 @@ from interp.methods import heatmaps
 from circuits.data.culturebench import LABELS
 from interp.errors import CultureLensError
 from interp.progress import bar, switch
-from interp.result_io import load_result, save_result
+from interp.result_io import load_result, record, require_keys, restore_nonfinite, save_result
 
 from circuits.analysis.cultureworld import (PROBE_NOUNS, TEST_NOUNS, TRAIN_NOUNS, AnalysisConfig, organism_pairs,
                                             train_site_sae)
@@ -234,6 +234,10 @@ def _f(x: float | None, spec: str = ".4g") -> str:
 
 
 # ---- the result ----------------------------------------------------------------------------------
+NAME = "denoiser_culture"   # the result's files: denoiser_culture.json + denoiser_culture.safetensors
+TENSORS = ("wfs_cult", "wfs_noun", "heldout_cult", "heldout_noun", "moved", "moved_control")
+
+
 @dataclass
 class DenoiserCulture:
     """What `denoiser_culture` measured. Tensors: `wfs_cult` / `wfs_noun` [C, M] (training
@@ -277,9 +281,11 @@ class DenoiserCulture:
         """How many mapped latents got each verdict (`VERDICTS`)."""
         return {v: sum(r["verdict"] == v for r in self.regions) for v in VERDICTS}
 
-    def to_markdown(self, heading: str = "## Culture on the denoiser side") -> str:
+    def to_markdown(self, heading: str | None = "## Culture on the denoiser side") -> str:
+        """The SAE, the held-out test, where the culture latents fire and the text → image link,
+        as Markdown under `heading` (None: none)."""
         s, c = self.sae_info, self.config
-        lines = [heading, "",
+        lines = ([] if heading is None else [heading, ""]) + [
                  f"Top-K SAE on `{self.site}` ({s['d_sae']} latents, k = {s['k']}, {s['train_rows']:,} rows of "
                  f"{s['train_images']} images of the nouns {tuple(c['train_nouns'])}: local modifier and noun-only prompts, "
                  f"seeds {tuple(c['seeds'])}, steps {tuple(c['steps'])}, conditional branch). Held-out FVU "
@@ -418,12 +424,12 @@ class DenoiserCulture:
         """`folder/denoiser_culture.{json,safetensors}`, `folder/maps/<culture>/` (FeatureMaps),
         `folder/sae/` (SAELens format, when the SAE is held)."""
         folder = Path(folder)
-        meta = {"site": self.site, "cultures": self.cultures, "latents": self.latents, "sae_info": self.sae_info,
-                "heldout": self.heldout, "link": self.link, "regions": self.regions, "config": self.config,
-                "meta": self.meta, "maps": sorted(self.maps)}
-        save_result(folder, "denoiser_culture", meta, {
-            "wfs_cult": self.wfs_cult, "wfs_noun": self.wfs_noun, "heldout_cult": self.heldout_cult,
-            "heldout_noun": self.heldout_noun, "moved": self.moved, "moved_control": self.moved_control})
+        # the maps in their own order (not sorted), so `load` gives an equal object; `record`
+        # lists NaN / inf (JSON null) under "_nonfinite" for `load` to put back
+        meta = record({"site": self.site, "cultures": self.cultures, "latents": self.latents, "sae_info": self.sae_info,
+                       "heldout": self.heldout, "link": self.link, "regions": self.regions, "config": self.config,
+                       "meta": self.meta, "maps": list(self.maps)})
+        save_result(folder, NAME, meta, {k: getattr(self, k) for k in TENSORS})
         for c, fm in self.maps.items():
             fm.save(folder / "maps" / c)
         if self.sae is not None:
@@ -432,8 +438,14 @@ class DenoiserCulture:
 
     @classmethod
     def load(cls, folder: str | Path) -> "DenoiserCulture":
+        """Read back what `save` wrote (the maps and the SAE too, when saved)."""
         folder = Path(folder)
-        meta, t = load_result(folder, "denoiser_culture", "DenoiserCulture.save")
+        meta, t = load_result(folder, NAME, "DenoiserCulture.save")
+        where = str(folder / f"{NAME}.json")
+        require_keys(meta, ("site", "cultures", "latents", "sae_info", "heldout", "link", "regions", "config", "meta",
+                            "maps"), where, cls.__name__)
+        require_keys(t, TENSORS, str(folder / f"{NAME}.safetensors"), cls.__name__)
+        meta = restore_nonfinite(meta, where)
         maps = {c: saelib.FeatureMaps.load(folder / "maps" / c) for c in meta["maps"]}
         sae = saelib.load_saelens(folder / "sae") if (folder / "sae").is_dir() else None
         return cls(meta["site"], meta["cultures"], meta["latents"], t["wfs_cult"], t["wfs_noun"], t["heldout_cult"],

@@ -101,7 +101,8 @@ from circuits.plots import pyplot
 from interp.checks import renamed
 from interp.errors import CultureLensError
 from interp.progress import bar, enabled, switch
-from interp.result_io import atomic_write_bytes, jsonable, load_result, save_result
+from interp.result_io import (atomic_write_bytes, jsonable, load_result, nonfinite_floats, require_keys,
+                              restore_nonfinite, save_result)
 from interp.zoo.e5 import SPEC, E5Error, e5_small, source_path
 
 NAME = "real_encoder"
@@ -250,7 +251,13 @@ class RealEncoderStudy:
         (per-pair CA of concept and noun prompts and their token counts, per language), and when
         the SAE step ran: the SAE in SAELens format under `folder/sae`, the units under `folder/units`."""
         folder = Path(folder)
-        out = save_result(folder, NAME, self.to_json(), {k: v.contiguous() for k, v in self.pairs.items()})
+        # the JSON is `to_json` (what results.json holds under "real_encoder"), plus "_nonfinite"
+        # when a number is NaN / inf (JSON null), so that `load` gives an equal study back
+        sae_numbers = None if self.sae is None else {f.name: getattr(self.sae, f.name) for f in dataclasses.fields(self.sae)
+                                                     if f.name not in ("sae", "culture_units")}
+        nonfinite = nonfinite_floats({"ca": self.ca, "probes": self.probes, "meta": self.meta, "sae": sae_numbers})
+        meta = {**self.to_json(), "_nonfinite": nonfinite} if nonfinite else self.to_json()
+        out = save_result(folder, NAME, meta, {k: v.contiguous() for k, v in self.pairs.items()})
         if self.sae is not None and self.sae.sae is not None:
             saelib.save_saelens(self.sae.sae, folder / "sae", hook_name=self.sae.site, model_name=self.meta.get("model"))
             self.sae.culture_units.save(folder / "units")
@@ -261,6 +268,9 @@ class RealEncoderStudy:
         """Read back what `save` wrote (the SAE and its units too, when saved)."""
         folder = Path(folder)
         meta, t = load_result(folder, NAME, "RealEncoderStudy.save")
+        where = str(folder / f"{NAME}.json")
+        require_keys(meta, ("layers", "prefix", "direction", "ca", "probes", "meta"), where, cls.__name__)
+        meta = restore_nonfinite(meta, where)
         ca = {k: {v: CACurve(**c) for v, c in d.items()} for k, d in meta["ca"].items()}
         probes = {k: ProbeCurve(**p) for k, p in meta["probes"].items()}
         part = None
@@ -272,10 +282,10 @@ class RealEncoderStudy:
         return cls(meta["layers"], meta["prefix"], meta["direction"], ca, probes, meta["meta"], dict(t), part)
 
     # -- report ------------------------------------------------------------------------------
-    def to_markdown(self, heading: str = "## The real encoder (multilingual-e5-small)", figures: str | None = None
-                    ) -> str:
+    def to_markdown(self, heading: str | None = "## The real encoder (multilingual-e5-small)",
+                    figures: str | None = None) -> str:
         """The curves, the probes and (when run) the SAE, units and specificity, as Markdown
-        tables under `heading` ("" for none); with `figures` (the folder of `figures(...)` relative
+        tables under `heading` ("" or None for none); with `figures` (the folder of `figures(...)` relative
         to the Markdown file, "" for the same folder) the figures' links too."""
         pct = int(round(100 * self.meta.get("ci", 0.95)))
         lines = [heading, ""] if heading else []

@@ -19,12 +19,18 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from circuits.analysis.cultureworld import AnalysisConfig, analyze
 from circuits.analysis.report import atomic_write_text
 from circuits.plots import pyplot
 from interp.errors import CultureLensError
+from interp.result_io import read_json, require_keys, result_folder
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+NAME = "spread"   # the result's files: spread.json (+ spread.md, the report's table)
 
 Getter = Callable[[dict], float | None]
 
@@ -134,26 +140,34 @@ class Spread:
                 "config": self.config}
 
     def save(self, folder: str | Path) -> Path:
-        """`folder/spread.json` + `folder/spread.md`; returns the folder."""
-        folder = Path(folder)
+        """`folder/spread.json` + `folder/spread.md`; returns the folder. (No safetensors file:
+        a spread holds no tensors. The JSON keeps NaN as NaN, which Python's json reads back.)"""
+        folder = result_folder(folder, NAME)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "spread.json", json.dumps(self.to_json(), indent=2, ensure_ascii=False))
-        atomic_write_text(folder / "spread.md", self.to_markdown())
+        atomic_write_text(folder / f"{NAME}.json", json.dumps(self.to_json(), indent=2, ensure_ascii=False))
+        atomic_write_text(folder / f"{NAME}.md", self.to_markdown())
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "Spread":
-        path = Path(folder) / "spread.json"
+        """Read back what `save` wrote, equal to it."""
+        path = result_folder(folder, NAME) / f"{NAME}.json"
+        if not path.is_file():
+            raise CultureLensError(f"{path}: missing; this folder is written by Spread.save (culturelens spread)")
+        d = read_json(path)
+        require_keys(d, ("seeds", "rows", "independent", "config"), str(path), cls.__name__)
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            return cls(d["seeds"], [RowSpread(**r) for r in d["rows"]], d["independent"], d["config"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CultureLensError(f"{path}: not a spread written by culturelens spread ({e})") from None
+            rows = [RowSpread(**r) for r in d["rows"]]
+        except TypeError as e:
+            raise CultureLensError(f"{path}: a row is not a RowSpread record ({e})") from None
+        return cls(d["seeds"], rows, d["independent"], d["config"])
 
-    def to_markdown(self, heading: str = "## SAE-dependent rows over SAE seeds") -> str:
+    def to_markdown(self, heading: str | None = "## SAE-dependent rows over SAE seeds") -> str:
+        """The rows' values per SAE seed, mean and range, and whether the SAE-independent rows
+        agree, under `heading` (None: none)."""
         def fmt(v):
             return "–" if v is None else (f"{v:.4f}" if abs(v) < 1 and v != 0 else f"{v:.1f}")
-        lines = [heading, "", "| row | " + " | ".join(f"SAE seed {s}" for s in self.seeds) + " | mean | range |",
+        lines = ([] if heading is None else [heading, ""]) + ["| row | " + " | ".join(f"SAE seed {s}" for s in self.seeds) + " | mean | range |",
                  "|---|" + "---|" * (len(self.seeds) + 2)]
         for r in self.rows:
             lines.append(f"| {r.label} | " + " | ".join(fmt(v) for v in r.values) +
@@ -165,10 +179,12 @@ class Spread:
                   + "."]
         return "\n".join(lines)
 
-    def plot(self, path: str | Path | None = None) -> Any:
+    def plot(self, path: str | Path | None = None) -> Figure:
         """One panel per row: the value of each seed, and the range."""
         plt = pyplot()
         rows = [r for r in self.rows if r.mean is not None]
+        if not rows:
+            raise CultureLensError("Spread.plot: no row has a value to draw")
         fig, axes = plt.subplots(1, len(rows), figsize=(1.6 * len(rows), 2.6), squeeze=False)
         for ax, r in zip(axes[0], rows):
             ax.plot([0] * len(r.values), [v for v in r.values], "o", alpha=0.7)

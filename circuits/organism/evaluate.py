@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from tqdm import tqdm
@@ -20,7 +21,13 @@ from circuits.organism.model import GENERATION_DEFAULTS
 from circuits.organism.pipeline import CultureWorldPipeline
 from circuits.organism.prompts import EVAL_KINDS, EvalPrompt, eval_prompts
 from circuits.organism.render import NEUTRAL, NOUNS
+from circuits.plots import pyplot, save_figure
 from interp.checks import renamed
+from interp.errors import CultureLensError
+from interp.result_io import DataclassResult, jsonable, record, with_heading
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Judged", "KindRow", "EvalResult", "score", "evaluate_organism", "default_prompts", "prompt_seed"]
 
@@ -46,7 +53,13 @@ class KindRow:
 
 
 @dataclass
-class EvalResult:
+class EvalResult(DataclassResult):
+    """The organism quality table: one `KindRow` per prompt kind, and every judged image.
+    `save(folder)` writes organism_eval.json (`to_json` plus the judged images) and an empty
+    organism_eval.safetensors (no tensors)."""
+
+    result_name: ClassVar[str] = "organism_eval"
+
     rows: dict[str, KindRow]
     judged: list[Judged] = field(repr=False)
 
@@ -57,7 +70,9 @@ class EvalResult:
             return None
         return a.culture_acc - b.culture_acc
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, heading: str | None = None) -> str:
+        """One row per prompt kind (culture / noun accuracy, neutral and junk shares) and the
+        gap; under `heading` (a Markdown heading line) when given."""
         out = ["| prompts | n | culture acc | neutral | junk | noun acc |", "|---|---|---|---|---|---|"]
         for r in self.rows.values():
             ca = "–" if r.culture_acc is None else f"{r.culture_acc:.3f}"
@@ -65,10 +80,40 @@ class EvalResult:
         g = self.gap()
         if g is not None:
             out.append(f"\nGap (local modifier − local noun-only culture accuracy): {100 * g:.1f} points")
-        return "\n".join(out)
+        return with_heading("\n".join(out), heading)
 
     def to_json(self) -> dict:
         return {"rows": {k: asdict(v) for k, v in self.rows.items()}, "gap": self.gap()}
+
+    def saved_record(self) -> dict[str, Any]:
+        # to_json is the table reports embed (logs/eval.json, results.json); `load` also needs
+        # the judged images, so the saved record adds them
+        return {**record(self), "judged": jsonable(self.judged)}
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Per prompt kind: culture accuracy, neutral and junk shares and noun accuracy, as grouped bars."""
+        plt = pyplot()
+        kinds = list(self.rows)
+        if not kinds:
+            raise CultureLensError("EvalResult.plot: no prompt kinds to draw")
+        series = [("culture acc", [r.culture_acc for r in self.rows.values()]),
+                  ("neutral", [r.neutral for r in self.rows.values()]),
+                  ("junk", [r.junk for r in self.rows.values()]),
+                  ("noun acc", [r.noun_acc for r in self.rows.values()])]
+        fig, ax = plt.subplots(figsize=(1.2 * len(kinds) + 2.5, 3.2))
+        width = 0.8 / len(series)
+        for j, (label, vals) in enumerate(series):
+            xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(kinds))]
+            # a kind without a culture (English noun-only) has no culture accuracy: no bar
+            ax.bar([x for x, v in zip(xs, vals) if v is not None], [v for v in vals if v is not None], width,
+                   label=label, color=f"C{j}")
+        ax.set_xticks(range(len(kinds)), kinds, rotation=20, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("share of images")
+        g = self.gap()
+        ax.set_title("organism quality" + ("" if g is None else f" (gap {100 * g:.1f} points)"), fontsize=9)
+        ax.legend(fontsize=7)
+        return save_figure(fig, path)
 
 
 def prompt_seed(text: str, seed: int) -> int:

@@ -47,7 +47,7 @@ from interp.methods.heatmaps import figure, grid, image_tensor, mass_share, over
 from interp.methods.spans import SpanError, token_span
 from interp.model.layout import get_path
 from interp.model.sites import parse
-from interp.result_io import load_result, save_result
+from interp.result_io import load_result, save_result, with_heading
 
 
 # -- result objects ----------------------------------------------------------------------------
@@ -75,7 +75,9 @@ class AttributionMaps:
             raise CultureLensError(f"AttributionMaps: no map for {word!r}; words are {self.words}")
         return self.maps[self.words.index(word)]
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, heading: str | None = None) -> str:
+        """Per word: its token positions, the map's peak, top-10% mass share and raw total;
+        under `heading` when given."""
         lines = [f"DAAM maps for {self.prompt!r} ({self.meta.get('n_modules', '?')} cross-attention modules, "
                  f"{self.meta.get('n_steps_used', '?')} steps)", "",
                  "| word | token positions | peak (row, col) | top-10% mass share | raw total |", "|---|---|---|---|---|"]
@@ -84,7 +86,7 @@ class AttributionMaps:
             r, c = divmod(int(m.flatten().argmax()), m.shape[1])
             lines.append(f"| {w} | {self.tokens[w]} | ({r}, {c}) | {_mass_share(self.raw[i]):.3f} | "
                          f"{float(self.raw[i].sum()):.4g} |")
-        return "\n".join(lines)
+        return with_heading("\n".join(lines), heading)
 
     def plot(self, path: str | Path | None = None) -> Any:
         """The image, then one overlay per word (jet, half transparent)."""
@@ -114,13 +116,15 @@ class EffectMap:
     edited: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, heading: str | None = None) -> str:
+        """Per step and for the mean map: mean and max |Δε|, top-10% mass share; under
+        `heading` when given."""
         lines = [f"effect of {self.meta.get('interventions', '?')} on {self.prompt!r}", "",
                  "| step | mean |Δε| | max |Δε| | top-10% mass share |", "|---|---|---|---|"]
         rows = [(str(t), m) for t, m in enumerate(self.per_step)] + [("mean", self.total)]
         for name, m in rows:
             lines.append(f"| {name} | {float(m.mean()):.4g} | {float(m.max()):.4g} | {_mass_share(m):.3f} |")
-        return "\n".join(lines)
+        return with_heading("\n".join(lines), heading)
 
     def plot(self, path: str | Path | None = None, steps: Sequence[int] | None = None) -> Any:
         """Plain image, the aggregate map, and the per-step maps of `steps` (default: up to 4

@@ -11,7 +11,6 @@ denoiser sites the conditional rows. `branch="uncond"` / `"both"` choose otherwi
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from interp.interventions import OnRows, Replace, Where
 from interp.methods.capture import envoy
 from interp.methods.heatmaps import figure, image_tensor
 from interp.model.sites import Site, parse
-from interp.result_io import atomic_write_bytes, load_result, result_folder, save_result
+from interp.result_io import load_images, load_result, result_folder, save_images, save_result, with_heading
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,8 +56,9 @@ class Generation:
     latents: Float[Tensor, "B C h w"]
     acts: dict[str, Tensor] = field(default_factory=dict)
 
-    def to_markdown(self) -> str:
-        """The images (size, mode), the latents' shape and each captured site's shape."""
+    def to_markdown(self, heading: str | None = None) -> str:
+        """The images (size, mode), the latents' shape and each captured site's shape; under
+        `heading` (a Markdown heading line) when given."""
         lines = [f"{len(self.images)} images, final latents {list(self.latents.shape)}", "",
                  "| image | size | kind |", "|---|---|---|"]
         for i, img in enumerate(self.images):
@@ -68,7 +68,7 @@ class Generation:
         if self.acts:
             lines += ["", "| site | activations |", "|---|---|"]
             lines += [f"| `{name}` | {list(a.shape)} |" for name, a in self.acts.items()]
-        return "\n".join(lines)
+        return with_heading("\n".join(lines), heading)
 
     def plot(self, path: str | Path | None = None) -> Figure:
         """The images in a row (at most 8 per row), titled by index."""
@@ -82,17 +82,8 @@ class Generation:
         """`folder/image_{i}.png` (PIL images), `folder/generation.json` + `generation.safetensors`
         (latents, `acts.<site>`, non-PIL images as `images.<i>`); returns the folder."""
         folder = result_folder(folder, self.result_name)
-        entries: list[dict[str, str]] = []
-        tensors: dict[str, Tensor] = {"latents": self.latents}
-        for i, img in enumerate(self.images):
-            if isinstance(img, Image.Image):
-                buf = io.BytesIO()
-                img.save(buf, format="PNG")
-                atomic_write_bytes(folder / f"image_{i}.png", buf.getvalue())
-                entries.append({"png": f"image_{i}.png"})
-            else:
-                tensors[f"images.{i}"] = torch.as_tensor(np.asarray(img))
-                entries.append({"tensor": f"images.{i}"})
+        entries, tensors = save_images(folder, self.images, "image", "images")
+        tensors["latents"] = self.latents
         tensors.update({f"acts.{name}": a for name, a in self.acts.items()})
         meta = {"images": entries, "acts": list(self.acts)}
         return save_result(folder, self.result_name, meta, tensors)
@@ -102,16 +93,7 @@ class Generation:
         """Read back what `save` wrote (PNG images as PIL images, array images as numpy arrays)."""
         folder = result_folder(folder, cls.result_name)
         meta, t = load_result(folder, cls.result_name, "Generation.save")
-        images: list[Any] = []
-        for i, e in enumerate(meta["images"]):
-            if "png" in e:
-                if not (folder / e["png"]).is_file():
-                    raise CultureLensError(f"{folder / e['png']}: missing; image {i} of {folder / 'generation.json'}")
-                with Image.open(folder / e["png"]) as im:
-                    im.load()
-                    images.append(im.copy())
-            else:
-                images.append(t[e["tensor"]].numpy())
+        images = load_images(folder, meta["images"], t, str(folder / "generation.json"))
         return cls(images=images, latents=t["latents"], acts={name: t[f"acts.{name}"] for name in meta["acts"]})
 
 

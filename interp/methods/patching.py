@@ -31,7 +31,7 @@ from interp.interventions import BRANCH_CHOICES, InterventionBase, Replace
 from interp.methods.capture import capture, trace_encoder
 from interp.methods.generation import Generation, capture_generation, generate, prompt_seeds
 from interp.model.sites import Site, parse
-from interp.result_io import load_result, save_result
+from interp.result_io import load_result, save_result, with_heading
 
 # metric(out) -> scalar (or a tensor, averaged). `out` is what the patched run produced: for text
 # sites the encoder output [B, S, d] (what the denoiser receives); for denoiser sites the
@@ -54,13 +54,15 @@ class PatchResult:
 
     KEYS = ("site", "step", "head", "position")
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, heading: str | None = None) -> str:
+        """The table: one row per condition (its site, step / head when any row has one,
+        position), the metric value and the effect; under `heading` when given."""
         cols = ["site"] + [k for k in ("step", "head") if any(r.get(k) is not None for r in self.rows)] + ["position"]
         lines = ["| " + " | ".join(cols) + " | value | effect |", "|" + "---|" * (len(cols) + 2)]
         for r in self.rows:
             cells = [_label(r.get(c)) for c in cols]
             lines.append("| " + " | ".join(cells) + f" | {r['value']:.4g} | {r['effect']:.3f} |")
-        return "\n".join(lines)
+        return with_heading("\n".join(lines), heading)
 
     def matrix(self, rows: str = "site", cols: str = "position") -> tuple[list[Any], list[Any], Tensor]:
         """(row labels, column labels, effect [n_rows, n_cols]) for plotting; `rows`/`cols` are
