@@ -69,7 +69,7 @@ def sae_job(out: Path, train_steps: int) -> None:
     import torch.distributed as dist
 
     from interp import distributed
-    from sae import ActivationStore, TopKSAE, train
+    from sae import ActivationStore, TopKSAE, TrainConfig, train
     from sae.model import dead_tokens_for
 
     torch.set_num_threads(1)
@@ -83,8 +83,8 @@ def sae_job(out: Path, train_steps: int) -> None:
 
     # ours: sae.train (data-parallel through its DDP hooks when the store is shared)
     ours = TopKSAE(D_IN, D_SAE, K, dead_tokens=dead_tokens, seed=0)
-    rows = train(ours, store, batch_size=BATCH, total_tokens=BATCH * train_steps, lr=LR, aux_coef=AUX, seed=0,
-                 log_every=train_steps, progress=False)
+    rows = train(ours, store, TrainConfig(batch_size=BATCH, total_tokens=BATCH * train_steps, lr=LR, aux_coef=AUX, seed=0,
+                                          log_every=train_steps), progress=False)
     # the training steps only (the data-dependent init before them is excluded, as for sparsify)
     res["ours"] = {"seconds": rows[-1]["sec"]}
     with torch.no_grad():

@@ -28,7 +28,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import interp
     from circuits.analysis.cultureworld import ASSETS, TEST_NOUNS, organism_pairs
-    from circuits.evaluate import score
+    from circuits.evaluate import ScoreSettings, score
     from circuits.io import load_pipeline  # the shipped organism is trusted by fingerprint, not by opt-in
     from circuits.organism.judge import CultureWorldJudge
     from circuits.pairs import by_concept
@@ -49,7 +49,7 @@ def main() -> None:
         best = float("inf")
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            results[name] = score(model, groups, judge, mask, batch_size=bs, desc=name)
+            results[name] = score(model, groups, judge, mask, settings=ScoreSettings(batch_size=bs), desc=name)
             best = min(best, time.perf_counter() - t0)
         times[name] = best
     a, b = results.values()

@@ -32,6 +32,14 @@ def _common(p: argparse.ArgumentParser, judge: bool = False, units: bool = False
         p.add_argument("--sae", default=None, help="SAELens folder, when the units are SAE latents")
 
 
+def _settings(args):
+    """The generation and judging settings of a judged command (--seed, --num-steps, --batch-size,
+    --n-boot) as one `circuits.ScoreSettings`."""
+    from circuits.evaluate import ScoreSettings
+
+    return ScoreSettings(seed=args.seed, num_steps=args.num_steps, batch_size=args.batch_size, n_boot=args.n_boot)
+
+
 def _load(args):
     from circuits.io import load_model, load_records
     from circuits.pairs import as_pairs
@@ -86,9 +94,7 @@ def cmd_validate(args) -> int:
     judge = load_judge(args.judge, args.device)
     units = load_units(args.units, args.sae)
     model, _, pairs, out = _load(args)
-    v = validate_units(model, units, pairs, judge,
-                       n_random=args.n_random, seed=args.seed, num_steps=args.num_steps, batch_size=args.batch_size,
-                       n_boot=args.n_boot)
+    v = validate_units(model, units, pairs, judge, n_random=args.n_random, settings=_settings(args))
     v.save(out / "validation.json")
     v.plot(out / "validation.png")
     write_summary(out, "Causal validation", [validation_markdown(v)])
@@ -104,9 +110,8 @@ def cmd_amplify(args) -> int:
     judge = load_judge(args.judge, args.device)
     units = load_units(args.units, args.sae)
     model, _, pairs, out = _load(args)
-    sw = lambda_sweep(model, units, pairs, judge,
-                      lams=args.lams, n_random=args.n_random, keep_error=not args.replace, seed=args.seed,
-                      num_steps=args.num_steps, batch_size=args.batch_size, n_boot=args.n_boot)
+    sw = lambda_sweep(model, units, pairs, judge, lams=args.lams, n_random=args.n_random, keep_error=not args.replace,
+                      settings=_settings(args))
     sw.save(out / "lambda_sweep.json")
     sw.plot(out / "lambda_sweep.png")
     write_summary(out, "Zero-training amplifier", [sweep_markdown(sw)])
@@ -115,7 +120,7 @@ def cmd_amplify(args) -> int:
 
 
 def cmd_enhance(args) -> int:
-    from circuits.causal.enhancer import random_other_layer, train_enhancer
+    from circuits.causal.enhancer import EnhancerConfig, random_other_layer, train_enhancer
     from circuits.io import load_judge
     from circuits.results import write_json
     from circuits.runner import enhancer_markdown, evaluate_enhancer, write_summary
@@ -130,17 +135,16 @@ def cmd_enhance(args) -> int:
         from circuits.pairs import take_split
 
         eval_recs = take_split(recs, args.eval_split, "enhancer evaluation")
-        rows["none (baseline)"] = (None, evaluate_enhancer(model, None, eval_recs, judge, args.seed, args.num_steps,
-                                                           args.batch_size, args.n_boot))
+        rows["none (baseline)"] = (None, evaluate_enhancer(model, None, eval_recs, judge, settings=_settings(args)))
+    cfg = EnhancerConfig(train_steps=args.train_steps, lr=args.lr, batch_size=args.train_batch, objective=args.objective,
+                         seed=args.seed, checkpoint_every=args.checkpoint_every)
     for name, l in layers:
-        run = train_enhancer(model, recs, layer=l, out=out / f"enhancer_layer{l}", train_steps=args.train_steps, lr=args.lr,
-                             batch_size=args.train_batch, objective=args.objective, seed=args.seed,
-                             checkpoint_every=args.checkpoint_every, split=args.train_split, resume=not args.restart)
+        run = train_enhancer(model, recs, layer=l, out=out / f"enhancer_layer{l}", cfg=cfg, split=args.train_split,
+                             resume=not args.restart)
         runs[name] = run.to_json()
         run.plot(out / f"enhancer_layer{l}" / "loss.png")
         if judge is not None:
-            rows[name] = (l, evaluate_enhancer(model, run.enhancer, eval_recs, judge, args.seed, args.num_steps,
-                                               args.batch_size, args.n_boot))
+            rows[name] = (l, evaluate_enhancer(model, run.enhancer, eval_recs, judge, settings=_settings(args)))
     write_json(out / "enhancer.json", {"runs": runs, "culturevqa": {k: {"layer": l, "rate": r} for k, (l, r) in rows.items()}})
     write_summary(out, "Layer enhancer", [enhancer_markdown(rows) if rows else "## Layer enhancer\n\nTrained (no judge given).\n"])
     print(f"enhancer(s) -> {out}")
@@ -159,8 +163,7 @@ def cmd_causal_sweep(args) -> int:
     saes = load_layer_saes(args.sae)
     cs = causal_sweep(model, probe, pairs, load_judge(args.judge, args.device), n_units=args.n_units,
                       layers=sorted(saes) if saes else None, basis_for=saes, chosen=args.chosen, rho=args.rho,
-                      seed=args.seed, num_steps=args.num_steps, batch_size=args.batch_size, n_boot=args.n_boot,
-                      allow_overlap=args.allow_overlap)
+                      settings=_settings(args), allow_overlap=args.allow_overlap)
     cs.save(out / "causal_sweep.json")
     cs.plot(out / "causal_sweep.png")
     write_summary(out, "Exhaustive causal sweep", [causal_markdown(cs)])

@@ -1,6 +1,7 @@
 """Generate, judge, score: CultureVQA (and optionally a noun/semantic score) of a set of
 prompts under per-culture interventions. One code path for validation, the amplifier
-sweep, the enhancer evaluation and the causal sweep, so conditions stay paired."""
+sweep, the enhancer evaluation, specificity and the causal sweep, so conditions stay paired;
+one settings object (`ScoreSettings`) for the generation and judging knobs they share."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from jaxtyping import Bool
 from torch import Tensor
 from interp.progress import bar, switch
 
-from interp.checks import renamed
+from interp.checks import moved, renamed
 from interp.errors import CultureLensError
 from interp.fidelity import ssim
 
@@ -26,6 +27,35 @@ from circuits.results import Rate
 
 # culture -> interventions for that culture's prompts
 InterventionsFor = Callable[[str], Sequence[Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreSettings:
+    """How prompts are generated and judged, shared by `score`, `circuits.validate_units`,
+    `circuits.lambda_sweep`, `circuits.causal.specificity.specificity_matrix`,
+    `circuits.causal_sweep` and `circuits.runner.evaluate_enhancer` (each takes
+    `settings=ScoreSettings(...)`; None means these defaults). Change one with
+    `dataclasses.replace(settings, num_steps=4)`."""
+
+    seed: int = 0
+    """Noise seed: the i-th prompt of each culture gets image noise `seed + i` in every condition;
+    also the bootstrap's seed, and random-unit draw r of a control uses `seed + 1 + r`."""
+
+    num_steps: int | None = None
+    """Denoising steps per image (None: the model's default)."""
+
+    batch_size: int = 8
+    """Prompts per generation call (cultures share batches); it does not change the images, as
+    every prompt keeps its own noise seed."""
+
+    n_boot: int = 1000
+    """Bootstrap resamples (over prompts) of every confidence interval; `score` itself ignores it."""
+
+
+_DEFAULT = ScoreSettings()
+
+#: The keywords that moved into `ScoreSettings` (culturelens 0.2.0), for `interp.checks.moved`.
+SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(ScoreSettings))
 
 
 @dataclass
@@ -69,6 +99,7 @@ def judge_correct(judge: Callable, images: list, cultures: Sequence[str]) -> tup
 
 
 @renamed(steps="num_steps")
+@moved(ScoreSettings, "seed", "num_steps", "batch_size", param="settings", where="circuits.evaluate.score")
 def score(
     model,
     groups: dict[str, Sequence[PromptPair]],
@@ -76,22 +107,25 @@ def score(
     interventions_for: InterventionsFor | None = None,
     prompt: str = "concept",
     noun_judge: Callable | None = None,
-    seed: int = 0,
-    num_steps: int | None = None,
-    batch_size: int = 8,
+    *,
+    settings: ScoreSettings | None = None,
     desc: str = "generate",
     keep_images: bool = False,
     **generate_kw: Any,
 ) -> Scored:
     """Generate every culture's prompts (`prompt`: "concept" or "noun") with that culture's
-    interventions and judge them, each image `num_steps` denoising steps (None: the model's).
-    `noun_judge(images, pairs) -> Bool[N]` scores whether the noun is still drawn.
+    interventions and judge them, each image `settings.num_steps` denoising steps (None: the
+    model's). `noun_judge(images, pairs) -> Bool[N]` scores whether the noun is still drawn.
 
-    Prompts of different cultures share batches (each culture's interventions restricted to its
-    rows by `interp.OnRows`); the i-th prompt of a culture gets noise seed `seed + i`, so every
-    condition, and every `batch_size`, sees the same noise per prompt. `keep_images` keeps the
-    images (e.g. to measure structure change against the unsteered images, `fidelity`)."""
+    Prompts of different cultures share batches of `settings.batch_size` (each culture's
+    interventions restricted to its rows by `interp.OnRows`); the i-th prompt of a culture gets
+    noise seed `settings.seed + i`, so every condition, and every batch size, sees the same noise
+    per prompt. `keep_images` keeps the images (e.g. to measure structure change against the
+    unsteered images, `fidelity`); other keywords go to `interp.generate` (e.g. `guidance`)."""
     import interp
+
+    st = _DEFAULT if settings is None else settings
+    seed, num_steps, batch_size = st.seed, st.num_steps, st.batch_size
 
     if prompt not in ("concept", "noun"):
         raise CultureLensError(f"prompt must be 'concept' or 'noun'; got {prompt!r}")

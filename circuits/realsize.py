@@ -255,7 +255,7 @@ def _sae(model: Any, rec: RealSizeRun, tokens: int, folder: str | Path | None) -
     d = model.encoders["text"].d_model
     s = sae.TopKSAE(d_in=d, d_sae=8 * d, k=32).to(model.device)
     logs = rec.measure(f"SAE training ({tokens:,} tokens)", lambda: sae.train(
-        s, _OnDevice(store, model.device), batch_size=4096, total_tokens=tokens, progress=False))
+        s, _OnDevice(store, model.device), sae.TrainConfig(batch_size=4096, total_tokens=tokens), progress=False))
     rec.checks["sae_final_fvu"] = float(logs[-1].get("fvu", float("nan"))) if logs else None
     return {"sae tokens/s": tokens / rec.seconds(f"SAE training ({tokens:,} tokens)")}
 

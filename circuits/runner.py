@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from circuits.locate.units import ELBOW_RULE, k_sources  # noqa: F401 (re-exported: reports call runner.k_sources)
+from circuits.evaluate import SETTINGS_FIELDS, ScoreSettings
 from circuits.results import atomic_write_bytes, write_json
-from interp.checks import renamed
+from interp.checks import moved, renamed
 
 if TYPE_CHECKING:
+    from circuits.causal.enhancer import EnhancerConfig
     from circuits.causal.sweep import CausalSweep
     from circuits.causal.validate import Validation
     from circuits.locate.scan import LayerScan
@@ -63,17 +65,18 @@ def write_summary(out: Path, title: str, sections: Sequence[str]) -> None:
 
 
 @renamed(steps="num_steps")
-def evaluate_enhancer(model, enhancer, pairs, judge, seed: int = 0, num_steps: int | None = None, batch_size: int = 8,
-                      n_boot: int = 1000):
-    """CultureVQA of noun-only prompts with the enhancer installed (None: baseline), `num_steps`
-    denoising steps per image (None: the model's)."""
+@moved(ScoreSettings, *SETTINGS_FIELDS, param="settings", where="circuits.runner.evaluate_enhancer")
+def evaluate_enhancer(model, enhancer, pairs, judge, *, settings: ScoreSettings | None = None):
+    """CultureVQA of noun-only prompts with the enhancer installed (None: baseline), generated and
+    judged by `settings` (`circuits.ScoreSettings`; None: its defaults)."""
     from circuits.results import Rate
     from circuits.evaluate import score
     from circuits.pairs import as_pairs, by_concept
 
+    st = ScoreSettings() if settings is None else settings
     s = score(model, by_concept(as_pairs(pairs)), judge, (lambda c: [enhancer]) if enhancer is not None else None,
-              "noun", None, seed, num_steps, batch_size, desc="enhancer")
-    return Rate.of(s.correct, n_boot, seed)
+              "noun", None, settings=st, desc="enhancer")
+    return Rate.of(s.correct, st.n_boot, st.seed)
 
 
 @dataclass
@@ -89,7 +92,7 @@ class RunConfig:
     n_random: int = 10
     lams: tuple[float, ...] = (0, 2, 4, 6, 7, 8)
     lam_random: int = 3
-    enhancer_steps: int = 2000           # training steps of each enhancer (train_enhancer's train_steps)
+    enhancer_steps: int = 2000           # training steps of each enhancer (EnhancerConfig.train_steps)
     enhancer_lr: float = 5e-5
     sweep_units: int = 8
     num_steps: int | None = None         # denoising steps per image (None: the model's default)
@@ -101,6 +104,17 @@ class RunConfig:
     train_split: str = "train"           # the enhancer
     allow_overlap: bool = False          # probe and evaluation sets sharing prompts: refused unless True
     sweep_saes: tuple[str, ...] = ()     # "LAYER=PATH" per layer: the causal sweep's SAEs (default: MLP neurons)
+
+    def score_settings(self) -> ScoreSettings:
+        """The generation and judging settings of every judged step (seed, num_steps,
+        batch_size, n_boot)."""
+        return ScoreSettings(seed=self.seed, num_steps=self.num_steps, batch_size=self.batch_size, n_boot=self.n_boot)
+
+    def enhancer_config(self) -> "EnhancerConfig":
+        """The training settings of each enhancer (`enhancer_steps`, `enhancer_lr`, `seed`)."""
+        from circuits.causal.enhancer import EnhancerConfig
+
+        return EnhancerConfig(train_steps=self.enhancer_steps, lr=self.enhancer_lr, seed=self.seed)
 
     @classmethod
     def quick(cls, **kw: Any) -> "RunConfig":
@@ -175,26 +189,26 @@ def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg
     res.units.plot_wfs(out / "wfs_curves.png")
     res.units.plot_overlap(out / "unit_overlap.png")
     sections.append(units_markdown(res.units))
+    settings = cfg.score_settings()
     if "validate" not in cfg.skip:
-        res.validation = validate_units(model, res.units, test, judge, n_random=cfg.n_random, seed=cfg.seed,
-                                        num_steps=cfg.num_steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
+        res.validation = validate_units(model, res.units, test, judge, n_random=cfg.n_random, settings=settings)
         res.validation.save(out)
         res.validation.plot(out / "validation.png")
         sections.append(validation_markdown(res.validation))
     if "amplify" not in cfg.skip:
         res.lambda_sweep = lambda_sweep(model, res.units, test, judge, lams=cfg.lams, n_random=cfg.lam_random,
-                                        seed=cfg.seed, num_steps=cfg.num_steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot)
+                                        settings=settings)
         res.lambda_sweep.save(out)
         res.lambda_sweep.plot(out / "lambda_sweep.png")
         sections.append(sweep_markdown(res.lambda_sweep))
     if "enhancer" not in cfg.skip and any(getattr(r, "image", None) for r in train):
-        rows = {"none (baseline)": (None, evaluate_enhancer(model, None, test, judge, cfg.seed, cfg.num_steps, cfg.batch_size, cfg.n_boot))}
+        rows = {"none (baseline)": (None, evaluate_enhancer(model, None, test, judge, settings=settings))}
         ctrl = random_other_layer(model.encoders["text"].n_layers, layer, cfg.seed)
         for name, l in (("culture layer", layer), ("random other layer", ctrl)):
-            run = train_enhancer(model, train, layer=l, out=out / f"enhancer_layer{l}", train_steps=cfg.enhancer_steps,
-                                 lr=cfg.enhancer_lr, seed=cfg.seed, split=None)
+            run = train_enhancer(model, train, layer=l, out=out / f"enhancer_layer{l}", cfg=cfg.enhancer_config(),
+                                 split=None)
             res.enhancer[name] = run
-            rows[name] = (l, evaluate_enhancer(model, run.enhancer, test, judge, cfg.seed, cfg.num_steps, cfg.batch_size, cfg.n_boot))
+            rows[name] = (l, evaluate_enhancer(model, run.enhancer, test, judge, settings=settings))
         write_json(out / "enhancer.json", {k: {"layer": l, "culturevqa": r} for k, (l, r) in rows.items()})
         sections.append(enhancer_markdown(rows))
     if "causal" not in cfg.skip:
@@ -202,8 +216,7 @@ def run_all(model, records: Sequence[Any], judge: Callable, out: str | Path, cfg
 
         saes = load_layer_saes(list(cfg.sweep_saes))
         res.causal = causal_sweep(model, probe, test, judge, n_units=cfg.sweep_units, chosen=layer, rho=cfg.rho,
-                                  seed=cfg.seed, num_steps=cfg.num_steps, batch_size=cfg.batch_size, n_boot=cfg.n_boot,
-                                  layers=sorted(saes) if saes else None, basis_for=saes,
+                                  settings=settings, layers=sorted(saes) if saes else None, basis_for=saes,
                                   allow_overlap=cfg.allow_overlap)
         res.causal.save(out)
         res.causal.plot(out / "causal_sweep.png")

@@ -29,8 +29,8 @@ _logging.getLogger("transformers.utils.import_utils").addFilter(_QuietTorchvisio
 
 # In the order of the data flow: the model and its sites, the interventions and the engine that
 # applies them, then the methods that read and edit through it.
-from interp.errors import (CultureLensError, NotAPipelineError, PromptTooLongError, RenamedArgumentError,
-                           SiteError, UnsupportedModelError)
+from interp.errors import (CultureLensError, MovedArgumentError, NotAPipelineError, PromptTooLongError,
+                           RenamedArgumentError, SiteError, UnsupportedModelError)
 from interp.model.model import Model, TextEncoder
 from interp.model.loading import load
 from interp.model.tiny import tiny
@@ -45,6 +45,6 @@ __all__ = [
     "Model", "TextEncoder", "tiny", "load", "generate", "capture_generation", "Generation", "patch",
     "PatchResult", "attribution", "AttributionMaps", "effect_map", "EffectMap", "capture", "encoder_output", "mean_activation",
     "Intervention", "Units", "Mask", "Amplify", "Replace", "OnRows", "random_units", "intervene",
-    "CultureLensError", "NotAPipelineError", "PromptTooLongError", "RenamedArgumentError", "SiteError",
-    "UnsupportedModelError",
+    "CultureLensError", "MovedArgumentError", "NotAPipelineError", "PromptTooLongError", "RenamedArgumentError",
+    "SiteError", "UnsupportedModelError",
 ]

@@ -8,7 +8,9 @@ range and never print a tensor (its repr can run to pages).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +18,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from interp.errors import CultureLensError, RenamedArgumentError
+from interp.errors import CultureLensError, MovedArgumentError, RenamedArgumentError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,10 +135,76 @@ def renamed(**old_to_new: str) -> Callable[[F], F]:
                     what = _MEANING.get(new, new)
                     note = (" steps= now only lists denoising-step indices, on interventions (e.g. "
                             "Mask(units, steps=[0, 3]))" if old == "steps" else "")
+                    into = getattr(wrapper, "__moved__", {}).get(new)
+                    if into is not None:  # the new name then moved on into a settings object (`moved`)
+                        cls, param = into
+                        note += (f"{'.' if note else ''} {new} is now a field of {cls}: pass {param}={cls}({new}="
+                                 f"{describe(kwargs[old])}).")
                     raise RenamedArgumentError(f"{fn.__qualname__}: {old}= was renamed {new}= in culturelens 0.2.0 "
                                                f"({what}); got {old}={describe(kwargs[old])}.{note}")
             return fn(*args, **kwargs)
 
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def public_name(obj: Any) -> str:
+    """How a user reaches `obj`: its top-level package and name (`sae.TrainConfig`), the form the
+    settings classes are exported in."""
+    return f"{obj.__module__.partition('.')[0]}.{obj.__qualname__}"
+
+
+def moved(into: type, *names: str, param: str, where: str | None = None) -> Callable[[F], F]:
+    """Decorate a public function whose keywords `names` moved in culturelens 0.2.0 into the
+    settings dataclass `into`, now passed as `param=`
+    (`@moved(TrainConfig, "lr", "seed", param="cfg", where="sae.train")`).
+
+    A call that still passes one of them raises `MovedArgumentError` (a TypeError, as Python's
+    own "unexpected keyword" is) naming `into` and showing the call to write: "sae.train: lr=
+    moved to sae.TrainConfig(lr=...) in culturelens 0.2.0; pass cfg=sae.TrainConfig(lr=0.001)".
+    So do the old calls by position: more positional arguments than the function now takes
+    (the moved ones followed them in the old signature), or a `param` that is neither an `into`
+    nor None (e.g. sae.train's old third argument, batch_size). `where` names the function in
+    the messages (default: its qualified name). The signature is kept (`inspect.signature`
+    follows `__wrapped__`), and `renamed` outside this decorator says where a renamed keyword
+    moved on to (`steps=` -> `num_steps` -> a field of `circuits.ScoreSettings`)."""
+    fields = {f.name for f in dataclasses.fields(into)}
+    stray = [n for n in names if n not in fields]
+    if stray or not names:
+        raise TypeError(f"moved: {stray or 'no names'} are not fields of {into.__qualname__}")
+    cls = public_name(into)
+
+    def decorate(fn: F) -> F:
+        name = where or fn.__qualname__
+        params = list(inspect.signature(fn).parameters.values())
+        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if param not in {p.name for p in params} or any(p.kind is p.VAR_POSITIONAL for p in params):
+            raise TypeError(f"moved: {fn.__qualname__} needs a `{param}` parameter and no *args")
+        at = positional.index(param) if param in positional else None
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = [n for n in names if n in kwargs]
+            if given:
+                call = ", ".join(f"{n}={describe(kwargs[n])}" for n in given)
+                raise MovedArgumentError(
+                    f"{name}: {', '.join(f'{n}=' for n in given)} moved to {cls}({given[0]}=...) in culturelens "
+                    f"0.2.0; pass {param}={cls}({call})")
+            if len(args) > len(positional):
+                raise MovedArgumentError(
+                    f"{name}: takes at most {len(positional)} positional arguments ({', '.join(positional)}), got "
+                    f"{len(args)}; {', '.join(names)} moved to {cls} in culturelens 0.2.0: pass {param}={cls}("
+                    f"{names[0]}=...) and the other arguments by keyword")
+            value = kwargs[param] if param in kwargs else args[at] if at is not None and at < len(args) else None
+            if value is not None and not isinstance(value, into):
+                raise MovedArgumentError(
+                    f"{name}: {param} must be a {cls} or None; got {describe(value)} ({', '.join(names)} moved to "
+                    f"{cls} in culturelens 0.2.0: pass {param}={cls}({names[0]}=...))")
+            return fn(*args, **kwargs)
+
+        # read by `renamed` (outside) to say where a renamed keyword moved on to
+        wrapper.__moved__ = {**getattr(fn, "__moved__", {}), **{n: (cls, param) for n in names}}  # type: ignore
         return wrapper  # type: ignore[return-value]
 
     return decorate

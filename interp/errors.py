@@ -27,3 +27,9 @@ class RenamedArgumentError(CultureLensError, TypeError):
     """A keyword argument renamed in culturelens 0.2.0 (e.g. a denoising count `steps=` that is
     now `num_steps=`); the message names the new one. A TypeError too, as Python's own error for
     an unknown keyword is."""
+
+
+class MovedArgumentError(RenamedArgumentError):
+    """A keyword argument that moved into a settings object in culturelens 0.2.0 (e.g.
+    `sae.train(..., lr=1e-3)`, now `sae.train(..., sae.TrainConfig(lr=1e-3))`); the message names
+    the object and shows the call to write. A `RenamedArgumentError`, hence a TypeError too."""

@@ -12,10 +12,10 @@ from sae.model import Codes, SAEConfig, TopKSAE
 from sae.saelens import load_saelens, save_saelens
 from sae.steer import SpliceFidelity, Steer, splice, splice_fidelity
 from sae.store import ActivationStore
-from sae.train import train
+from sae.train import TrainConfig, train
 
 __all__ = ["ActivationStore", "Codes", "DenoiserCapture", "FeatureMaps", "SAEConfig", "SAEError",
            "SpliceFidelity", "Steer", "TopKSAE", "feature_maps", "splice_fidelity",
            "downstream_error", "evaluate", "export_features", "load_saelens", "save_saelens",
-           "splice", "train"]
+           "splice", "train", "TrainConfig"]
 __all__ += ["LatentActivations", "build_browser"]

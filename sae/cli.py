@@ -132,7 +132,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
 
     import interp
     from interp import distributed
-    from sae import ActivationStore, TopKSAE, downstream_error, evaluate, save_saelens, train
+    from sae import ActivationStore, TopKSAE, TrainConfig, downstream_error, evaluate, save_saelens, train
     from sae.plot import plot_metrics
 
     out = Path(args.out)
@@ -155,9 +155,9 @@ def _train_cmd(args: argparse.Namespace) -> int:
         print(f"note: store holds {store.n_tokens} tokens; batch size lowered to {batch}")
     tokens = args.tokens or 10 * store.n_tokens
     sae = TopKSAE(store.d, args.d_sae, args.k, dead_tokens=args.dead_tokens, seed=args.seed)
-    rows = train(sae, store, batch_size=batch, total_tokens=tokens, lr=args.lr,
-                 aux_coef=args.aux_coef, seed=args.seed, checkpoint_dir=out / "checkpoints",
-                 checkpoint_every=args.checkpoint_every, resume=args.resume)
+    cfg = TrainConfig(batch_size=batch, total_tokens=tokens, lr=args.lr, aux_coef=args.aux_coef, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every)
+    rows = train(sae, store, cfg, checkpoint_dir=out / "checkpoints", resume=args.resume)
     sae.eval()
     on_train = evaluate(sae, store.sample(min(store.n_tokens, 65_536), seed=args.seed + 7))
     if args.eval_store:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp import distributed
+from interp.checks import moved
 from interp.checkpoint import load_checkpoint, refuse_legacy, save_checkpoint, settings_diff
 from interp.folder_lock import lock_folder
 from sae.errors import SAEError
@@ -166,20 +167,60 @@ def _trim_log(log: Path, upto_step: int) -> None:
     log.write_text("".join(ln + "\n" for ln in keep))
 
 
-def train(sae: TopKSAE, store: ActivationStore, batch_size: int = 4096,
-          total_tokens: int = 10_000_000, lr: float = 4e-4, aux_coef: float = 1 / 32,
-          weight_decay: float = 0.0, seed: int = 0, checkpoint_dir: str | Path | None = None,
-          checkpoint_every: int = 500, resume: bool = False, init_from_data: bool = True,
-          log_every: int = 10, progress: bool = True, stop_after: int | None = None
-          ) -> list[dict]:
-    """Train `sae` in place on `store`; returns the logged metric rows.
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How `sae.train` trains: what decides the trained weights (besides the SAE's own config and
+    the store) and how often it logs and checkpoints; None means these defaults. A resume
+    compares `batch_size`, `seed`, `lr`, `aux_coef`, `weight_decay` and `init_from_data` with the
+    checkpoint's, under these names."""
 
-    Weight decay defaults to 0 (torch's AdamW uses 0.01; decay would shrink the encoder of
-    rarely-used latents towards death). `resume=True` loads `checkpoint_dir/last.safetensors`
+    batch_size: int = 4096
+    """Tokens per step (the global batch under torchrun)."""
+
+    total_tokens: int = 10_000_000
+    """Training budget in tokens: `total_tokens // batch_size` steps. A larger value continues a
+    finished run (the lr is constant)."""
+
+    lr: float = 4e-4
+    """AdamW learning rate, constant (sparsify's 2e-4/√(d_sae/16384) at 4096 latents; not rescaled
+    with d_sae)."""
+
+    aux_coef: float = 1 / 32
+    """α of the AuxK loss (dead latents explaining the residual); 0 switches it off."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay; 0, not torch's 0.01, which would shrink rarely-used latents' encoders
+    towards death."""
+
+    seed: int = 0
+    """Seed of the init sample and of the store's batch order."""
+
+    checkpoint_every: int = 500
+    """With `checkpoint_dir`: steps between checkpoints (and one at the last step)."""
+
+    init_from_data: bool = True
+    """Set b_dec (geometric median) and the encoder scale from a data sample before step 1."""
+
+    log_every: int = 10
+    """Steps between logged metric rows (and the last step)."""
+
+
+#: The keywords of `train` that moved into `TrainConfig` (culturelens 0.2.0).
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
+
+
+@moved(TrainConfig, *TRAIN_FIELDS, param="cfg", where="sae.train")
+def train(sae: TopKSAE, store: ActivationStore, cfg: TrainConfig | None = None, *,
+          checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> list[dict]:
+    """Train `sae` in place on `store` with `cfg` (a `TrainConfig`; None: its defaults); returns
+    the logged metric rows.
+
+    `resume=True` loads `checkpoint_dir/last.safetensors`
     (model, optimiser, RNG, data position; no pickle) and ends with the same weights as an
     uninterrupted run; it refuses a checkpoint made with other settings (SAE config, batch
     size, seed, lr, AuxK coefficient, weight decay, store fingerprints), naming the fields.
-    A larger `total_tokens` continues the run (the lr is constant, so that equals a longer
+    A larger `cfg.total_tokens` continues the run (the lr is constant, so that equals a longer
     uninterrupted run); one that ends before the checkpoint is refused. `resume=False`
     starts over. The checkpoint folder is locked (`interp.folder_lock`) while training.
     `stop_after` ends early after that many steps (to simulate an interruption).
@@ -188,12 +229,14 @@ def train(sae: TopKSAE, store: ActivationStore, batch_size: int = 4096,
     batch_size)` = min(10M, total_tokens/10), so AuxK acts within any budget; the value used
     stays in `sae.cfg.dead_tokens`. Every logged row carries `aux` (the AuxK loss, 0 while no
     latent is dead) and `dead` (fraction of latents dead at that step); `sae.plot.plot_metrics`
-    draws both. `init_from_data` sets b_dec and the encoder scale from a data sample.
+    draws both. `cfg.init_from_data` sets b_dec and the encoder scale from a data sample.
 
     Under torchrun (WORLD_SIZE > 1) this is data-parallel (sae.distributed): each rank trains
     on its slice of every `batch_size` global batch, weights stay identical across ranks and
     equal one-process training up to float summation order; rank 0 writes checkpoints and log.
     That happens when all ranks name the same store folder (`sae.store.shared`)."""
+    cfg = TrainConfig() if cfg is None else cfg
+    batch_size, total_tokens = cfg.batch_size, cfg.total_tokens
     if store.d != sae.d_in:
         raise SAEError(f"store {store.path} has d={store.d}, SAE expects d_in={sae.d_in}")
     if batch_size <= 0:
@@ -210,8 +253,7 @@ def train(sae: TopKSAE, store: ActivationStore, batch_size: int = 4096,
     writer = reduce is None or distributed.is_main()
     # One writer per checkpoint folder: a second job on it fails at once (names the holder's pid).
     with lock_folder(ckdir, "checkpoint folder") if ckdir and writer else contextlib.nullcontext():
-        return _train(sae, store, batch_size, train_steps, lr, aux_coef, weight_decay, seed, ckdir, checkpoint_every,
-                      resume, init_from_data, log_every, progress, stop_after, reduce, writer)
+        return _train(sae, store, cfg, train_steps, ckdir, resume, progress, stop_after, reduce, writer)
 
 
 def _settings(sae: TopKSAE, store: ActivationStore, batch_size: int, lr: float, aux_coef: float,
@@ -221,10 +263,11 @@ def _settings(sae: TopKSAE, store: ActivationStore, batch_size: int, lr: float, 
             "weight_decay": weight_decay, "init_from_data": init_from_data, "store": dict(store.fingerprints)}
 
 
-def _train(sae: TopKSAE, store: ActivationStore, batch_size: int, train_steps: int, lr: float, aux_coef: float,
-           weight_decay: float, seed: int, ckdir: Path | None, checkpoint_every: int, resume: bool,
-           init_from_data: bool, log_every: int, progress: bool, stop_after: int | None,
-           reduce: StepReduce | None, writer: bool) -> list[dict]:
+def _train(sae: TopKSAE, store: ActivationStore, cfg: TrainConfig, train_steps: int, ckdir: Path | None,
+           resume: bool, progress: bool, stop_after: int | None, reduce: StepReduce | None,
+           writer: bool) -> list[dict]:
+    batch_size, lr, aux_coef, weight_decay, seed = cfg.batch_size, cfg.lr, cfg.aux_coef, cfg.weight_decay, cfg.seed
+    checkpoint_every, init_from_data, log_every = cfg.checkpoint_every, cfg.init_from_data, cfg.log_every
     opt = make_optimizer(sae, lr, weight_decay)
     log = ckdir / LOG if ckdir and writer else None
     settings = _settings(sae, store, batch_size, lr, aux_coef, weight_decay, seed, init_from_data)

@@ -22,7 +22,7 @@ def job_score(out: Path, n_nouns: str = "1", num_steps: str = "5") -> None:
     Amplify: judged results plus a hash of every generated image (gathered in prompt order)."""
     import interp
     from circuits.analysis.cultureworld import TEST_NOUNS, organism_pairs
-    from circuits.evaluate import score
+    from circuits.evaluate import ScoreSettings, score
     from circuits.organism.judge import CultureWorldJudge
     from circuits.organism.shipped import JUDGE, PIPELINE
     from circuits.pairs import by_concept
@@ -43,7 +43,8 @@ def job_score(out: Path, n_nouns: str = "1", num_steps: str = "5") -> None:
     res = {}
     for name, ivs in (("plain", None), ("amplified", lambda c: units[c])):
         hashes.clear()
-        s = score(model, groups, recording_judge, ivs, "noun", seed=3, num_steps=int(num_steps), batch_size=8)
+        s = score(model, groups, recording_judge, ivs, "noun",
+                  settings=ScoreSettings(seed=3, num_steps=int(num_steps), batch_size=8))
         res[name] = {"ids": s.ids, "correct": s.correct.tolist(), "predicted": s.predicted,
                      "images": distributed.gather_shards(list(hashes), len(s.ids))}
     res["seconds"] = time.perf_counter() - t0
@@ -107,7 +108,7 @@ def job_sae(out: Path, mode: str = "", train_steps: str = "40") -> None:
     import os
 
     from interp import distributed
-    from sae import ActivationStore, TopKSAE, train
+    from sae import ActivationStore, TopKSAE, TrainConfig, train
     from sae.synthetic import planted
 
     x, _ = planted(64 * 25, 32, 96, 4, noise=0.05, seed=0)
@@ -126,8 +127,8 @@ def job_sae(out: Path, mode: str = "", train_steps: str = "40") -> None:
         ActivationStore.batches = dying
     sae = TopKSAE(32, 256, 8, dead_tokens=64, seed=0)
     t0 = time.perf_counter()
-    rows = train(sae, store, batch_size=64, total_tokens=64 * int(train_steps), lr=5e-3, seed=0, checkpoint_dir=out / "ck",
-                 checkpoint_every=5, resume=mode == "resume", log_every=1, progress=False)
+    cfg = TrainConfig(batch_size=64, total_tokens=64 * int(train_steps), lr=5e-3, seed=0, checkpoint_every=5, log_every=1)
+    rows = train(sae, store, cfg, checkpoint_dir=out / "ck", resume=mode == "resume", progress=False)
     secs = time.perf_counter() - t0
     if distributed.is_main():
         torch.save({"state": sae.state_dict(), "rows": rows, "seconds": secs,

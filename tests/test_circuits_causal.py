@@ -89,7 +89,7 @@ def test_validate_units_controls_can_fail(model, sae_units):
 
     ref = reference_activity(model, sae_units, [p[0] for p in PAIRS])
     v = circuits.validate_units(model, sae_units, PAIRS, colour_judge, n_random=3, n_matched=2, reference=ref,
-                                n_boot=200, noun_judge=colour_noun_judge)
+                                settings=circuits.ScoreSettings(n_boot=200), noun_judge=colour_noun_judge)
     uni, act = v.controls["uniform"], v.controls["activity"]
     assert uni.k == 3 and act.k == 2 and v.random_draws == uni.draws
     # 56 of 64 latents are dead: uniform draws barely touch the site; matched draws (live latents) do.
@@ -178,7 +178,8 @@ def test_lambda_sweep_fidelity_and_selection(model, sae_units, tmp_path):
     select = [("a Japanese-style vase", "a vase", "Japanese-style", "vase", "ja"),
               ("a German-style vase", "a vase", "German-style", "vase", "de")]
     sw = circuits.lambda_sweep(model, sae_units, PAIRS, colour_judge, lams=[0.0, 6.0], n_random=1, n_matched=1,
-                               reference=ref, noun_judge=colour_noun_judge, n_boot=100, select_on=select)
+                               reference=ref, noun_judge=colour_noun_judge, settings=circuits.ScoreSettings(n_boot=100),
+                               select_on=select)
     assert sw.selection["on"].startswith("the selection prompts (2")
     assert sw.best_lam == sw.selection["chosen"]
     assert sw.ssim_detected[0].mean == pytest.approx(1.0)
@@ -217,14 +218,14 @@ def _refs():
 
 def test_enhancer_train_resume_load(model, tmp_path):
     data = _refs()
-    full = circuits.train_enhancer(model, data, layer=1, out=tmp_path / "a", train_steps=4, lr=1e-2, checkpoint_every=2,
-                                   progress=False)
+    four = circuits.EnhancerConfig(train_steps=4, lr=1e-2, checkpoint_every=2)
+    full = circuits.train_enhancer(model, data, layer=1, out=tmp_path / "a", cfg=four, progress=False)
     assert len(full.losses) == 4 and all(np.isfinite(full.losses))
     assert full.enhancer.W2.weight.abs().sum() > 0          # it trained
     # Interrupted after 2 steps, then resumed: the same weights as the uninterrupted run.
-    circuits.train_enhancer(model, data, layer=1, out=tmp_path / "b", train_steps=2, lr=1e-2, checkpoint_every=2, progress=False)
-    resumed = circuits.train_enhancer(model, data, layer=1, out=tmp_path / "b", train_steps=4, lr=1e-2, checkpoint_every=2,
-                                      progress=False)
+    circuits.train_enhancer(model, data, layer=1, out=tmp_path / "b", cfg=dataclasses.replace(four, train_steps=2),
+                            progress=False)
+    resumed = circuits.train_enhancer(model, data, layer=1, out=tmp_path / "b", cfg=four, progress=False)
     for k, v in full.enhancer.state_dict().items():
         assert torch.equal(v, resumed.enhancer.state_dict()[k]), k
     assert resumed.losses == full.losses
@@ -238,12 +239,13 @@ def test_enhancer_train_resume_load(model, tmp_path):
 
 
 def test_enhancer_pixel_objective_and_errors(model):
-    run = circuits.train_enhancer(model, _refs(), layer=0, train_steps=1, objective="pixel", progress=False)
+    run = circuits.train_enhancer(model, _refs(), layer=0, cfg=circuits.EnhancerConfig(train_steps=1, objective="pixel"),
+                                  progress=False)
     assert np.isfinite(run.losses[0])
     with pytest.raises(interp.CultureLensError, match="layer 9 outside"):
-        circuits.train_enhancer(model, _refs(), layer=9, train_steps=1)
+        circuits.train_enhancer(model, _refs(), layer=9, cfg=circuits.EnhancerConfig(train_steps=1))
     with pytest.raises(interp.CultureLensError, match="no \\(noun-only prompt, image\\) pairs"):
-        circuits.train_enhancer(model, [], layer=0, train_steps=1)
+        circuits.train_enhancer(model, [], layer=0, cfg=circuits.EnhancerConfig(train_steps=1))
     assert circuits.random_other_layer(3, 1, seed=0) in (0, 2)
 
 
@@ -254,7 +256,8 @@ def test_causal_sweep(model, tmp_path):
     from circuits.causal.sweep import top_n
     from circuits.causal.validate import masked_interventions
 
-    sw = circuits.causal_sweep(model, PAIRS, PAIRS, colour_judge, n_units=3, chosen=1, n_boot=100, allow_overlap=True)
+    sw = circuits.causal_sweep(model, PAIRS, PAIRS, colour_judge, n_units=3, chosen=1,
+                               settings=circuits.ScoreSettings(n_boot=100), allow_overlap=True)
     groups = circuits.by_concept(circuits.as_pairs(PAIRS))
     base = score(model, groups, colour_judge).correct.float().mean().item()
     drops = {}
@@ -299,8 +302,8 @@ def test_score_does_not_depend_on_batching(model, units):
     groups = circuits.by_concept(circuits.as_pairs(PAIRS))
     def mask(c):
         return masked_interventions(units, c)
-    one = score(model, groups, colour_judge, mask, batch_size=1)
-    shared = score(model, groups, colour_judge, mask, batch_size=64)
+    one = score(model, groups, colour_judge, mask, settings=circuits.ScoreSettings(batch_size=1))
+    shared = score(model, groups, colour_judge, mask, settings=circuits.ScoreSettings(batch_size=64))
     assert one.ids == shared.ids and one.predicted == shared.predicted
     assert torch.equal(one.correct, shared.correct)
 
@@ -326,7 +329,7 @@ def test_specificity_matrix_and_overlap(model, sae_units, tmp_path):
     from circuits.causal.specificity import overlap_counts, specificity_matrix
     from circuits.causal.validate import masked_interventions
 
-    sp = specificity_matrix(model, sae_units, PAIRS, colour_judge, mode="mask", n_boot=50)
+    sp = specificity_matrix(model, sae_units, PAIRS, colour_judge, mode="mask", settings=circuits.ScoreSettings(n_boot=50))
     assert sp.cultures == ["ja", "de"] or sp.cultures == ["de", "ja"]
     # Cell (A = ja, B = de) equals masking ja's units on de's prompts, scored independently.
     a, b = sp.cultures.index("ja"), sp.cultures.index("de")
@@ -334,7 +337,8 @@ def test_specificity_matrix_and_overlap(model, sae_units, tmp_path):
     s = score(model, groups, colour_judge, lambda c: masked_interventions(sae_units, "ja"))
     assert sp.matrix[a][b] == pytest.approx(s.correct.float().mean().item())
     assert sp.effect[a][b] == pytest.approx(sp.baseline[a][b] - sp.matrix[a][b])
-    amp = specificity_matrix(model, sae_units, PAIRS, colour_judge, mode="amplify", lam=6.0, n_boot=50)
+    amp = specificity_matrix(model, sae_units, PAIRS, colour_judge, mode="amplify", lam=6.0,
+                             settings=circuits.ScoreSettings(n_boot=50))
     assert -1 <= amp.index <= 1 and "specificity index" in amp.table()
     amp.plot(tmp_path / "spec.png")
     amp.save(tmp_path / "spec.json")
@@ -372,7 +376,7 @@ def test_plain_scores_reused_inside_the_block_only(model, units, monkeypatch):
         no_noun = score(model, groups, colour_judge)
         assert len(calls) == n == 2 * n_fresh  # the two repeats generated nothing
         score(model, groups, colour_judge, lambda c: masked_interventions(units, c))
-        score(model, groups, colour_judge, seed=5)
+        score(model, groups, colour_judge, settings=circuits.ScoreSettings(seed=5))
         assert len(calls) == 4 * n_fresh
     score(model, groups, colour_judge)
     assert len(calls) == 5 * n_fresh

@@ -74,7 +74,8 @@ def planted(model):
 def test_sweep_finds_the_planted_layer(model, planted):
     plant, judge = planted
     with interp.intervene(model, [plant]):
-        sw = circuits.causal_sweep(model, PROBE, EVAL, judge, n_units=3, chosen=PLANT_LAYER, n_boot=50)
+        sw = circuits.causal_sweep(model, PROBE, EVAL, judge, n_units=3, chosen=PLANT_LAYER,
+                                   settings=circuits.ScoreSettings(n_boot=50))
     assert sw.baseline.mean == 1.0                        # with the plant, every image is cultural
     assert sw.ranking[0] == PLANT_LAYER and sw.chosen_rank == 1 and sw.n_tied == 0
     assert sw.drops[PLANT_LAYER] >= 0.8, sw.drops         # masking the planted neurons removes the signal
@@ -90,7 +91,8 @@ def test_sweep_with_an_sae_per_layer(model, tmp_path):
     saes = {l: sae.TopKSAE(d, d_sae=48, k=4, seed=l) for l in range(3)}
     def judge(im):
         return torch.zeros(len(im), len(LABELS))
-    sw = circuits.causal_sweep(model, PROBE, EVAL, judge, n_units=2, basis_for=saes, chosen=0, n_boot=20)
+    sw = circuits.causal_sweep(model, PROBE, EVAL, judge, n_units=2, basis_for=saes, chosen=0,
+                               settings=circuits.ScoreSettings(n_boot=20))
     assert sw.basis_kind == "sae" and sw.sites == [f"text.blocks.{l}.hook_resid_post" for l in range(3)]
     assert sw.drops == [0.0, 0.0, 0.0] and sw.chosen_rank == 1 and sw.n_tied == 2
     sw.plot(tmp_path / "sweep.png")
@@ -109,6 +111,7 @@ def test_sweep_refuses_overlap_unless_allowed(model):
         return torch.zeros(len(im), len(LABELS))
     with pytest.raises(SplitError, match="share 2 prompt texts"):
         circuits.causal_sweep(model, PROBE, PROBE[:1] + EVAL, judge, layers=[0])
-    sw = circuits.causal_sweep(model, PROBE, PROBE[:1] + EVAL, judge, layers=[0], allow_overlap=True, n_boot=20)
+    sw = circuits.causal_sweep(model, PROBE, PROBE[:1] + EVAL, judge, layers=[0], allow_overlap=True,
+                               settings=circuits.ScoreSettings(n_boot=20))
     assert sw.shared_prompts == 2
     assert "share 2 prompts (allowed explicitly)" in causal_markdown(sw)

@@ -20,7 +20,7 @@ from interp.bridge import bridge, run_with_cache
 from interp.model.sites import denoiser_sites
 from interp.model.tiny import CORPUS
 from interp.model.tokenizer_training import train_bpe, train_unigram
-from sae import ActivationStore, TopKSAE, train
+from sae import ActivationStore, TopKSAE, TrainConfig, train
 
 ARCHS = ("bert", "xlmr", "clip", "t5")
 MAX_LEN = 32
@@ -189,7 +189,7 @@ def test_scan_store_sae_and_units_on_each_family(models, arch, tmp_path):
     prompts = [p for pair in PAIRS for p in pair[:2]]
     store = ActivationStore.build(model, prompts, site, tmp_path / "store", batch_size=4, progress=False)
     sae = TopKSAE(D, 32, 4, seed=0)
-    train(sae, store, batch_size=16, total_tokens=16 * 30, lr=3e-3, progress=False)
+    train(sae, store, TrainConfig(batch_size=16, total_tokens=16 * 30, lr=3e-3), progress=False)
     units = circuits.culture_units(model, circuits.sae_basis(sae, site), {"ja": PAIRS[:2], "de": PAIRS[2:]}, k_max=4)
     assert sorted(units.cultures) == ["de", "ja"]
     assert all(0 <= i < 32 for c in units.cultures.values() for i in c.indices)
@@ -232,7 +232,7 @@ def test_real_e5_capture_scan_store_sae_patch(e5_model, tmp_path):
     store = ActivationStore.build(model, prompts, site, tmp_path / "store", batch_size=6, progress=False)
     assert store.d == 384 and store.n_tokens > len(prompts)
     sae = TopKSAE(384, 128, 8, seed=0)
-    log = train(sae, store, batch_size=32, total_tokens=32 * 40, lr=2e-3, progress=False)
+    log = train(sae, store, TrainConfig(batch_size=32, total_tokens=32 * 40, lr=2e-3), progress=False)
     assert log[-1]["fvu"] < log[0]["fvu"]
     units = circuits.culture_units(model, circuits.sae_basis(sae, site), recs, k_max=8)
     assert sorted(units.cultures) == ["de", "ja"]

@@ -6,6 +6,7 @@ to the diffusers pipeline); index lists keep working where `steps` means indices
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 
@@ -52,10 +53,20 @@ def _name(fn) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
+def _takes(fn, name: str) -> bool:
+    """`fn` takes `name` as a keyword, or as a field of its settings object (culturelens 0.2.0:
+    `settings=circuits.ScoreSettings(num_steps=...)`, `cfg=circuits.EnhancerConfig(train_steps=...)`)."""
+    params = inspect.signature(fn).parameters
+    if name in params:
+        return True
+    holder = {"settings": circuits.ScoreSettings, "cfg": circuits.EnhancerConfig}
+    return any(p in params and name in {f.name for f in dataclasses.fields(c)} for p, c in holder.items())
+
+
 @pytest.mark.parametrize("fn", DENOISING_COUNT, ids=_name)
 def test_denoising_count_is_num_steps(fn) -> None:
     params = inspect.signature(fn).parameters
-    assert "num_steps" in params and "steps" not in params
+    assert _takes(fn, "num_steps") and "steps" not in params
     # Refused before anything runs (so no model is needed), naming the new keyword and the function.
     with pytest.raises(interp.RenamedArgumentError, match=rf"{fn.__qualname__}: steps= was renamed num_steps="):
         fn(None, None, steps=4)
@@ -66,7 +77,7 @@ def test_denoising_count_is_num_steps(fn) -> None:
 @pytest.mark.parametrize("fn", TRAINING_COUNT, ids=_name)
 def test_training_count_is_train_steps(fn) -> None:
     params = inspect.signature(fn).parameters
-    assert "train_steps" in params and "steps" not in params
+    assert _takes(fn, "train_steps") and "steps" not in params
     with pytest.raises(interp.RenamedArgumentError, match=rf"{fn.__qualname__}: steps= was renamed train_steps="):
         fn(steps=4)
 
@@ -143,15 +154,15 @@ def units(text_model):
 
 def test_circuits_pass_num_steps_on(text_model, units, counted) -> None:
     groups = by_concept(as_pairs(PAIRS))
-    score(text_model, groups, _colour_judge, num_steps=3)
-    circuits.validate_units(text_model, units, PAIRS, _colour_judge, n_random=1, num_steps=3, n_boot=20,
-                            progress=False)
-    circuits.lambda_sweep(text_model, units, PAIRS, _colour_judge, lams=[0.0, 2.0], n_random=1, num_steps=3,
-                          n_boot=20, progress=False)
-    specificity_matrix(text_model, units, PAIRS, _colour_judge, num_steps=3, n_boot=20, progress=False)
-    circuits.causal_sweep(text_model, PAIRS, PAIRS, _colour_judge, n_units=1, layers=[1], num_steps=3, n_boot=20,
+    st = circuits.ScoreSettings(num_steps=3, n_boot=20)
+    score(text_model, groups, _colour_judge, settings=st)
+    circuits.validate_units(text_model, units, PAIRS, _colour_judge, n_random=1, settings=st, progress=False)
+    circuits.lambda_sweep(text_model, units, PAIRS, _colour_judge, lams=[0.0, 2.0], n_random=1, settings=st,
+                          progress=False)
+    specificity_matrix(text_model, units, PAIRS, _colour_judge, settings=st, progress=False)
+    circuits.causal_sweep(text_model, PAIRS, PAIRS, _colour_judge, n_units=1, layers=[1], settings=st,
                           allow_overlap=True, progress=False)
-    evaluate_enhancer(text_model, None, PAIRS, _colour_judge, num_steps=3, n_boot=20)
+    evaluate_enhancer(text_model, None, PAIRS, _colour_judge, settings=st)
     assert counted and set(counted) == {3}
 
 
@@ -164,8 +175,8 @@ def test_run_config_num_steps() -> None:
 def test_train_enhancer_train_steps_and_its_record(text_model, tmp_path) -> None:
     g = np.random.default_rng(0)
     data = [("a box", Image.fromarray(g.integers(0, 255, (16, 16, 3), dtype=np.uint8)))]
-    run = circuits.train_enhancer(text_model, data, layer=0, out=tmp_path / "e", train_steps=2, lr=1e-3,
-                                  progress=False)
+    run = circuits.train_enhancer(text_model, data, layer=0, out=tmp_path / "e",
+                                  cfg=circuits.EnhancerConfig(train_steps=2, lr=1e-3), progress=False)
     assert run.train_steps == 2 and len(run.losses) == 2
     # on disk the count keeps its pre-0.2.0 key "steps" (enhancer.json, enhancer_run.json)
     assert json.loads((tmp_path / "e" / "enhancer.json").read_text())["steps"] == 2

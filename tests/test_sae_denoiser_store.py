@@ -15,7 +15,7 @@ import torch
 import interp
 import sae.denoiser
 from circuits.data.judges.base import from_callable
-from sae import (ActivationStore, DenoiserCapture, SAEError, Steer, TopKSAE, evaluate, splice,
+from sae import (ActivationStore, DenoiserCapture, SAEError, Steer, TopKSAE, TrainConfig, evaluate, splice,
                  splice_fidelity, train)
 from sae.layout import as_rows
 from test_distributed import _env, free_port
@@ -163,7 +163,7 @@ def test_heldout_fvu_by_prompt(tiny_sd, tmp_path):
                          shard_tokens=512)
     held_x, _ = both.select(range(10, 15))
     model = TopKSAE(16, 32, 8, seed=0, dead_tokens=2 * train_store.n_tokens)
-    train(model, train_store, batch_size=128, total_tokens=128 * 300, lr=3e-3, progress=False)
+    train(model, train_store, TrainConfig(batch_size=128, total_tokens=128 * 300, lr=3e-3), progress=False)
     seen, held = evaluate(model, train_store.all()), evaluate(model, held_x)
     assert seen["fvu"] < held["fvu"] < evaluate(TopKSAE(16, 32, 8, seed=1), held_x)["fvu"]
     assert held["n_tokens"] == 5 * 2 * 64

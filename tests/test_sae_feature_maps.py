@@ -8,7 +8,7 @@ import torch
 
 from families import tiny_family
 from interp.interventions import Intervention
-from sae import ActivationStore, FeatureMaps, SAEError, TopKSAE, feature_maps, train
+from sae import ActivationStore, FeatureMaps, SAEError, TopKSAE, TrainConfig, feature_maps, train
 
 SITE = "unet.down.0.attn.0.attn2.hook_out"  # [B, 64 pixels (8 × 8), 16 channels]
 PLANTED = [r * 8 + c for r in (1, 2, 3) for c in (5, 6)]  # a 3 × 2 block, top right
@@ -36,7 +36,7 @@ def planted(tiny_sd, tmp_path_factory):
     store = ActivationStore.build(tiny_sd, PROMPTS, SITE, tmp_path_factory.mktemp("planted"), batch_size=6,
                                   seeds=[0, 1], interventions=[Plant()], shard_tokens=1024, progress=False)
     sae = TopKSAE(16, 32, 4, seed=0, dead_tokens=2 * store.n_tokens)
-    train(sae, store, batch_size=128, total_tokens=128 * 300, lr=3e-3, progress=False)
+    train(sae, store, TrainConfig(batch_size=128, total_tokens=128 * 300, lr=3e-3), progress=False)
     return store, sae
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import interp
-from sae import ActivationStore, SAEError, Steer, TopKSAE, downstream_error, evaluate, load_saelens, train
+from sae import (ActivationStore, SAEError, Steer, TopKSAE, TrainConfig, downstream_error, evaluate, load_saelens,
+                 train)
 from sae.store import prompts_fingerprint, token_keep_mask
 
 SITE = "text.blocks.0.hook_resid_post"
@@ -21,7 +22,7 @@ def trained(tiny_sd, tmp_path_factory):
     store = ActivationStore.build(tiny_sd, PROMPTS, SITE, path, batch_size=8, shard_tokens=64,
                                   progress=False)
     sae = TopKSAE(store.d, 64, 8, dead_tokens=2 * store.n_tokens, seed=0)
-    train(sae, store, batch_size=32, total_tokens=32 * 150, lr=3e-3, progress=False)
+    train(sae, store, TrainConfig(batch_size=32, total_tokens=32 * 150, lr=3e-3), progress=False)
     return store, sae
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import interp
-from sae import ActivationStore, Steer, TopKSAE, export_features, load_saelens, save_saelens, train
+from sae import ActivationStore, Steer, TopKSAE, TrainConfig, export_features, load_saelens, save_saelens, train
 
 SITE = "unet.down.0.attn.0.attn2.hook_out"
 PROMPTS = [f"a {c} {n}" for c in ("red", "old", "big", "blue") for n in ("cat", "dog", "box")]
@@ -33,7 +33,7 @@ def exported(tiny_sd, tmp_path_factory):
     store = ActivationStore.build(tiny_sd, PROMPTS, SITE, root / "store", batch_size=6, seeds=[0],
                                   shard_tokens=1024, progress=False)
     sae = TopKSAE(16, 32, 4, seed=0, dead_tokens=2 * store.n_tokens)
-    train(sae, store, batch_size=128, total_tokens=128 * 200, lr=3e-3, progress=False)
+    train(sae, store, TrainConfig(batch_size=128, total_tokens=128 * 200, lr=3e-3), progress=False)
     fires = sae.encode(store.all()).detach().gt(0).float().mean(0)
     latents = fires.argsort(descending=True)[:2].tolist()  # two latents that fire often
     export_features(sae, latents, ["a", "b"], root / "export", site=SITE, model=tiny_sd, store=store)

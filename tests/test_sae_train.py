@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from sae import ActivationStore, SAEError, TopKSAE, evaluate, train
+from sae import ActivationStore, SAEError, TopKSAE, TrainConfig, evaluate, train
 from sae.model import dead_tokens_for
 from sae.synthetic import planted, recovery
 from interp.checkpoint import load_checkpoint
@@ -24,8 +24,8 @@ def planted_store(tmp_path_factory):
 def test_planted_dictionary_recovered(planted_store, tmp_path):
     store, x, D = planted_store
     sae = TopKSAE(32, 128, 4, dead_tokens=3000, seed=7)
-    rows = train(sae, store, batch_size=256, total_tokens=256 * 500, lr=4e-3,
-                 checkpoint_dir=tmp_path, checkpoint_every=100, progress=False)
+    rows = train(sae, store, TrainConfig(batch_size=256, total_tokens=256 * 500, lr=4e-3, checkpoint_every=100),
+                 checkpoint_dir=tmp_path, progress=False)
     frac, best = recovery(sae.W_dec.detach(), D, 0.9)
     assert frac >= 0.9, f"recovered {frac:.2f} of atoms; worst cosines {best.sort().values[:5]}"
     ev = evaluate(sae, x)
@@ -41,16 +41,16 @@ def test_planted_dictionary_recovered(planted_store, tmp_path):
 
 def test_resume_is_bit_for_bit(planted_store, tmp_path):
     store, _, _ = planted_store
-    kw = dict(batch_size=128, total_tokens=128 * 60, lr=4e-3, seed=3, checkpoint_every=25,
-              progress=False, log_every=5)
+    cfg = TrainConfig(batch_size=128, total_tokens=128 * 60, lr=4e-3, seed=3, checkpoint_every=25, log_every=5)
+    kw = dict(progress=False)
     full = TopKSAE(32, 96, 4, dead_tokens=500, seed=1)
-    train(full, store, checkpoint_dir=tmp_path / "a", **kw)
+    train(full, store, cfg, checkpoint_dir=tmp_path / "a", **kw)
     part = TopKSAE(32, 96, 4, dead_tokens=500, seed=1)
-    train(part, store, checkpoint_dir=tmp_path / "b", stop_after=37, **kw)  # "crash" at 37
+    train(part, store, cfg, checkpoint_dir=tmp_path / "b", stop_after=37, **kw)  # "crash" at 37
     ck = load_checkpoint(tmp_path / "b" / CHECKPOINT, CHECKPOINT_KIND)
     assert ck["step"] == 37
     resumed = TopKSAE(32, 96, 4, dead_tokens=500, seed=99)  # fresh object, other init
-    train(resumed, store, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    train(resumed, store, cfg, checkpoint_dir=tmp_path / "b", resume=True, **kw)
     for name, t in full.state_dict().items():
         assert torch.equal(t, resumed.state_dict()[name]), name
     la = (tmp_path / "a" / "metrics.jsonl").read_text()
@@ -63,18 +63,18 @@ def test_resume_refuses_other_settings(planted_store, tmp_path):
     store, _, _ = planted_store
     sae = TopKSAE(32, 64, 4, seed=0)
     with pytest.raises(SAEError, match="no checkpoint"):
-        train(sae, store, batch_size=64, total_tokens=640, checkpoint_dir=tmp_path, resume=True,
+        train(sae, store, TrainConfig(batch_size=64, total_tokens=640), checkpoint_dir=tmp_path, resume=True,
               progress=False)
-    train(sae, store, batch_size=64, total_tokens=640, checkpoint_dir=tmp_path, progress=False)
+    train(sae, store, TrainConfig(batch_size=64, total_tokens=640), checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(SAEError, match="this run differs"):
-        train(TopKSAE(32, 64, 4), store, batch_size=32, total_tokens=640,
+        train(TopKSAE(32, 64, 4), store, TrainConfig(batch_size=32, total_tokens=640),
               checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
 def test_store_dimension_mismatch(planted_store):
     store, _, _ = planted_store
     with pytest.raises(SAEError, match="d_in=16"):
-        train(TopKSAE(16, 64, 4), store, batch_size=64, total_tokens=640, progress=False)
+        train(TopKSAE(16, 64, 4), store, TrainConfig(batch_size=64, total_tokens=640), progress=False)
 
 
 def _store(path, x, shard=2048):
@@ -90,10 +90,10 @@ def test_default_dead_threshold_scales_with_budget(planted_store):
     sae = TopKSAE(32, 64, 4, seed=0)
     with pytest.raises(SAEError, match="dead_tokens is None"):
         sae.dead_mask()
-    train(sae, store, batch_size=64, total_tokens=6400, progress=False)
+    train(sae, store, TrainConfig(batch_size=64, total_tokens=6400), progress=False)
     assert sae.cfg.dead_tokens == 640
     kept = TopKSAE(32, 64, 4, dead_tokens=123, seed=0)
-    train(kept, store, batch_size=64, total_tokens=640, progress=False)
+    train(kept, store, TrainConfig(batch_size=64, total_tokens=640), progress=False)
     assert kept.cfg.dead_tokens == 123
 
 
@@ -106,8 +106,8 @@ def test_auxk_revives_latents_that_die(tmp_path):
     dead, aux = {}, {}
     for coef in (1 / 32, 0.0):
         sae = TopKSAE(32, 512, 4, seed=0)
-        rows = train(sae, store, batch_size=256, total_tokens=256 * 400, lr=3e-2, aux_coef=coef,
-                     progress=False, log_every=20)
+        rows = train(sae, store, TrainConfig(batch_size=256, total_tokens=256 * 400, lr=3e-2, aux_coef=coef, log_every=20),
+                     progress=False)
         assert sae.cfg.dead_tokens == 256 * 40
         dead[coef] = float(sae.dead_mask().float().mean())
         aux[coef] = [r["aux"] for r in rows]
@@ -152,7 +152,7 @@ def test_encoder_scale_and_b_dec_fitted_at_init(tmp_path):
     store = _store(tmp_path / "s", x)
     sae = TopKSAE(24, 256, 8, seed=3)
     w_dec0 = sae.W_dec.detach().clone()
-    train(sae, store, batch_size=256, total_tokens=256, lr=0.0, progress=False)
+    train(sae, store, TrainConfig(batch_size=256, total_tokens=256, lr=0.0), progress=False)
     sample = store.sample(4096, seed=1)
     b = sae.b_dec.detach()
     # geometric median: the unit vectors from b to the points sum to ~0, and b is not the mean
@@ -183,7 +183,7 @@ def test_plot_aux_and_dead(planted_store, tmp_path):
 
     store, _, _ = planted_store
     sae = TopKSAE(32, 64, 4, seed=0)
-    rows = train(sae, store, batch_size=64, total_tokens=64 * 30, progress=False, log_every=5)
+    rows = train(sae, store, TrainConfig(batch_size=64, total_tokens=64 * 30, log_every=5), progress=False)
     assert {"aux", "dead"} <= set(rows[0])
     for p in (plot_metrics(rows, tmp_path / "m.png", dead_tokens=sae.cfg.dead_tokens),
               plot_auxk(rows, tmp_path / "a.png", dead_tokens=sae.cfg.dead_tokens)):

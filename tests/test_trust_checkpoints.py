@@ -54,7 +54,7 @@ def test_no_unsafe_torch_load_anywhere() -> None:
 
 
 def test_sae_trainer_checkpoints(tmp_path: Path) -> None:
-    from sae import ActivationStore, TopKSAE, train
+    from sae import ActivationStore, TopKSAE, TrainConfig, train
     from sae.train import CHECKPOINT, LEGACY_CHECKPOINT
 
     x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
@@ -63,7 +63,7 @@ def test_sae_trainer_checkpoints(tmp_path: Path) -> None:
     for name in (CHECKPOINT, LEGACY_CHECKPOINT):
         ck = tmp_path / name.replace(".", "_")
         planted = _plant(ck / name, marker)
-        _refused(lambda: train(TopKSAE(8, 16, 2, seed=0), store, batch_size=32, total_tokens=256,
+        _refused(lambda: train(TopKSAE(8, 16, 2, seed=0), store, TrainConfig(batch_size=32, total_tokens=256),
                                checkpoint_dir=ck, resume=True, progress=False), planted, marker)
 
 
@@ -75,14 +75,15 @@ def _refs():
 
 
 def test_enhancer_checkpoints(tiny_sd, tmp_path: Path) -> None:
-    from circuits.causal.enhancer import CHECKPOINT, LEGACY_CHECKPOINT, train_enhancer
+    from circuits.causal.enhancer import CHECKPOINT, LEGACY_CHECKPOINT, EnhancerConfig, train_enhancer
 
     marker = tmp_path / "ran"
     for name in (CHECKPOINT, LEGACY_CHECKPOINT):
         out = tmp_path / name.replace(".", "_")
         planted = _plant(out / name, marker)
         # resume is the default: pointing --out at a folder someone sent you must be safe
-        _refused(lambda: train_enhancer(tiny_sd, _refs(), layer=0, out=out, train_steps=1, progress=False),
+        _refused(lambda: train_enhancer(tiny_sd, _refs(), layer=0, out=out, cfg=EnhancerConfig(train_steps=1),
+                                        progress=False),
                  planted, marker)
 
 

@@ -84,9 +84,10 @@ def test_long_jobs_lock_their_folders(holder, tiny_sd) -> None:
     from PIL import Image
 
     from circuits.analysis.cultureworld import analyze
-    from circuits.causal.enhancer import train_enhancer
+    from circuits.causal.enhancer import EnhancerConfig, train_enhancer
     from circuits.organism.train import TrainConfig, train
     from sae import ActivationStore, TopKSAE
+    from sae import TrainConfig as SAETrainConfig
     from sae import train as sae_train
 
     import torch
@@ -97,12 +98,13 @@ def test_long_jobs_lock_their_folders(holder, tiny_sd) -> None:
         analyze(folder, quick=True)
     img = Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8))
     with pytest.raises(FolderBusyError, match=pid):
-        train_enhancer(tiny_sd, [("a box", img)], layer=0, out=folder, train_steps=1, progress=False)
+        train_enhancer(tiny_sd, [("a box", img)], layer=0, out=folder, cfg=EnhancerConfig(train_steps=1), progress=False)
     with pytest.raises(FolderBusyError, match=pid):
         train(folder, TrainConfig(train_steps=1, batch=2, warmup=1))
     store = ActivationStore.from_batches(folder.parent / "store", [torch.randn(64, 8)], {"site": "s"}, progress=False)
     with pytest.raises(FolderBusyError, match=pid):
-        sae_train(TopKSAE(8, 16, 2), store, batch_size=32, total_tokens=64, checkpoint_dir=folder, progress=False)
+        sae_train(TopKSAE(8, 16, 2), store, SAETrainConfig(batch_size=32, total_tokens=64), checkpoint_dir=folder,
+                  progress=False)
 
 
 def test_partial_report_is_marked_incomplete(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ field; an explicit flag starts over; kill-and-resume with the same settings stay
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,15 +35,18 @@ def store(tmp_path_factory):
 @pytest.mark.parametrize("change, field", [({"seed": 1}, "seed"), ({"lr": 1e-2}, "lr"),
                                            ({"aux_coef": 0.5}, "aux_coef"), ({"weight_decay": 0.1}, "weight_decay")])
 def test_sae_resume_refuses_other_settings(store, tmp_path: Path, change: dict, field: str) -> None:
-    from sae import SAEError, TopKSAE, train
+    from sae import SAEError, TopKSAE, TrainConfig, train
 
-    kw = dict(batch_size=64, total_tokens=64 * 8, checkpoint_dir=tmp_path, progress=False, lr=4e-3)
-    train(TopKSAE(8, 16, 2, dead_tokens=100, seed=0), store, stop_after=4, **kw)
+    cfg = TrainConfig(batch_size=64, total_tokens=64 * 8, lr=4e-3)
+    kw = dict(checkpoint_dir=tmp_path, progress=False)
+    other = dataclasses.replace(cfg, **change)
+    train(TopKSAE(8, 16, 2, dead_tokens=100, seed=0), store, cfg, stop_after=4, **kw)
     with pytest.raises(SAEError, match=rf"\b{field}: "):
-        train(TopKSAE(8, 16, 2, dead_tokens=100, seed=0), store, resume=True, **{**kw, **change})
+        train(TopKSAE(8, 16, 2, dead_tokens=100, seed=0), store, other, resume=True, **kw)
     with pytest.raises(SAEError, match="past this run's end"):
-        train(TopKSAE(8, 16, 2, dead_tokens=100, seed=0), store, resume=True, **{**kw, "total_tokens": 64 * 2})
-    train(TopKSAE(8, 16, 2, dead_tokens=100, seed=0), store, resume=False, **{**kw, **change})  # starts over
+        train(TopKSAE(8, 16, 2, dead_tokens=100, seed=0), store, dataclasses.replace(cfg, total_tokens=64 * 2),
+              resume=True, **kw)
+    train(TopKSAE(8, 16, 2, dead_tokens=100, seed=0), store, other, resume=False, **kw)  # starts over
 
 
 # -- enhancer --------------------------------------------------------------------------------------
@@ -59,36 +63,39 @@ def _refs(seed: int = 0, n: int = 2):
     ({"data": "other images"}, "inputs.data"), ({"batch_size": 2}, "batch_size"),
 ])
 def test_enhancer_resume_refuses_other_settings(tiny_sd, tmp_path: Path, change: dict, field: str) -> None:
-    from circuits.causal.enhancer import train_enhancer
+    from circuits.causal.enhancer import EnhancerConfig, train_enhancer
 
-    kw = dict(layer=0, out=tmp_path, train_steps=1, lr=1e-2, checkpoint_every=1, progress=False)
-    train_enhancer(tiny_sd, _refs(), **kw)
-    new = dict(kw, train_steps=2, **{k: v for k, v in change.items() if k != "data"})
+    cfg = EnhancerConfig(train_steps=1, lr=1e-2, checkpoint_every=1)
+    kw = dict(layer=0, out=tmp_path, progress=False)
+    train_enhancer(tiny_sd, _refs(), cfg=cfg, **kw)
+    new = dataclasses.replace(cfg, train_steps=2, **{k: v for k, v in change.items() if k != "data"})
     data = _refs(seed=1) if "data" in change else _refs()
     with pytest.raises(ResumeMismatchError, match=rf"{field}: .*--restart"):
-        train_enhancer(tiny_sd, data, **new)
+        train_enhancer(tiny_sd, data, cfg=new, **kw)
     record = json.loads((tmp_path / "enhancer.json").read_text())
     assert record["steps"] == 1 and record["lr"] == 1e-2  # the refused run recorded nothing
-    run = train_enhancer(tiny_sd, data, resume=False, **new)  # the explicit flag starts over
+    run = train_enhancer(tiny_sd, data, cfg=new, resume=False, **kw)  # the explicit flag starts over
     assert len(run.losses) == 2
 
 
 def test_enhancer_resume_refuses_a_checkpoint_past_the_end(tiny_sd, tmp_path: Path) -> None:
-    from circuits.causal.enhancer import train_enhancer
+    from circuits.causal.enhancer import EnhancerConfig, train_enhancer
 
-    train_enhancer(tiny_sd, _refs(), layer=0, out=tmp_path, train_steps=2, lr=1e-2, checkpoint_every=1, progress=False)
+    two = EnhancerConfig(train_steps=2, lr=1e-2, checkpoint_every=1)
+    train_enhancer(tiny_sd, _refs(), layer=0, out=tmp_path, cfg=two, progress=False)
     with pytest.raises(ResumeMismatchError, match="step 2 is past this run's train_steps=1"):
-        train_enhancer(tiny_sd, _refs(), layer=0, out=tmp_path, train_steps=1, lr=1e-2, checkpoint_every=1, progress=False)
+        train_enhancer(tiny_sd, _refs(), layer=0, out=tmp_path, cfg=dataclasses.replace(two, train_steps=1),
+                       progress=False)
 
 
 def test_enhancer_refuses_another_model(tmp_path: Path) -> None:
     import interp
-    from circuits.causal.enhancer import train_enhancer
+    from circuits.causal.enhancer import EnhancerConfig, train_enhancer
 
-    kw = dict(layer=0, out=tmp_path, train_steps=1, lr=1e-2, progress=False)
-    train_enhancer(interp.tiny("sd", seed=0), _refs(), **kw)
+    kw = dict(layer=0, out=tmp_path, progress=False)
+    train_enhancer(interp.tiny("sd", seed=0), _refs(), cfg=EnhancerConfig(train_steps=1, lr=1e-2), **kw)
     with pytest.raises(ResumeMismatchError, match=r"inputs\.model\.(text_encoder|unet)"):
-        train_enhancer(interp.tiny("sd", seed=1), _refs(), **dict(kw, train_steps=2))
+        train_enhancer(interp.tiny("sd", seed=1), _refs(), cfg=EnhancerConfig(train_steps=2, lr=1e-2), **kw)
 
 
 # -- organism training -----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from circuits.analysis.real_encoder import TITLE as REAL_ENCODER_TITLE
 from circuits.analysis.real_encoder import StudyConfig, require_encoder, run_study
 from circuits.analysis.report import Report, atomic_write_text
 from circuits.io import load_pipeline
-from circuits.evaluate import reuse_plain_scores
+from circuits.evaluate import ScoreSettings, reuse_plain_scores
 
 from circuits.organism.shipped import ORGANISM as ASSETS  # noqa: E402  (package data; one constant)
 PROBE_NOUNS = ("box", "hat")
@@ -90,6 +90,11 @@ class AnalysisConfig:
                                    # spread` reruns the SAE-dependent steps over several of these
     sae_dependent_only: bool = False  # skip the steps no SAE enters (organism quality, native neurons, enhancer,
                                       # gap figure): what a spread over SAE seeds needs to rerun
+
+    def score_settings(self) -> ScoreSettings:
+        """The generation and judging settings of every judged step (`seed`, `batch_size`,
+        `n_boot`; the model's own denoising count)."""
+        return ScoreSettings(seed=self.seed, batch_size=self.batch_size, n_boot=self.n_boot)
 
     @classmethod
     def quick(cls) -> "AnalysisConfig":
@@ -262,8 +267,9 @@ def train_site_sae(model, site: str, tokens: int, cfg: AnalysisConfig, out: Path
     sae = saelib.TopKSAE(store.d, d_sae=cfg.sae_latents, k=cfg.sae_k, seed=sae_seed, **kw)
     ck = out / "sae_checkpoints" / name
     t0 = time.time()
-    log = saelib.train(sae, store, batch_size=cfg.sae_batch, total_tokens=tokens, seed=sae_seed, checkpoint_dir=ck,
-                       checkpoint_every=200, resume=(ck / SAE_CHECKPOINT).exists(), progress=False)
+    log = saelib.train(sae, store, saelib.TrainConfig(batch_size=cfg.sae_batch, total_tokens=tokens, seed=sae_seed,
+                                                      checkpoint_every=200),
+                       checkpoint_dir=ck, resume=(ck / SAE_CHECKPOINT).exists(), progress=False)
     info = {"site": site, "name": name, "sae_seed": sae_seed, "d_sae": sae.d_sae, "k": sae.cfg.k, "dead_tokens": sae.cfg.dead_tokens,
             "train_tokens": tokens, "train_prompts": len(train_corpus), "train_activations": store.n_tokens,
             "heldout_prompts": len(heldout_corpus), "heldout_activations": held.n_tokens,
@@ -357,8 +363,8 @@ def attention_basis(model, layer: int, probe, test, judge, cfg: AnalysisConfig, 
     # One uniform draw (the paper's control; near-silent on SAE latents) and `attn_validation`
     # activity-matched draws (decision 10), as for the main basis.
     reference = reference_activity(model, units, [p.concept_prompt for p in probe])
-    val = validate_units(model, units, test, judge, n_random=1, seed=cfg.seed, n_boot=cfg.n_boot,
-                         batch_size=cfg.batch_size, n_matched=cfg.attn_validation, reference=reference)
+    val = validate_units(model, units, test, judge, n_random=1, settings=cfg.score_settings(),
+                         n_matched=cfg.attn_validation, reference=reference)
     val.save(out / "validation_attn")
     rows = [f"| unit basis (layer {layer}) | units per culture | baseline | Top-K masked | uniform random masked | "
             "activity-matched random masked |", "|---|---|---|---|---|---|"]
@@ -399,8 +405,7 @@ def same_basis_sweep(model, probe, test, judge, layer: int, sae: Any, cfg: Analy
                 saes[l], infos[l] = train_site_sae(model, f"text.blocks.{l}.hook_resid_post", tokens, cfg, out,
                                                    f"sae_layers/layer{l}")
     sweep = causal_sweep(model, probe, test, judge, n_units=cfg.sweep_units, chosen=layer, rho=cfg.rho,
-                         seed=cfg.seed, n_boot=cfg.n_boot, batch_size=cfg.batch_size,
-                         basis_for=saes if cfg.sweep_basis == "sae" else None)
+                         settings=cfg.score_settings(), basis_for=saes if cfg.sweep_basis == "sae" else None)
     sweep.save(out)
     sweep.plot(out / "causal_sweep.png")
     text = runner.causal_markdown(sweep, heading="## 6. Exhaustive causal sweep")
@@ -513,8 +518,8 @@ def specificity_step(model, judge, units, cfg: AnalysisConfig, out: Path, report
 
     t = time.time()
     pairs = organism_pairs(cfg.spec_nouns)
-    sp = specificity_matrix(model, units, pairs, judge, mode=mode, lam=lam if lam is not None else 6.0, seed=cfg.seed,
-                            batch_size=cfg.batch_size, n_boot=cfg.n_boot, label="detected units")
+    sp = specificity_matrix(model, units, pairs, judge, mode=mode, lam=lam if lam is not None else 6.0,
+                            settings=cfg.score_settings(), label="detected units")
     sp.save(out / f"specificity_{mode}")
     sp.plot(out / f"specificity_{mode}.png")
     n = sum(sp.n_per_culture.values())
@@ -636,7 +641,7 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
              trust_remote_code: bool, real_encoder: bool = False) -> Path:
     from circuits import runner
     from circuits.causal.amplify import lambda_sweep
-    from circuits.causal.enhancer import random_other_layer, train_enhancer
+    from circuits.causal.enhancer import EnhancerConfig, random_other_layer, train_enhancer
     from circuits.evaluate import noun_judge_from
     from circuits.organism import prompts as op
     from circuits.organism.judge import CultureWorldJudge
@@ -688,8 +693,9 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
 
     t_step = time.time()
     reference = reference_activity(model, units, [p.concept_prompt for p in probe])
-    val = validate_units(model, units, test, judge, n_random=cfg.n_random, noun_judge=noun_judge, seed=cfg.seed,
-                         n_boot=cfg.n_boot, batch_size=cfg.batch_size, n_matched=cfg.n_matched, reference=reference)
+    settings = cfg.score_settings()
+    val = validate_units(model, units, test, judge, n_random=cfg.n_random, noun_judge=noun_judge, settings=settings,
+                         n_matched=cfg.n_matched, reference=reference)
     val.save(out)
     val.plot(out / "validation.png")
     text = runner.validation_markdown(val, heading="## 5. Masking culture units vs random units")
@@ -703,8 +709,7 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
     neurons = bool(cfg.neuron_validation) and not cfg.sae_dependent_only
     if neurons:
         n_units = culture_units(model, neuron_basis(layer), probe, rho=cfg.rho, k_max=cfg.k_max)
-        n_val = validate_units(model, n_units, test, judge, n_random=cfg.neuron_validation, seed=cfg.seed,
-                               n_boot=cfg.n_boot, batch_size=cfg.batch_size)
+        n_val = validate_units(model, n_units, test, judge, n_random=cfg.neuron_validation, settings=settings)
         text += ("\n**The same with native MLP neurons** of layer "
                  f"{layer} as the unit basis (decision 3):\n\n" + n_val.to_markdown() + "\n")
         report.record("validation_neurons", n_val)
@@ -721,9 +726,8 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
     t_step = time.time()
     probe_local = organism_pairs(PROBE_NOUNS)
     lam = lambda_sweep(model, units, test_local, judge, lams=cfg.lams, n_random=cfg.lam_random,
-                       noun_judge=noun_judge, seed=cfg.seed, n_boot=cfg.n_boot, batch_size=cfg.batch_size,
-                       n_matched=cfg.lam_matched, reference=reference, select_on=probe_local,
-                       max_noun_drop=cfg.max_noun_drop)
+                       noun_judge=noun_judge, settings=settings, n_matched=cfg.lam_matched, reference=reference,
+                       select_on=probe_local, max_noun_drop=cfg.max_noun_drop)
     lam.save(out)
     lam.plot(out / "lambda_sweep.png")
     sel = lam.selection
@@ -751,14 +755,15 @@ def _analyze(out: Path, quick: bool, pipeline: Path, judge_dir: Path, cfg: Analy
              for r in op.records() if op.noun_of(r) in TRAIN_NOUNS for _ in range(cfg.enhancer_renders)]
     t_step = time.time()
     groups_local = by_concept(as_pairs(test_local))
-    gen = dict(prompt="noun", noun_judge=noun_judge, seed=cfg.seed, batch_size=cfg.batch_size, keep_images=True)
+    gen = dict(prompt="noun", noun_judge=noun_judge, settings=settings, keep_images=True)
     base_s = score(model, groups_local, judge, None, desc="enhancer baseline", **gen)
     rows = {"none (baseline)": (None, summarise(base_s, base_s, cfg.n_boot, cfg.seed))}
     enh = {}
     control = random_other_layer(model.encoders["text"].n_layers, layer, cfg.seed)
+    enhancer_cfg = EnhancerConfig(train_steps=cfg.enhancer_steps, lr=cfg.enhancer_lr, seed=cfg.seed)
     for name, l in (("culture layer", layer), ("random other layer", control)):
-        run = train_enhancer(model, train, layer=l, out=out / f"enhancer_layer{l}", train_steps=cfg.enhancer_steps,
-                             lr=cfg.enhancer_lr, seed=cfg.seed, split=None, progress=False)
+        run = train_enhancer(model, train, layer=l, out=out / f"enhancer_layer{l}", cfg=enhancer_cfg, split=None,
+                             progress=False)
         enh[name] = run
         s = score(model, groups_local, judge, lambda c, e=run.enhancer: [e], desc=f"enhancer {name}", **gen)
         rows[name] = (l, summarise(s, base_s, cfg.n_boot, cfg.seed))

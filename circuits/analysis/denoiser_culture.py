@@ -629,8 +629,8 @@ def denoiser_culture(model: Any, judge: Any = None, *, site: str = SITE, cfg: De
         done("stores")
 
         dsae = saelib.TopKSAE(store.d, d_sae=cfg.sae_latents, k=cfg.sae_k, seed=cfg.seed)
-        log = saelib.train(dsae, store, batch_size=cfg.sae_batch, total_tokens=cfg.sae_tokens, seed=cfg.seed,
-                           checkpoint_dir=None, progress=progress)
+        log = saelib.train(dsae, store, saelib.TrainConfig(batch_size=cfg.sae_batch, total_tokens=cfg.sae_tokens,
+                                                           seed=cfg.seed), checkpoint_dir=None, progress=progress)
         done("sae")
 
         z_tr, _ = _store_codes(dsae, store, cfg.seeds, cfg.pool)

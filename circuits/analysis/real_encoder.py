@@ -795,8 +795,8 @@ def sae_study(model: Any, records: Sequence[Any], layer: int, prefix: str = "que
                                                    batch_size), {**fp, "prompts": "heldout"}, progress=False)
         lap("stores")
         sae = saelib.TopKSAE(store.d, d_sae=settings.latents, k=settings.k, seed=seed)
-        saelib.train(sae, store, batch_size=settings.batch, total_tokens=settings.tokens, lr=settings.lr, seed=seed,
-                     progress=enabled())
+        saelib.train(sae, store, saelib.TrainConfig(batch_size=settings.batch, total_tokens=settings.tokens,
+                                                    lr=settings.lr, seed=seed), progress=enabled())
         q_train, q_held = saelib.evaluate(sae, store.all()), saelib.evaluate(sae, held.all())
         lap("train")
     sae.eval()

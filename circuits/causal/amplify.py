@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 import torch
 from interp.progress import bar, switch
 
-from interp.checks import renamed
+from interp.checks import moved, renamed
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
 from circuits.causal.controls import KINDS, LABELS, Control, run_control
 from circuits.causal.edits import random_indices, scale_units
 from circuits.data.culturebench.constants import LANGUAGE_TO_CULTURE
-from circuits.evaluate import score, site_change, summarise
+from circuits.evaluate import SETTINGS_FIELDS, ScoreSettings, score, site_change, summarise
 from circuits.pairs import as_pairs, by_concept
 from circuits.plots import plot_lines
 from circuits.results import Rate, jsonable
@@ -242,6 +242,7 @@ def margin_text(margin: dict[str, Any]) -> str:
 
 
 @renamed(steps="num_steps")
+@moved(ScoreSettings, *SETTINGS_FIELDS, param="settings", where="circuits.lambda_sweep")
 @switch
 def lambda_sweep(
     model,
@@ -253,10 +254,8 @@ def lambda_sweep(
     prompt: str = "noun",
     noun_judge: Callable | None = None,
     keep_error: bool = True,
-    seed: int = 0,
-    num_steps: int | None = None,
-    batch_size: int = 8,
-    n_boot: int = 1000,
+    *,
+    settings: ScoreSettings | None = None,
     n_matched: int = 0,
     reference: Any = None,
     select_on: Sequence[Any] | None = None,
@@ -270,7 +269,11 @@ def lambda_sweep(
 
     λ is chosen by `choose_lambda` on `select_on` (e.g. the probe nouns' pairs: a detected-units
     sweep there) under the noun constraint `max_noun_drop`; without `select_on` it is chosen on
-    `pairs` themselves and the result says so. `num_steps`: denoising steps per image (None: the model's)."""
+    `pairs` themselves and the result says so. `settings` (`circuits.ScoreSettings`; None: its
+    defaults): image noise, denoising steps, batch size, bootstrap resamples; random draw r uses
+    seed `settings.seed + 1 + r`."""
+    st = ScoreSettings() if settings is None else settings
+    seed, batch_size, n_boot = st.seed, st.batch_size, st.n_boot
     units = as_culture_units(units)
     groups = by_concept(as_pairs(pairs))
     missing = [c for c in groups if c not in units.cultures]
@@ -279,7 +282,7 @@ def lambda_sweep(
     if n_matched and reference is None:
         raise CultureLensError("lambda_sweep: n_matched > 0 needs reference= unit activations (reference_activity)")
     kinds = {k: n for k, n in (("uniform", n_random), ("activity", n_matched)) if n > 0}
-    gen = dict(prompt=prompt, noun_judge=noun_judge, seed=seed, num_steps=num_steps, batch_size=batch_size, keep_images=True)
+    gen = dict(prompt=prompt, noun_judge=noun_judge, settings=st, keep_images=True)
     def amp(lam, **kw):
         """The per-culture interventions that amplify the units (or a random draw, `kw`) by `lam`."""
         def per_culture(c):

@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from interp.checks import renamed
+from interp.checks import moved, renamed
 from interp.errors import CultureLensError
 
 import interp
@@ -227,6 +227,50 @@ def pixel_loss(model, pixels: Tensor, cond: dict[str, Any], gen: torch.Generator
 # -- training -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, kw_only=True)
+class EnhancerConfig:
+    """How `train_enhancer` trains (what decides the trained weights, besides the data and
+    model, and how often it checkpoints); None means these defaults. A resume compares every
+    field but `train_steps` and `checkpoint_every` with the checkpoint's (`chain_steps` only for
+    the pixel objective); the checkpoint and enhancer.json keep their field names, with the
+    count under its pre-0.2.0 key "steps" in enhancer.json."""
+
+    train_steps: int = 2000
+    """AdamW steps (constant lr: a larger value continues a finished run)."""
+
+    lr: float = 5e-5
+    """Learning rate (constant)."""
+
+    batch_size: int = 1
+    """(prompt, image) pairs per step."""
+
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+
+    hidden: int | None = None
+    """Width of the enhancer's hidden layer (None: the encoder's d_model)."""
+
+    norm: str = "softrms"
+    """The output normalisation g: "softrms", "layernorm" or "none" (`NORMS`)."""
+
+    objective: str = "denoise"
+    """The loss: "denoise" (noise-prediction MSE at a random timestep, decision 5) or "pixel"
+    (paper-literal: MSE of a short sampled chain's image to the reference pixels)."""
+
+    chain_steps: int = 2
+    """Sampling steps of the "pixel" objective's chain (unused by "denoise")."""
+
+    seed: int = 0
+    """Seed of the enhancer's init and of step i's data order, timesteps and noise (with i)."""
+
+    checkpoint_every: int = 100
+    """With `out`: steps between checkpoints (and one at the last step)."""
+
+
+#: The keywords of `train_enhancer` that moved into `EnhancerConfig` (culturelens 0.2.0).
+ENHANCER_FIELDS = tuple(f.name for f in fields(EnhancerConfig))
+
+
 @dataclass
 class EnhancerRun:
     """What `train_enhancer` returns: the enhancer, its loss curve and where it was saved.
@@ -246,14 +290,16 @@ class EnhancerRun:
         return {"site": self.enhancer.site, "config": self.enhancer.config(), "losses": self.losses,
                 "path": str(self.path) if self.path else None, "steps": self.train_steps}
 
-    def to_markdown(self) -> str:
-        """One row: the enhancer's site and shape, training steps, first, last and lowest loss."""
+    def to_markdown(self, heading: str | None = None) -> str:
+        """One row: the enhancer's site and shape, training steps, first, last and lowest loss;
+        `heading` (a Markdown heading line) first when given."""
         c = self.enhancer.config()
         first, last, low = ((f"{self.losses[0]:.4g}", f"{self.losses[-1]:.4g}", f"{min(self.losses):.4g}")
                             if self.losses else ("–", "–", "–"))
-        return ("| enhancer at | d_model | hidden | norm | steps | first loss | last loss | lowest loss |\n"
+        body = ("| enhancer at | d_model | hidden | norm | steps | first loss | last loss | lowest loss |\n"
                 "|---|---|---|---|---|---|---|---|\n"
                 f"| `{c['site']}` | {c['d_model']} | {c['hidden']} | {c['norm']} | {self.train_steps} | {first} | {last} | {low} |")
+        return body if heading is None else f"{heading}\n\n{body}"
 
     def plot(self, path: str | Path | None = None) -> Figure:
         """The training loss by step."""
@@ -321,50 +367,44 @@ def _frozen(model):
 
 
 @renamed(steps="train_steps")
+@moved(EnhancerConfig, *ENHANCER_FIELDS, param="cfg", where="circuits.train_enhancer")
 def train_enhancer(
     model,
     data: Sequence[Any],
     layer: int,
     encoder: str = "text",
     out: str | Path | None = None,
-    train_steps: int = 2000,
-    lr: float = 5e-5,
-    batch_size: int = 1,
-    weight_decay: float = 0.01,
-    hidden: int | None = None,
-    norm: str = "softrms",
-    objective: str = "denoise",
-    chain_steps: int = 2,
-    seed: int = 0,
-    checkpoint_every: int = 100,
+    cfg: EnhancerConfig | None = None,
+    *,
     resume: bool = True,
     split: str | None = "train",
     progress: bool = True,
 ) -> EnhancerRun:
     """Train a `LayerEnhancer` at `encoder.blocks.{layer}.hook_resid_post` with AdamW for
-    `train_steps` steps.
+    `cfg.train_steps` steps (`cfg`: an `EnhancerConfig`; None: its defaults).
 
-    `objective`: "denoise" (decision 5) or "pixel" (paper-literal, a `chain_steps` sampling chain).
-    With `out`, checkpoints go to `out/checkpoint.safetensors` atomically every `checkpoint_every`
-    steps (safetensors + JSON, no pickle) and the result to `out/enhancer.safetensors`; `out` is
-    locked while training. `resume` (the default) continues from the checkpoint, and refuses one
-    made with other settings (enhancer config, seed, lr, weight decay, batch size, objective,
-    chain steps) or other inputs (training prompts and images, model weights), naming the
-    fields; `resume=False` starts over. A larger `train_steps` continues a finished run (the lr
-    is constant, so that equals a longer uninterrupted run); a checkpoint past `train_steps` is
-    refused.
+    `cfg.objective`: "denoise" (decision 5) or "pixel" (paper-literal, a `cfg.chain_steps`
+    sampling chain). With `out`, checkpoints go to `out/checkpoint.safetensors` atomically every
+    `cfg.checkpoint_every` steps (safetensors + JSON, no pickle) and the result to
+    `out/enhancer.safetensors`; `out` is locked while training. `resume` (the default) continues
+    from the checkpoint, and refuses one made with other settings (enhancer config, seed, lr,
+    weight decay, batch size, objective, chain steps) or other inputs (training prompts and
+    images, model weights), naming the fields; `resume=False` starts over. A larger
+    `train_steps` continues a finished run (the lr is constant, so that equals a longer
+    uninterrupted run); a checkpoint past `train_steps` is refused. `split`: train on the
+    records of this split (None: all; (prompt, image) tuples always).
     The data order, timesteps and noise of step i depend only on (seed, i), so a resumed run
     equals an uninterrupted one."""
-    if objective not in ("denoise", "pixel"):
-        raise CultureLensError(f"train_enhancer: objective must be 'denoise' or 'pixel'; got {objective!r}")
+    cfg = EnhancerConfig() if cfg is None else cfg
+    if cfg.objective not in ("denoise", "pixel"):
+        raise CultureLensError(f"train_enhancer: objective must be 'denoise' or 'pixel'; got {cfg.objective!r}")
     te = model.encoder(encoder)
     if not 0 <= layer < te.n_layers:
         raise CultureLensError(f"train_enhancer: layer {layer} outside [0, {te.n_layers}) of encoder {encoder!r}")
     out = Path(out) if out is not None else None
     # One writer per output folder: a second job on it fails at once, naming the holder's pid.
     with lock_folder(out, "enhancer output folder") if out is not None else contextlib.nullcontext():
-        return _train_enhancer(model, data, layer, encoder, out, train_steps, lr, batch_size, weight_decay, hidden, norm,
-                               objective, chain_steps, seed, checkpoint_every, resume, split, progress)
+        return _train_enhancer(model, data, layer, encoder, out, cfg, resume, split, progress)
 
 
 def _inputs_fingerprint(model, pairs: Sequence[tuple[str, Any]], size: tuple[int, int]) -> dict[str, str]:
@@ -379,10 +419,11 @@ def _inputs_fingerprint(model, pairs: Sequence[tuple[str, Any]], size: tuple[int
             **{f"model.{n}": module_fingerprint(m) for n, m in mods.items()}}
 
 
-def _train_enhancer(model, data: Sequence[Any], layer: int, encoder: str, out: Path | None, train_steps: int, lr: float,
-                    batch_size: int, weight_decay: float, hidden: int | None, norm: str, objective: str,
-                    chain_steps: int, seed: int, checkpoint_every: int, resume: bool, split: str | None,
-                    progress: bool) -> EnhancerRun:
+def _train_enhancer(model, data: Sequence[Any], layer: int, encoder: str, out: Path | None, cfg: EnhancerConfig,
+                    resume: bool, split: str | None, progress: bool) -> EnhancerRun:
+    train_steps, lr, batch_size, weight_decay = cfg.train_steps, cfg.lr, cfg.batch_size, cfg.weight_decay
+    hidden, norm, objective, chain_steps = cfg.hidden, cfg.norm, cfg.objective, cfg.chain_steps
+    seed, checkpoint_every = cfg.seed, cfg.checkpoint_every
     te = model.encoder(encoder)
     pairs = training_pairs(data, split)
     size = _image_size(model)

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 import numpy as np
 from interp.progress import bar, switch
 
-from interp.checks import renamed
+from interp.checks import moved, renamed
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
+from circuits.evaluate import SETTINGS_FIELDS, ScoreSettings
 from circuits.pairs import as_pairs, by_concept
 from circuits.plots import plot_matrix
 from circuits.results import jsonable
@@ -121,6 +122,7 @@ def specificity_index(outcome: Sequence[np.ndarray], base: Sequence[np.ndarray],
 
 
 @renamed(steps="num_steps")
+@moved(ScoreSettings, *SETTINGS_FIELDS, param="settings", where="circuits.causal.specificity.specificity_matrix")
 @switch
 def specificity_matrix(
     model,
@@ -129,21 +131,21 @@ def specificity_matrix(
     judge: Callable,
     mode: str = "mask",
     lam: float = 6.0,
-    seed: int = 0,
-    num_steps: int | None = None,
-    batch_size: int = 8,
-    n_boot: int = 1000,
+    *,
+    settings: ScoreSettings | None = None,
     label: str = "",
     progress: bool = True,
 ) -> Specificity:
     """The culture x culture matrix (module docstring): for each culture A with units, its units
     masked (`mode="mask"`, concept prompts) or amplified by (1 + `lam`) (`mode="amplify"`,
     noun-only prompts) on the prompts of every culture B in `pairs`; one unmodified run as the
-    baseline. Costs (cultures + 1) x len(pairs) images of `num_steps` denoising steps."""
+    baseline. Costs (cultures + 1) x len(pairs) images of `settings.num_steps` denoising steps
+    (`circuits.ScoreSettings`; None: its defaults)."""
     from circuits.causal.amplify import amplify
     from circuits.evaluate import score
     from circuits.causal.validate import masked_interventions
 
+    st = ScoreSettings() if settings is None else settings
     if mode not in MODES:
         raise CultureLensError(f"specificity_matrix: mode {mode!r}; use one of {MODES}")
     units = as_culture_units(units)
@@ -155,7 +157,7 @@ def specificity_matrix(
     groups = {c: groups[c] for c in names}
     prompt = "concept" if mode == "mask" else "noun"
     def run(ivs, desc):
-        return score(model, groups, judge, ivs, prompt, None, seed, num_steps, batch_size, desc=desc)
+        return score(model, groups, judge, ivs, prompt, None, settings=st, desc=desc)
 
     base = run(None, "baseline")
     cuts = np.cumsum([0] + [len(groups[c]) for c in names])
@@ -181,7 +183,7 @@ def specificity_matrix(
         for j, x in enumerate(per_b(flags)):
             outcome[j][a] = x
     sign = -1.0 if mode == "mask" else 1.0
-    effect, d, o, si, ci = specificity_index(outcome, base_ab, n_boot, seed, sign)
+    effect, d, o, si, ci = specificity_index(outcome, base_ab, st.n_boot, st.seed, sign)
     matrix = np.stack([x.mean(1) for x in outcome], 1)
     baseline = np.stack([x.mean(1) for x in base_ab], 1)
     return Specificity(mode, names, matrix.tolist(), baseline.tolist(), effect.tolist(), d, o, si, ci,

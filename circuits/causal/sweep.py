@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from interp.progress import bar, switch
 
-from interp.checks import renamed
+from interp.checks import moved, renamed
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
+from circuits.evaluate import SETTINGS_FIELDS, ScoreSettings
 from circuits.results import Rate
 from circuits.pairs import as_pairs, by_concept, check_disjoint
 from circuits.plots import plot_causal_sweep
@@ -112,6 +113,7 @@ def rank_layers(layers: Sequence[int], drops: Sequence[float], chosen: int | Non
 
 
 @renamed(steps="num_steps")
+@moved(ScoreSettings, *SETTINGS_FIELDS, param="settings", where="circuits.causal_sweep")
 @switch
 def causal_sweep(
     model,
@@ -124,10 +126,8 @@ def causal_sweep(
     basis_for: Callable[[int], Any] | Mapping[int, Any] | None = None,
     chosen: int | None = None,
     rho: float = 0.5,
-    seed: int = 0,
-    num_steps: int | None = None,
-    batch_size: int = 8,
-    n_boot: int = 1000,
+    *,
+    settings: ScoreSettings | None = None,
     allow_overlap: bool = False,
     progress: bool = True,
 ) -> CausalSweep:
@@ -137,9 +137,14 @@ def causal_sweep(
     `basis_for` picks each layer's basis: a dict layer -> SAE (latents of that layer's
     `hook_resid_post` unless the SAE names its own hook) or `UnitBasis`, or a function of the
     layer; default: that layer's MLP neurons. Probe and evaluation pairs that share a prompt
-    are refused unless `allow_overlap`. `num_steps`: denoising steps per image (None: the model's)."""
+    are refused unless `allow_overlap`. `settings` (`circuits.ScoreSettings`; None: its
+    defaults): image noise, denoising steps, batch size (also of the unit search), bootstrap
+    resamples."""
     from circuits.evaluate import score
     from circuits.causal.validate import masked_interventions
+
+    st = ScoreSettings() if settings is None else settings
+    seed, batch_size, n_boot = st.seed, st.batch_size, st.n_boot
 
     te = model.encoder(encoder)
     ls = list(range(te.n_layers)) if layers is None else list(layers)
@@ -154,7 +159,7 @@ def causal_sweep(
     if len(kinds) > 1:
         raise CultureLensError(f"causal_sweep: every layer needs the same kind of basis; got {kinds} "
                                f"({ {l: b.kind for l, b in bases.items()} })")
-    base = score(model, groups, judge, None, "concept", None, seed, num_steps, batch_size, desc="baseline")
+    base = score(model, groups, judge, None, "concept", None, settings=st, desc="baseline")
     masked, n_masked = [], []
     for l in bar(ls, desc="causal sweep"):
         b = bases[l]
@@ -165,7 +170,7 @@ def causal_sweep(
         found = top_n(found, n_units)
         n_masked.append(sum(len(u.indices) for u in found.cultures.values()) / max(len(found.cultures), 1))
         s = score(model, groups, judge, lambda c: masked_interventions(found, c) if c in found.cultures else [],
-                  "concept", None, seed, num_steps, batch_size, desc=f"layer {l}")
+                  "concept", None, settings=st, desc=f"layer {l}")
         masked.append(Rate.of(s.correct, n_boot, seed))
     b0 = Rate.of(base.correct, n_boot, seed)
     drops = [b0.mean - m.mean for m in masked]

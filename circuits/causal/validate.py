@@ -16,14 +16,14 @@ from jaxtyping import Float
 from torch import Tensor
 from interp.progress import bar, switch
 
-from interp.checks import renamed
+from interp.checks import moved, renamed
 from interp.errors import CultureLensError
 from interp.result_io import DataclassResult
 
 from circuits import stats as sb
 from circuits.causal.controls import KINDS, Control, run_control
 from circuits.causal.edits import random_indices, scale_units
-from circuits.evaluate import score, site_change
+from circuits.evaluate import SETTINGS_FIELDS, ScoreSettings, score, site_change
 from circuits.pairs import as_pairs, by_concept
 from circuits.plots import plot_bars
 from circuits.results import Rate, jsonable
@@ -124,6 +124,7 @@ def masked_interventions(units: CultureUnits, culture: str, random_seed: int | N
 
 
 @renamed(steps="num_steps")
+@moved(ScoreSettings, *SETTINGS_FIELDS, param="settings", where="circuits.validate_units")
 @switch
 def validate_units(
     model,
@@ -132,10 +133,8 @@ def validate_units(
     judge: Callable,
     n_random: int = 10,
     noun_judge: Callable | None = None,
-    seed: int = 0,
-    num_steps: int | None = None,
-    batch_size: int = 8,
-    n_boot: int = 1000,
+    *,
+    settings: ScoreSettings | None = None,
     n_matched: int = 0,
     reference: Any = None,
     progress: bool = True,
@@ -144,15 +143,18 @@ def validate_units(
     controls, and judge them. `units`: a `CultureUnits` (any basis) or a dict culture ->
     `interp.Units` of native neurons. `n_random` uniform draws (the paper's control) and
     `n_matched` activity-matched draws (`reference`: unit activations on the probe prompts,
-    `reference_activity`). Draw r uses seed `seed + 1 + r`; image noise is the same everywhere;
-    `num_steps` denoising steps per image (None: the model's)."""
+    `reference_activity`). `settings` (`circuits.ScoreSettings`; None: its defaults): draw r
+    uses seed `settings.seed + 1 + r`; image noise is the same everywhere; `settings.num_steps`
+    denoising steps per image (None: the model's); CIs from `settings.n_boot` resamples."""
+    st = ScoreSettings() if settings is None else settings
+    seed, batch_size, n_boot = st.seed, st.batch_size, st.n_boot
     if n_random < 1:
         raise CultureLensError(f"validate_units: n_random must be >= 1; got {n_random}")
     if n_matched and reference is None:
         raise CultureLensError("validate_units: n_matched > 0 needs reference= unit activations (reference_activity)")
     units = as_culture_units(units)
     groups = by_concept(as_pairs(prompts))
-    gen = dict(prompt="concept", noun_judge=noun_judge, seed=seed, num_steps=num_steps, batch_size=batch_size)
+    gen = dict(prompt="concept", noun_judge=noun_judge, settings=st)
     base = score(model, groups, judge, None, desc="baseline", **gen)
     def top(c):
         return masked_interventions(units, c)
