@@ -95,7 +95,8 @@ def main() -> None:
     cu = {"ja": units, "de": interp.Units("text.blocks.1.hook_resid_post", [1, 2, 4])}
 
     def run() -> None:
-        circuits.validate_units(model, cu, pairs, _judge, n_random=1, num_steps=2, n_boot=10, progress=False)
+        circuits.validate_units(model, cu, pairs, _judge, n_random=1, progress=False,
+                                settings=circuits.ScoreSettings(num_steps=2, n_boot=10))
 
     run()
     out["validate_units (whole call)"] = trace(run)

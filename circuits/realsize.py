@@ -1,7 +1,7 @@
 """The real-size workload: what a researcher's first run does on a full-size pipeline, timed.
 
 Shared by `benchmarks/bench_realsize.py` (CPU table), `benchmarks/gpu_smoke.py` (one CUDA GPU)
-and `tests/test_realsize.py`: load, capture of every text site vs a plain encoder forward,
+and `tests/circuits/test_realsize.py`: load, capture of every text site vs a plain encoder forward,
 plain vs masked (and amplified) generation, activation patching on a few text sites, a
 culture-layer scan, and optionally Top-K SAE training on culture-layer tokens. Every phase
 records wall time and peak memory (process RSS; CUDA peak allocated when on a GPU).

@@ -137,7 +137,7 @@ class _TopKEncode(torch.autograd.Function):
     buries them deeper. On the organism's layer 0 (6,486 distinct rows, train FVU < 0.01) that
     ratchet left 61.6 % of latents dead at 1M tokens (14.8 % with AuxK off); one-sided AuxK
     leaves 0.4 % (held-out FVU 0.0626 vs 0.0615), and on the planted set where latents die at
-    lr 3e-2 (tests/test_sae_train.py) it keeps 5.7 % dead against 68 % without AuxK. The dead latents' decoder rows still fit the
+    lr 3e-2 (tests/sae/test_train.py) it keeps 5.7 % dead against 68 % without AuxK. The dead latents' decoder rows still fit the
     residual in both directions. (sparsify's fused encoder drops the pre-activation gradient,
     so its AuxK trains only decoder rows and cannot revive a latent.)
 

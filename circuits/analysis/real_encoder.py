@@ -52,7 +52,7 @@ p(A) on B's prompts is already near 0 for a good probe, so O ≈ 0 and SI ≈ 1 
 that move anything, random ones included; "own" is the index that can fail.
 Because the readout sits at the masked site and pools linearly, the masked pooled state is
 exactly pooled − (mean over real tokens of z_A) · W_dec[A] (z: SAE codes), computed without
-another forward pass (`tests/test_analysis_real_encoder.py` checks it equals running the mask).
+another forward pass (`tests/circuits/analysis/test_real_encoder.py` checks it equals running the mask).
 `SAESettings.downstream=True` adds the same matrices read at the last layer (the encoder
 output), the masks run through the encoder.
 

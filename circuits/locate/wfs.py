@@ -96,7 +96,7 @@ def elbow_k(
 
     Why a ratio and not the chord (the point farthest from the line between the first and last
     point): with a few peaks above a long positive tail, the chord finds the tail's own bend, not
-    the drop after the peaks (tests/test_circuits_wfs.py shows both); the ratio is scale-free and
+    the drop after the peaks (tests/circuits/locate/test_wfs.py shows both); the ratio is scale-free and
     reads only the top of the curve."""
     s = torch.as_tensor(sorted_scores, dtype=torch.float64).flatten()
     n = s.numel()

@@ -293,7 +293,7 @@ def _capture_nnsight(model: Any, prompts: str | Sequence[str], sites: Sequence[s
     # The one private name of another package used here: nnsight 0.8 has no public wrapper for a
     # pipeline already in memory (`DiffusionModel` loads from a repo id or folder), so its
     # `_PipelineModule` (an nn.Module view whose forward runs the pipeline) is used directly.
-    # nnsight is pinned to <0.9 in pyproject.toml; tests/test_import_graph.py allows this one use.
+    # nnsight is pinned to <0.9 in pyproject.toml; tests/system/test_import_graph.py allows this one use.
     from nnsight.modeling.diffusion import _PipelineModule
 
     prompts = prompt_list(prompts, "capture_generation")

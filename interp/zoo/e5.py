@@ -12,7 +12,7 @@ The model: `BertModel(add_pooling_layer=False)`, 0-based positions (XLMRobertaMo
 at 2: wrong), post-LN, erf GELU, eps 1e-12, token type 0, pad id 1; rows 250002..250036 of the
 word embedding are unreachable (the tokenizer has 250002 pieces). The engine quantises
 activations to int8 inside every matmul, so an fp32 forward of the same weights is close to,
-not equal to, its output (tests/test_zoo_e5.py measures how close).
+not equal to, its output (tests/interp/zoo/test_e5.py measures how close).
 
 The tokenizer: Unigram over the stored pieces and scores (unk id 3, no byte fallback);
 normalizer `Sequence[Precompiled(charsmap), Replace(" {2,}", " ")]`, the charsmap compiled
@@ -23,7 +23,7 @@ post-processor `<s> $A </s>`. Kept as `PreTrainedTokenizerFast` on purpose: tran
 and changes ids. Token ids equal the C tokenizer's on natural text (tests: every bundled
 CultureBench prompt in the 15 languages, with and without the model's `query: ` / `passage: `
 prefixes, and random piece strings). The engine always prepends `query: ` or `passage: `; this
-tokenizer adds no prefix: the caller chooses (`PREFIXES`). Known divergences from the C tokenizer (tests/test_zoo_e5.py
+tokenizer adds no prefix: the caller chooses (`PREFIXES`). Known divergences from the C tokenizer (tests/interp/zoo/test_e5.py
 checks each one, so this list stays true):
 - a run of characters no piece covers (e.g. rare CJK extension-A ideographs): HF fuses the run
   into one `<unk>`, C emits one `<unk>` per character;

@@ -19,7 +19,7 @@ from interp import result_io
 from interp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from interp.errors import CultureLensError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Payload:

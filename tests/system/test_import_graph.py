@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("interp", "sae", "circuits")
 # What each top-level package may import of ours (besides itself).
 MAY_IMPORT = {"interp": set(), "sae": {"interp"}, "circuits": {"interp", "sae"}}

@@ -9,7 +9,7 @@ from PIL import Image
 
 from interp import fidelity
 from interp.images import image_embeds, load_clip, text_embeds
-from test_data_tiny_models import build_tiny_clip
+from tiny_hf import build_tiny_clip
 
 
 def images(n, seed=0, size=20):

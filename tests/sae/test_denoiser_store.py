@@ -18,7 +18,8 @@ from circuits.data.judges.base import from_callable
 from sae import (ActivationStore, DenoiserCapture, SAEError, Steer, TopKSAE, TrainConfig, evaluate, splice,
                  splice_fidelity, train)
 from sae.layout import as_rows
-from test_distributed import _env, free_port
+import launch
+from launch import free_port
 
 PROMPTS = ["a cat", "a red box", "an old dog", "a blue hat", "a tall tea"]
 XATTN = "unet.down.0.attn.0.attn2.hook_out"  # [B, Q, C]
@@ -242,10 +243,10 @@ def test_two_ranks_build_the_one_process_store(tiny_sd, tmp_path):
     holds the rows of the one-process store, in the same global order."""
     script = tmp_path / "worker.py"
     script.write_text(f"PROMPTS = {PROMPTS!r}\nSITE = {XATTN!r}\n" + WORKER)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", str(script), str(tmp_path / "two")]
-    env = _env(PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    env = launch.env(PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
     two = ActivationStore(tmp_path / "two")

@@ -3,7 +3,7 @@ prompt files. A bad file is a CultureLensError (DataError, SAEError, NotAPipelin
 file (and line, field or tensor); a file that is fine but unusual (a BOM, a declared encoding, an
 allowed outside image) loads correctly.
 
-The inputs live in tables so they can be counted: `python tests/test_boundary_files.py` prints
+The inputs live in tables so they can be counted: `python tests/system/test_boundary_files.py` prints
 how many bad files give a clear error, a misleading one, a raw one or none (silent), and how many
 tolerated files load right.
 """

@@ -43,6 +43,6 @@ def test_shipped_pipeline_code_is_the_package_source() -> None:
     # carries a copy of circuits/organism/pipeline.py; the two must never drift apart.
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     shipped = ORGANISM / "pipeline" / "pipeline.py"
     assert shipped.read_text() == (root / "circuits" / "organism" / "pipeline.py").read_text()

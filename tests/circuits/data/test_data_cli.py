@@ -12,7 +12,7 @@ from PIL import Image
 
 from circuits.data import culturebench as cb
 from circuits.data.cli import collect, evaluate, register_data
-from test_data_tiny_models import build_tiny_clip, build_tiny_llava
+from tiny_hf import build_tiny_clip, build_tiny_llava
 
 # The judge "recognises" a culture by the image's red channel: red = 10 * culture index.
 def red_judge(images):

@@ -49,13 +49,6 @@ PAIRS = [
     ("a German-style hat", "a hat", "German-style", "hat", "de"),
 ]
 PROTOCOL = ("save", "load", "to_markdown", "plot")
-# A class whose to_markdown predates heading= and lives in code another change owns; each entry
-# says why, and goes when that code takes heading=.
-HEADING_PENDING = {
-    "circuits.causal.enhancer.EnhancerRun": "circuits/causal/enhancer.py is being reworked; heading= comes with it",
-}
-
-
 def assert_same(a: Any, b: Any, where: str = "result") -> None:
     """Equal values, types and tensors (NaN equal to NaN), recursively."""
     if isinstance(a, torch.Tensor):
@@ -100,8 +93,7 @@ def check_protocol(result: Any, tmp_path: Path, known: str, **load_kw: Any) -> A
     assert_same(result, back, cls.__name__)
     md = result.to_markdown()
     assert md.strip() and known in md, md
-    if f"{cls.__module__}.{cls.__qualname__}" not in HEADING_PENDING:
-        assert "heading" in inspect.signature(cls.to_markdown).parameters, f"{cls.__name__}.to_markdown(heading=)"
+    assert "heading" in inspect.signature(cls.to_markdown).parameters, f"{cls.__name__}.to_markdown(heading=)"
     png = tmp_path / f"{cls.__name__}.png"
     fig = result.plot(png)
     assert isinstance(fig, Figure) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -473,7 +465,7 @@ def test_one_atomic_writer(tmp_path):
 
     from interp import result_io
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     allowed = {"interp/result_io.py"}
     hand_rolled = [f"{p.relative_to(root)}:{i}" for pkg in ("interp", "sae", "circuits") for p in (root / pkg).rglob("*.py")
                    if str(p.relative_to(root)) not in allowed
@@ -534,7 +526,7 @@ def test_every_result_class_is_on_the_protocol():
         name = f"{cls.__module__}.{cls.__qualname__}"
         off += [f"{name}.{m}" for m in ("save", "load", "plot")
                 if not any(m in vars(k) for k in cls.__mro__ if k is not object)]
-        if "heading" not in inspect.signature(cls.to_markdown).parameters and name not in HEADING_PENDING:
+        if "heading" not in inspect.signature(cls.to_markdown).parameters:
             off.append(f"{name}.to_markdown(heading=)")
         if hasattr(cls, "load") and not isinstance(inspect.getattr_static(cls, "load"), classmethod):
             off.append(f"{name}.load (not a classmethod)")

@@ -14,7 +14,7 @@ import pytest
 from circuits.cli import DEBUG_ENV, describe, main
 from interp.errors import CultureLensError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _one_line(capsys) -> str:

@@ -12,7 +12,7 @@ from circuits.organism.shipped import PIPELINE
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 ORGANISM = Path(os.environ.get("CULTURELENS_PIPELINE", PIPELINE))
 

@@ -3,10 +3,7 @@ never hang, and 2-process runs (torchrun, gloo, CPU) that must equal one process
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,35 +16,8 @@ from interp.distributed import DistributedError
 from interp.checkpoint import load_checkpoint
 from sae.train import CHECKPOINT, CHECKPOINT_KIND
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "distributed_worker.py"
-LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "CULTURELENS_RENDEZVOUS_TIMEOUT": "120", **extra})
-    return env
-
-
-def torchrun(out: Path, *jobs: str, nproc: int = 2, timeout: float = 400) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node=N tests/distributed_worker.py OUT JOB...` on 127.0.0.1."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(WORKER), str(out), *jobs]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def worker_module():
-    spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+import launch
+from launch import LAUNCH_ENV, ROOT, WORKER, free_port, torchrun, worker_module  # noqa: F401
 
 
 @pytest.fixture
@@ -122,7 +92,7 @@ def test_missing_rendezvous_is_a_clear_error():
     t0 = time.perf_counter()
     for rank in (0, 1):
         port = free_port()
-        env = _env(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        env = launch.env(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    CULTURELENS_RENDEZVOUS_TIMEOUT="3")
         procs[port] = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)

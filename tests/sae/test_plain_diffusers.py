@@ -22,7 +22,7 @@ PROMPTS = [f"a {c} {n}" for c in ("red", "old", "big", "blue") for n in ("cat", 
 # The README recipe ("Steer a plain diffusers pipeline from exported features"), read from the
 # README itself so the two cannot drift; PIPELINE is the pipeline folder, EXPORT the
 # export_features folder.
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 RECIPE = re.search(r"^```py\n(# Steer a plain diffusers pipeline.*?)^```", README.read_text(encoding="utf-8"),
                    flags=re.S | re.M).group(1)
 

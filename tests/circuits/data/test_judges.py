@@ -12,7 +12,7 @@ from circuits.data import judges
 from circuits.data.culturebench import CULTURES, LABELS, UNRECOGNISABLE
 from circuits.data.judges.vlm import LETTERS, OPTION_TEXT, option_order
 from interp.model.tokenizer_training import train_bpe
-from test_data_tiny_models import build_tiny_clip, build_tiny_llava
+from tiny_hf import build_tiny_clip, build_tiny_llava
 
 
 def images(n: int, seed: int = 0) -> list[Image.Image]:

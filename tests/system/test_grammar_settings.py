@@ -196,7 +196,7 @@ def _parity_judge(images):
 def calls(monkeypatch):
     """`interp.generate` replaced by a stand-in that records (seeds, num_steps) per call and draws
     a flat image whose colour is its seed: settings are checked to reach generation, without
-    denoising (each function's numbers against real generation are in test_circuits_causal.py)."""
+    denoising (each function's numbers against real generation are in tests/circuits/causal/test_validate_amplify.py)."""
     seen: list = []
 
     def fake_generate(model, prompts, seed=0, num_steps=None, guidance=None, **kw):

@@ -1,7 +1,7 @@
 """The real-encoder study on multilingual-e5-small with a few bundled pairs: shapes, CIs,
 the length control, probes, and the save/load/markdown/plot round trip; the `real-encoder`
 command end to end (quick), and how `analyze` treats the step (flag, missing package).
-The analyze report's section itself is checked on the quick analyze run of tests/test_analysis.py."""
+The analyze report's section itself is checked on the quick analyze run of tests/circuits/analysis/test_cultureworld.py."""
 
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def test_torchrun_two_processes_equal_one(report: Path, tmp_path: Path) -> None:
     # checks that every other key of results.json is the same with and without it.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={port}", "-m", "circuits.cli", "analyze", "--quick", "--no-real-encoder", "--out", str(out)]
-    p = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+    p = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[3], env=env, capture_output=True, text=True,
                        timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
     one = json.loads((report / "results.json").read_text())
