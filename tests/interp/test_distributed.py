@@ -17,7 +17,7 @@ from interp.checkpoint import load_checkpoint
 from sae.train import CHECKPOINT, CHECKPOINT_KIND
 
 import launch
-from launch import LAUNCH_ENV, ROOT, WORKER, free_port, torchrun, worker_module  # noqa: F401
+from launch import LAUNCH_ENV, ROOT, free_port, torchrun, worker_module
 
 
 @pytest.fixture

@@ -28,13 +28,8 @@ from circuits.pairs import as_pairs, by_concept
 from circuits.runner import RunConfig, evaluate_enhancer
 from interp.checkpoint import load_checkpoint
 from sae.model import dead_tokens_for
+from colour import PAIRS_BOX_HAT as PAIRS
 
-PAIRS = [
-    ("a Japanese-style box", "a box", "Japanese-style", "box", "ja"),
-    ("a Japanese-style hat", "a hat", "Japanese-style", "hat", "ja"),
-    ("a German-style box", "a box", "German-style", "box", "de"),
-    ("a German-style hat", "a hat", "German-style", "hat", "de"),
-]
 
 # The defaults of the keywords before they moved (culturelens 0.1, the signatures as they were).
 OLD_SCORE = {"seed": 0, "num_steps": None, "batch_size": 8, "n_boot": 1000}

@@ -20,7 +20,6 @@ import interp
 from circuits.analysis.real_encoder import fit_probe
 from circuits.causal.specificity import specificity_matrix
 from circuits.cli import main
-from circuits.data.culturebench import LABELS
 from circuits.evaluate import score
 from circuits.organism import build as organism_build
 from circuits.organism import evaluate as organism_evaluate
@@ -31,13 +30,8 @@ from circuits.runner import RunConfig, evaluate_enhancer
 from interp.demo import run_demo
 from interp.methods.generation import pipeline_kwargs
 from sae.browser import steering_previews
+from colour import PAIRS_BOX_HAT as PAIRS, colour_judge
 
-PAIRS = [
-    ("a Japanese-style box", "a box", "Japanese-style", "box", "ja"),
-    ("a Japanese-style hat", "a hat", "Japanese-style", "hat", "ja"),
-    ("a German-style box", "a box", "German-style", "box", "de"),
-    ("a German-style hat", "a hat", "German-style", "hat", "de"),
-]
 
 #: Every public function whose denoising count was `steps` before 0.2.0.
 DENOISING_COUNT = [
@@ -119,13 +113,6 @@ def test_capture_generation_num_steps(tiny_sd) -> None:
     assert g.acts[site].shape[0] == 3
 
 
-def _colour_judge(images):
-    w = torch.Generator().manual_seed(0)
-    proj = torch.randn(3, len(LABELS), generator=w)
-    x = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32).mean((0, 1)) / 255.0) for im in images])
-    return torch.softmax((x - 0.5) @ proj * 50, -1)
-
-
 @pytest.fixture()
 def counted(monkeypatch):
     """`interp.generate` replaced by a stand-in that records each call's num_steps and returns
@@ -155,14 +142,14 @@ def units(text_model):
 def test_circuits_pass_num_steps_on(text_model, units, counted) -> None:
     groups = by_concept(as_pairs(PAIRS))
     st = circuits.ScoreSettings(num_steps=3, n_boot=20)
-    score(text_model, groups, _colour_judge, settings=st)
-    circuits.validate_units(text_model, units, PAIRS, _colour_judge, n_random=1, settings=st, progress=False)
-    circuits.lambda_sweep(text_model, units, PAIRS, _colour_judge, lams=[0.0, 2.0], n_random=1, settings=st,
+    score(text_model, groups, colour_judge, settings=st)
+    circuits.validate_units(text_model, units, PAIRS, colour_judge, n_random=1, settings=st, progress=False)
+    circuits.lambda_sweep(text_model, units, PAIRS, colour_judge, lams=[0.0, 2.0], n_random=1, settings=st,
                           progress=False)
-    specificity_matrix(text_model, units, PAIRS, _colour_judge, settings=st, progress=False)
-    circuits.causal_sweep(text_model, PAIRS, PAIRS, _colour_judge, n_units=1, layers=[1], settings=st,
+    specificity_matrix(text_model, units, PAIRS, colour_judge, settings=st, progress=False)
+    circuits.causal_sweep(text_model, PAIRS, PAIRS, colour_judge, n_units=1, layers=[1], settings=st,
                           allow_overlap=True, progress=False)
-    evaluate_enhancer(text_model, None, PAIRS, _colour_judge, settings=st)
+    evaluate_enhancer(text_model, None, PAIRS, colour_judge, settings=st)
     assert counted and set(counted) == {3}
 
 

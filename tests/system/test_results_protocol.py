@@ -39,15 +39,8 @@ from circuits.realsize import RealSizeRun
 from interp.result_io import DataclassResult, Result
 from sae.feature_maps import FeatureMaps
 from sae.steer import SpliceFidelity
+from colour import PAIRS
 
-PAIRS = [
-    ("a Japanese-style box", "a box", "Japanese-style", "box", "ja"),
-    ("a Japanese-style bowl", "a bowl", "Japanese-style", "bowl", "ja"),
-    ("a Japanese-style hat", "a hat", "Japanese-style", "hat", "ja"),
-    ("a German-style box", "a box", "German-style", "box", "de"),
-    ("a German-style bowl", "a bowl", "German-style", "bowl", "de"),
-    ("a German-style hat", "a hat", "German-style", "hat", "de"),
-]
 PROTOCOL = ("save", "load", "to_markdown", "plot")
 def assert_same(a: Any, b: Any, where: str = "result") -> None:
     """Equal values, types and tensors (NaN equal to NaN), recursively."""

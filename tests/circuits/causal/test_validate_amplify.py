@@ -11,23 +11,8 @@ import torch
 import circuits  # noqa: E402
 import interp  # noqa: E402
 from circuits.data.culturebench import LABELS  # noqa: E402
+from colour import PAIRS, colour_judge, colour_noun_judge  # noqa: E402
 
-PAIRS = [
-    ("a Japanese-style box", "a box", "Japanese-style", "box", "ja"),
-    ("a Japanese-style bowl", "a bowl", "Japanese-style", "bowl", "ja"),
-    ("a Japanese-style hat", "a hat", "Japanese-style", "hat", "ja"),
-    ("a German-style box", "a box", "German-style", "box", "de"),
-    ("a German-style bowl", "a bowl", "German-style", "bowl", "de"),
-    ("a German-style hat", "a hat", "German-style", "hat", "de"),
-]
-
-
-def colour_judge(images):
-    """Deterministic stand-in for CultureVQA: a fixed projection of the mean colour."""
-    w = torch.Generator().manual_seed(0)
-    proj = torch.randn(3, len(LABELS), generator=w)
-    x = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32).mean((0, 1)) / 255.0) for im in images])
-    return torch.softmax((x - 0.5) @ proj * 50, -1)
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +24,6 @@ def model():
 def units(model):
     # A random model has no real culture units: a lax noun filter keeps the top 4 for the machinery.
     return circuits.culture_units(model, 1, PAIRS, k=4, rho=100.0)
-
-
-def colour_noun_judge(images, pairs):
-    """A noun judge that reads the image: "box" when the red channel dominates, else "hat"."""
-    got = ["box" if np.asarray(im, dtype=np.float32)[..., 0].mean() > np.asarray(im, dtype=np.float32)[..., 1:].mean()
-           else "hat" for im in images]
-    return torch.tensor([g == p.noun for g, p in zip(got, pairs)])
 
 
 @pytest.fixture(scope="module")
