@@ -150,7 +150,7 @@ def main() -> int:
         print("eai-sparsify is not installed (pip install -e '.[bench]'); its column is required here", file=sys.stderr)
         return 1
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-    worker = ROOT / "tests" / "distributed_worker.py"
+    worker = ROOT / "tests" / "workers" / "distributed_worker.py"
     gen, sae = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (1, 2):

@@ -1,5 +1,5 @@
 """Launching 2-process runs in the tests (torchrun on 127.0.0.1, gloo, CPU): a free port, a clean
-environment, and `tests/distributed_worker.py`. Not a test file."""
+environment, and `tests/workers/distributed_worker.py`. Not a test file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "distributed_worker.py"
+# Not in tests/ itself: a script's folder becomes sys.path[0], and tests/ holds folders named like
+# the packages (tests/interp, tests/circuits, ...), which Python would take for namespace packages
+# before the editable install's finder sees the real ones.
+WORKER = ROOT / "tests" / "workers" / "distributed_worker.py"
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -29,7 +32,7 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def torchrun(out: Path, *jobs: str, nproc: int = 2, timeout: float = 400) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node=N tests/distributed_worker.py OUT JOB...` on 127.0.0.1."""
+    """`torchrun --nproc_per_node=N tests/workers/distributed_worker.py OUT JOB...` on 127.0.0.1."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", str(WORKER), str(out), *jobs]
     return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)

@@ -1,5 +1,5 @@
-"""Jobs run under `torchrun` (or as one plain process) by tests/test_distributed*.py and
-benchmarks/bench_distributed.py. Not a test file: `python tests/distributed_worker.py OUT JOB[:ARG] ...`.
+"""Jobs run under `torchrun` (or as one plain process) by tests/interp/test_distributed.py and
+benchmarks/bench_distributed.py. Not a test file: `python tests/workers/distributed_worker.py OUT JOB[:ARG] ...`.
 
 Every job writes what it computed to OUT (rank 0 only), so the caller compares a 1-process
 run with a 2-process run of the same job."""
