@@ -9,7 +9,6 @@ none at all (silent).
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -24,10 +23,10 @@ import torch
 import interp
 from circuits.io import load_model
 from interp import Amplify, Mask, Units
-from interp.errors import CultureLensError
 from interp.interventions import OnRows, Replace
 from interp.model.sites import parse
 from sae import Steer, TopKSAE
+from inventory import outcome
 
 TEXT = "text.blocks.0.hook_resid_post"  # tiny sd: d_model 32, 16 tokens
 UNET_OUT = "unet.down.0.attn.0.attn1.hook_out"  # [B, 64 pixels, C]
@@ -172,18 +171,6 @@ CALLS: list[Case] = [
     ("replace-per-step-value-wrong-width", lambda c: _gen(c, interventions=[Replace(UNET_OUT, torch.ones(1, 2, 1, 64, 3))]),
      r"value \(1, 2, 1, 64, 3\) = \[T, C, B, \.\.\.\] does not fit an activation of"),
 ]
-
-
-def outcome(fn: Callable[[], Any], pattern: str) -> tuple[str, BaseException | None]:
-    """"clear" (a CultureLensError matching `pattern`), "misleading" (one that does not), "raw"
-    (any other exception) or "silent" (no error at all)."""
-    try:
-        fn()
-    except CultureLensError as e:
-        return ("clear" if re.search(pattern, str(e)) else "misleading"), e
-    except Exception as e:  # noqa: BLE001 - classifying is the point
-        return "raw", e
-    return "silent", None
 
 
 def check(fn: Callable[[], Any], pattern: str) -> None:

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import os
-import re
 import sys
 import tempfile
 import warnings
@@ -30,10 +29,10 @@ from safetensors.torch import load_file, save_file
 
 import interp
 from circuits.data.culturebench.loader import load
-from interp.errors import CultureLensError
 from interp.model.folders import read_defaults
 from sae import TopKSAE, load_saelens, save_saelens
 from sae.cli import _read_prompts
+from inventory import outcome
 
 GOOD = {
     "id": "ja-box", "culture": "ja", "language": "ja", "noun_only": "箱",
@@ -262,17 +261,6 @@ WARNED: list[tuple[str, Make]] = [
     ("cb-empty-jsonl-lenient", _bench("samples.jsonl", "", strict=False)),
     ("cb-header-only-csv-lenient", _bench("samples.csv", ",".join(GOOD) + "\n", strict=False)),
 ]
-
-
-def outcome(fn: Callable[[], Any], pattern: str) -> tuple[str, BaseException | None]:
-    """"clear", "misleading" (a CultureLensError not matching `pattern`), "raw" or "silent"."""
-    try:
-        fn()
-    except CultureLensError as e:
-        return ("clear" if re.search(pattern, str(e)) else "misleading"), e
-    except Exception as e:  # noqa: BLE001 - classifying is the point
-        return "raw", e
-    return "silent", None
 
 
 def tolerated(fn: Callable[[], Any], ok: Callable[[Any], bool]) -> tuple[str, Any]:

@@ -204,16 +204,6 @@ def calls(monkeypatch):
     return seen
 
 
-@pytest.fixture(scope="module")
-def text_model():
-    return interp.tiny("sd", text_layers=2)
-
-
-@pytest.fixture(scope="module")
-def units(text_model):
-    return circuits.culture_units(text_model, 1, PAIRS, k=2, rho=100.0)
-
-
 ST = circuits.ScoreSettings(seed=5, num_steps=3, batch_size=3, n_boot=37)
 
 

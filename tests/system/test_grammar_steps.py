@@ -129,16 +129,6 @@ def counted(monkeypatch):
     return seen
 
 
-@pytest.fixture(scope="module")
-def text_model():
-    return interp.tiny("sd", text_layers=2)
-
-
-@pytest.fixture(scope="module")
-def units(text_model):
-    return circuits.culture_units(text_model, 1, PAIRS, k=2, rho=100.0)
-
-
 def test_circuits_pass_num_steps_on(text_model, units, counted) -> None:
     groups = by_concept(as_pairs(PAIRS))
     st = circuits.ScoreSettings(num_steps=3, n_boot=20)
