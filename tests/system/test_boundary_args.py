@@ -1,7 +1,7 @@
 """Bad arguments at the Python API boundary (issue 20): every one is a CultureLensError whose
 message names the argument and the valid range, never a raw error, a wrap-around or a NaN.
 
-The bad inputs live in tables so they can be counted: `python tests/system/test_boundary_args.py`
+The bad inputs live in tables so they can be counted: `PYTHONPATH=.:tests python tests/system/test_boundary_args.py`
 prints how many give a clear error, a misleading one (right class, wrong message), a raw one or
 none at all (silent).
 """
@@ -9,10 +9,8 @@ none at all (silent).
 from __future__ import annotations
 
 import math
-import sys
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -241,7 +239,6 @@ def _inventory() -> Counter:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     t = _inventory()
     print(f"bad arguments: {sum(t.values())} tried; " + ", ".join(f"{k} {t[k]}" for k in
                                                               ("clear", "misleading", "raw", "silent")))
