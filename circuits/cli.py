@@ -85,14 +85,17 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     # Under torchrun / accelerate launch: join the process group now, so a missing peer fails here.
     distributed.init()
+    ok = False
     try:
         out = getattr(args, "out", None)
         # One writer per --out: only rank 0 writes it under torchrun (others use scratch folders).
         lock = lock_folder(out) if isinstance(out, str) and distributed.is_main() else contextlib.nullcontext()
         with lock:
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+        ok = True
+        return code
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait=ok)
 
 
 def main(argv: list[str] | None = None) -> int:

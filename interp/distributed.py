@@ -140,14 +140,25 @@ def init(backend: str | None = None, rendezvous_timeout: float | None = None,
                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Are all "
                                f"{w} processes started (torchrun --nproc_per_node/--nnodes), is the port free "
                                "and reachable?") from e
+    # A script that never calls shutdown() (the group is created lazily by library calls) must
+    # not leave gloo's worker threads to interpreter finalisation, where freeing their last
+    # tensors can abort the process (SIGABRT) after its work is done.
+    atexit.register(shutdown, wait=False)
     return True
 
 
-def shutdown() -> None:
-    """Destroy the process group if this module (or anyone) created one."""
+def shutdown(wait: bool = True) -> None:
+    """Destroy the process group if this module (or anyone) created one.
+
+    With `wait` (the end of a job that went well) every rank first waits for the others, so no
+    rank closes its connections while a peer still works (rank 0 writes the results after the
+    last collective) and all ranks leave together. Pass wait=False on an error path: a peer that
+    failed elsewhere may never reach the barrier."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -27,8 +27,23 @@ def free_port() -> int:
 def env(**extra: str) -> dict[str, str]:
     """This environment without a launch environment, one thread per process, fixed hash seed."""
     out = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
-    out.update({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "CULTURELENS_RENDEZVOUS_TIMEOUT": "120", **extra})
+    # PYTHONFAULTHANDLER: a rank that dies of a signal (SIGABRT from C++, SIGSEGV) prints every
+    # thread's Python stack, so a failed launch says where it died.
+    out.update({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "CULTURELENS_RENDEZVOUS_TIMEOUT": "120",
+                "PYTHONFAULTHANDLER": "1", **extra})
     return out
+
+
+def failure(p: subprocess.CompletedProcess, tail: int = 3000) -> str:
+    """What to print when a launch failed: the exit code, each rank's trail of finished jobs, any
+    fatal-error report (C++ terminate, faulthandler's stacks) and the end of stderr."""
+    lines = p.stderr.splitlines()
+    trail = [ln for ln in lines if ln.startswith("[worker rank ")]
+    fatal: list[str] = []
+    for i, ln in enumerate(lines):
+        if "terminate called" in ln or "Fatal Python error" in ln:
+            fatal += lines[max(0, i - 3): i + 40] + ["..."]
+    return "\n".join([f"exit code {p.returncode}", *trail, *fatal[:200], "--- end of stderr:", p.stderr[-tail:]])
 
 
 def torchrun(out: Path, *jobs: str, nproc: int = 2, timeout: float = 400) -> subprocess.CompletedProcess:

@@ -126,7 +126,7 @@ def test_two_ranks_equal_one(tmp_path):
     w.job_store(one)
     w.job_sae(one)
     p = torchrun(two, "score", "store", "store:mismatch", "sae")
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, launch.failure(p)
     s1, s2 = _json(one, "score.json"), _json(two, "score.json")
     for cond in ("plain", "amplified"):
         assert s2[cond] == s1[cond]
@@ -186,9 +186,9 @@ def test_crash_of_one_rank_resumes(tmp_path):
     a, b = _json(one, "store.json"), _json(tmp_path, "store.json")
     assert b["all"] == a["all"] and b["batches"] == a["batches"]
     p = torchrun(tmp_path, "sae:resume")
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, launch.failure(p)
     p = torchrun(tmp_path / "uninterrupted", "sae")
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, launch.failure(p)
     got, ref = torch.load(tmp_path / "sae.pt"), torch.load(tmp_path / "uninterrupted" / "sae.pt")
     for k, v in ref["state"].items():
         assert torch.equal(got["state"][k], v), k

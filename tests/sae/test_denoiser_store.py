@@ -248,7 +248,7 @@ def test_two_ranks_build_the_one_process_store(tiny_sd, tmp_path):
            f"--master_port={free_port()}", str(script), str(tmp_path / "two")]
     env = launch.env(PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=400)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, launch.failure(p)
     two = ActivationStore(tmp_path / "two")
     one = _build(tmp_path / "one", tiny_sd, XATTN, batch_size=1)
     assert two.manifest["world_size"] == 2 and any(s.file.startswith("rank001-") for s in two.shards)

@@ -143,9 +143,14 @@ if __name__ == "__main__":
     out, jobs = Path(sys.argv[1]), sys.argv[2:]
     out.mkdir(parents=True, exist_ok=True)
     distributed.init()
+    ok = False
     try:
         for spec in jobs:  # JOB or JOB:ARG[,ARG...], run in turn in the same processes
             name, _, args = spec.partition(":")
             JOBS[name](out, *(args.split(",") if args else []))
+            # A trail in stderr, so a failed launch says which job each rank had finished.
+            print(f"[worker rank {distributed.rank()}] {spec} done", file=sys.stderr, flush=True)
+        ok = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait=ok)
+    print(f"[worker rank {distributed.rank()}] process group closed", file=sys.stderr, flush=True)

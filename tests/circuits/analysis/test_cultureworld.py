@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from circuits.analysis.cultureworld import ASSETS
+
+import launch
 
 pytestmark = [
     pytest.mark.slow,
@@ -127,25 +131,16 @@ def test_torchrun_two_processes_equal_one(report: Path, tmp_path: Path) -> None:
     """`torchrun --nproc_per_node=2 -m circuits.cli analyze --quick` (gloo, CPU) writes a
     results.json equal to the single-process run's in every number (timings aside), records
     world_size 2 (rank 0 writes the report)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = launch.free_port()
     out = tmp_path / "two"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "CULTURELENS_RENDEZVOUS_TIMEOUT": "120"})
+    env = launch.env()
     # --no-real-encoder: the text-only study has no generation to share, and leaving it out also
     # checks that every other key of results.json is the same with and without it.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={port}", "-m", "circuits.cli", "analyze", "--quick", "--no-real-encoder", "--out", str(out)]
     p = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[3], env=env, capture_output=True, text=True,
                        timeout=1800)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, launch.failure(p)
     one = json.loads((report / "results.json").read_text())
     two = json.loads((out / "results.json").read_text())
     assert (one["world_size"], two["world_size"]) == (1, 2)
